@@ -1,0 +1,153 @@
+//! The portcullis admin API.
+//!
+//! A JSON REST API on its own listener. Every resource call needs `Authorization: Bearer
+//! <admin token>`, compared in constant time. `/health/live`, `/health/ready`, `/metrics` and
+//! `/openapi.json` answer without a token, so that probes and scrapers need no secret; they
+//! reveal no configuration beyond route names in metric labels.
+//!
+//! A write goes to the store in one transaction and then rebuilds this node's snapshot before
+//! the response is sent, so the next request through this node already sees it. Other nodes
+//! pick the change up from the store's config version.
+
+mod entities;
+mod error;
+mod keys;
+mod openapi;
+mod ops;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use portcullis_config::{ConsumerSpec, RouteSpec, ServiceSpec};
+use portcullis_control::ControlPlane;
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+pub use error::ApiError;
+
+/// Shared state of the admin handlers.
+pub struct AdminState {
+    pub control: Arc<ControlPlane>,
+    pub registry: Registry,
+    pub token: String,
+    pub access_log: portcullis_proxy::access_log::AccessLog,
+    pub metrics: Arc<portcullis_proxy::metrics::Metrics>,
+    /// Access-log drops already added to the metric.
+    pub access_log_dropped_seen: std::sync::atomic::AtomicU64,
+}
+
+/// Builds the admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let resources = Router::new()
+        .merge(resource_routes::<ServiceSpec>())
+        .merge(resource_routes::<RouteSpec>())
+        .merge(resource_routes::<ConsumerSpec>())
+        .route(
+            "/consumers/{name}/keys",
+            get(keys::list_keys).post(keys::create_key),
+        )
+        .route(
+            "/consumers/{name}/keys/{id}",
+            get(keys::get_key).delete(keys::revoke_key),
+        )
+        .route("/config/reload", axum::routing::post(ops::reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .merge(resources)
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
+fn resource_routes<R: entities::Resource>() -> Router<Arc<AdminState>> {
+    let collection = format!("/{}", R::COLLECTION);
+    let item = format!("/{}/{{name}}", R::COLLECTION);
+    Router::new()
+        .route(
+            &collection,
+            get(entities::list::<R>).post(entities::create::<R>),
+        )
+        .route(
+            &item,
+            get(entities::get::<R>)
+                .put(entities::put::<R>)
+                .patch(entities::patch::<R>)
+                .delete(entities::delete::<R>),
+        )
+}
+
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(presented) = presented else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "missing_admin_token",
+            "the admin API needs `Authorization: Bearer <admin token>`",
+        ));
+    };
+    if !bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) {
+        tracing::warn!(path = %request.uri().path(), "admin call with an invalid token");
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "invalid_admin_token",
+            "the admin token is invalid",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+/// A JSON request body whose errors name the key path, answered in the API's error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state).await.map_err(|error| {
+            ApiError::bad_request(format!("cannot read the request body: {error}"))
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let key = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("the request body is not valid JSON: {inner}"))
+        } else {
+            ApiError::invalid(vec![portcullis_config::KeyError {
+                key: if key == "." { String::new() } else { key },
+                message: inner.to_string(),
+            }])
+        }
+    })
+}
+
+/// Returns a random id for an admin response.
+fn request_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}

@@ -1,0 +1,372 @@
+//! The OpenAPI 3.1 document of the admin API, served at `/openapi.json`.
+//!
+//! The document is written out here rather than derived from the handlers, because the entity
+//! types carry custom serde forms (durations as `1s`, policies as single-key maps) that derive
+//! macros describe poorly. A test compares its paths with the router's, so an endpoint cannot be
+//! added or removed without the document following.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn json_response(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn list_of(name: &str) -> Value {
+    json!({ "type": "object", "required": ["data"], "properties": { "data": { "type": "array", "items": schema_ref(name) } } })
+}
+
+fn name_parameter(what: &str) -> Value {
+    json!({ "name": "name", "in": "path", "required": true, "description": format!("Name of the {what}"), "schema": { "type": "string" } })
+}
+
+/// Paths and operations of one entity collection.
+fn collection(collection: &str, kind: &str, schema: &str) -> (String, Value, String, Value) {
+    let body = json!({ "required": true, "content": { "application/json": { "schema": schema_ref(schema) } } });
+    let list = json!({
+        "get": {
+            "summary": format!("List {collection}"),
+            "operationId": format!("list_{collection}"),
+            "responses": { "200": json_response(&format!("All {collection}"), list_of(schema)), "401": error_response("Missing or invalid admin token") }
+        },
+        "post": {
+            "summary": format!("Create a {kind}"),
+            "operationId": format!("create_{kind}"),
+            "requestBody": body,
+            "responses": {
+                "201": json_response(&format!("The created {kind}"), schema_ref(schema)),
+                "400": error_response("Invalid body; `details` lists each key"),
+                "401": error_response("Missing or invalid admin token"),
+                "409": error_response(&format!("A {kind} with that name exists")),
+                "503": error_response("The store is unavailable; nothing was changed")
+            }
+        }
+    });
+    let item = json!({
+        "parameters": [name_parameter(kind)],
+        "get": {
+            "summary": format!("Read a {kind}"),
+            "operationId": format!("get_{kind}"),
+            "responses": { "200": json_response(&format!("The {kind}"), schema_ref(schema)), "404": error_response("Not found") }
+        },
+        "put": {
+            "summary": format!("Create or replace a {kind}"),
+            "operationId": format!("put_{kind}"),
+            "requestBody": body,
+            "responses": {
+                "200": json_response(&format!("The stored {kind}"), schema_ref(schema)),
+                "400": error_response("Invalid body"),
+                "409": error_response("The write conflicts with other entities"),
+                "503": error_response("The store is unavailable; nothing was changed")
+            }
+        },
+        "patch": {
+            "summary": format!("Update a {kind} with a JSON merge patch (RFC 7396)"),
+            "operationId": format!("patch_{kind}"),
+            "requestBody": { "required": true, "content": { "application/merge-patch+json": { "schema": { "type": "object" } } } },
+            "responses": {
+                "200": json_response(&format!("The stored {kind}"), schema_ref(schema)),
+                "400": error_response("Invalid result"),
+                "404": error_response("Not found")
+            }
+        },
+        "delete": {
+            "summary": format!("Delete a {kind}"),
+            "operationId": format!("delete_{kind}"),
+            "responses": {
+                "204": { "description": "Deleted" },
+                "404": error_response("Not found"),
+                "409": error_response("Another entity still uses it")
+            }
+        }
+    });
+    (
+        format!("/{collection}"),
+        list,
+        format!("/{collection}/{{name}}"),
+        item,
+    )
+}
+
+fn build() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (collection_name, kind, schema) in [
+        ("services", "service", "Service"),
+        ("routes", "route", "Route"),
+        ("consumers", "consumer", "Consumer"),
+    ] {
+        let (list_path, list, item_path, item) = collection(collection_name, kind, schema);
+        paths.insert(list_path, list);
+        paths.insert(item_path, item);
+    }
+    paths.insert(
+        "/consumers/{name}/keys".into(),
+        json!({
+            "parameters": [name_parameter("consumer")],
+            "get": {
+                "summary": "List a consumer's API keys, revoked ones included",
+                "operationId": "list_keys",
+                "responses": { "200": json_response("The keys, without plaintext or hash", list_of("Key")), "404": error_response("No such consumer") }
+            },
+            "post": {
+                "summary": "Issue an API key",
+                "description": "Returns the plaintext key once; the store keeps only its keyed hash.",
+                "operationId": "create_key",
+                "requestBody": { "required": false, "content": { "application/json": { "schema": schema_ref("CreateKey") } } },
+                "responses": {
+                    "201": json_response("The issued key with its plaintext", schema_ref("IssuedKey")),
+                    "400": error_response("Invalid expiry"),
+                    "404": error_response("No such consumer")
+                }
+            }
+        }),
+    );
+    paths.insert(
+        "/consumers/{name}/keys/{id}".into(),
+        json!({
+            "parameters": [name_parameter("consumer"), { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "get": { "summary": "Read an API key", "operationId": "get_key", "responses": { "200": json_response("The key", schema_ref("Key")), "404": error_response("Not found") } },
+            "delete": {
+                "summary": "Revoke an API key",
+                "description": "The key stops working on this node before the response is sent.",
+                "operationId": "revoke_key",
+                "responses": { "204": { "description": "Revoked" }, "404": error_response("Not found") }
+            }
+        }),
+    );
+    paths.insert(
+        "/config/reload".into(),
+        json!({ "post": {
+            "summary": "Re-read the configuration file, as SIGHUP does",
+            "operationId": "reload_config",
+            "responses": { "200": json_response("The new config version", json!({ "type": "object", "properties": { "config_version": { "type": "integer" } } })), "400": error_response("The file is invalid; nothing was changed") }
+        }}),
+    );
+    paths.insert(
+        "/health/live".into(),
+        json!({ "get": { "summary": "Liveness probe", "operationId": "live", "security": [], "responses": { "200": { "description": "The process is running" } } } }),
+    );
+    paths.insert(
+        "/health/ready".into(),
+        json!({ "get": {
+            "summary": "Readiness probe with the config version in service",
+            "operationId": "ready",
+            "security": [],
+            "responses": { "200": json_response("Ready", schema_ref("Health")), "503": json_response("Degraded: serving the last good snapshot", schema_ref("Health")) }
+        }}),
+    );
+    paths.insert(
+        "/metrics".into(),
+        json!({ "get": { "summary": "Prometheus metrics", "operationId": "metrics", "security": [], "responses": { "200": { "description": "OpenMetrics text", "content": { "application/openmetrics-text": {} } } } } }),
+    );
+    paths.insert(
+        "/openapi.json".into(),
+        json!({ "get": { "summary": "This document", "operationId": "openapi", "security": [], "responses": { "200": { "description": "OpenAPI 3.1 document" } } } }),
+    );
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "portcullis admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Manage the services, routes, consumers and API keys of a portcullis gateway."
+        },
+        "security": [{ "adminToken": [] }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "adminToken": { "type": "http", "scheme": "bearer", "description": "The admin token from the config or the generated token file" } },
+            "schemas": schemas()
+        }
+    })
+}
+
+fn schemas() -> Value {
+    let duration = json!({ "type": "string", "description": "A duration such as `1s`, `250ms` or `2m`", "examples": ["1s"] });
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": { "error": {
+                "type": "object",
+                "required": ["status", "code", "message", "request_id"],
+                "properties": {
+                    "status": { "type": "integer" },
+                    "code": { "type": "string", "description": "Stable machine-readable code" },
+                    "message": { "type": "string" },
+                    "request_id": { "type": "string" },
+                    "details": { "type": "array", "items": { "type": "object", "properties": { "key": { "type": "string" }, "message": { "type": "string" } } } }
+                }
+            }}
+        },
+        "Service": {
+            "type": "object",
+            "required": ["name", "targets"],
+            "properties": {
+                "name": { "type": "string" },
+                "targets": { "type": "array", "items": { "type": "string", "format": "uri" }, "minItems": 1 },
+                "timeouts": { "type": "object", "properties": { "connect": duration, "response": duration, "idle": duration } },
+                "preserve_host": { "type": "boolean", "default": false },
+                "policies": { "type": "array", "items": schema_ref("Policy") }
+            }
+        },
+        "Route": {
+            "type": "object",
+            "required": ["name", "service", "paths"],
+            "properties": {
+                "name": { "type": "string" },
+                "service": { "type": "string" },
+                "paths": { "type": "array", "items": { "oneOf": [
+                    { "type": "string", "description": "Prefix that matches whole segments" },
+                    { "type": "object", "required": ["exact"], "properties": { "exact": { "type": "string" } } }
+                ] } },
+                "methods": { "type": "array", "items": { "type": "string" } },
+                "hosts": { "type": "array", "items": { "type": "string" } },
+                "strip_prefix": { "type": "boolean", "default": false },
+                "policies": { "type": "array", "items": schema_ref("Policy") }
+            }
+        },
+        "Consumer": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": { "type": "string" },
+                "roles": { "type": "array", "items": { "type": "string" } },
+                "policies": { "type": "array", "items": schema_ref("Policy") }
+            }
+        },
+        "Policy": {
+            "description": "A single-key object naming the policy type",
+            "oneOf": [
+                { "type": "object", "required": ["key-auth"], "additionalProperties": false, "properties": { "key-auth": schema_ref("KeyAuth") } },
+                { "type": "object", "required": ["rate-limit"], "additionalProperties": false, "properties": { "rate-limit": schema_ref("RateLimit") } }
+            ]
+        },
+        "KeyAuth": {
+            "type": "object",
+            "properties": {
+                "header_names": { "type": "array", "items": { "type": "string" }, "default": ["apikey"] },
+                "bearer": { "type": "boolean", "default": true },
+                "query_param": { "type": "string" },
+                "hide_credentials": { "type": "boolean", "default": true }
+            }
+        },
+        "RateLimit": {
+            "type": "object",
+            "required": ["limit", "window"],
+            "properties": {
+                "name": { "type": "string" },
+                "limit": { "type": "integer", "minimum": 1 },
+                "window": duration,
+                "burst": { "type": "integer", "minimum": 1 },
+                "by": { "type": "string", "enum": ["consumer", "route", "service", "ip", "header"], "default": "consumer" },
+                "header": { "type": "string" },
+                "legacy_headers": { "type": "boolean", "default": false }
+            }
+        },
+        "CreateKey": {
+            "type": "object",
+            "properties": {
+                "expires_at": { "type": "string", "format": "date-time" },
+                "expires_in": { "type": "string", "description": "Duration from now, such as `30d`" },
+                "scopes": { "type": "array", "items": { "type": "string" } }
+            }
+        },
+        "Key": {
+            "type": "object",
+            "required": ["id", "consumer", "prefix", "created_at", "status"],
+            "properties": {
+                "id": { "type": "string" },
+                "consumer": { "type": "string" },
+                "prefix": { "type": "string", "description": "First characters of the key, to find it" },
+                "created_at": { "type": "string", "format": "date-time" },
+                "expires_at": { "type": ["string", "null"], "format": "date-time" },
+                "revoked_at": { "type": ["string", "null"], "format": "date-time" },
+                "rotated_from": { "type": ["string", "null"] },
+                "scopes": { "type": "array", "items": { "type": "string" } },
+                "source": { "type": "string", "enum": ["config", "admin"] },
+                "status": { "type": "string", "enum": ["active", "expired", "revoked"] }
+            }
+        },
+        "IssuedKey": {
+            "allOf": [schema_ref("Key"), { "type": "object", "required": ["key"], "properties": { "key": { "type": "string", "description": "The plaintext key, shown only here" } } }]
+        },
+        "Health": {
+            "type": "object",
+            "properties": {
+                "status": { "type": "string", "enum": ["ready", "degraded"] },
+                "config_version": { "type": "integer" },
+                "store": { "type": "string" },
+                "reason": { "type": "string" }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build;
+
+    /// Every path the router serves, in OpenAPI form.
+    const ROUTER_PATHS: [&str; 14] = [
+        "/services",
+        "/services/{name}",
+        "/routes",
+        "/routes/{name}",
+        "/consumers",
+        "/consumers/{name}",
+        "/consumers/{name}/keys",
+        "/consumers/{name}/keys/{id}",
+        "/config/reload",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/openapi.json",
+        "/consumers/{name}/keys",
+    ];
+
+    #[test]
+    fn document_lists_every_router_path() {
+        let document = build();
+        let paths = document["paths"].as_object().unwrap();
+        for path in ROUTER_PATHS {
+            assert!(
+                paths.contains_key(path),
+                "{path} is missing from the document"
+            );
+        }
+        let mut unique: Vec<&str> = ROUTER_PATHS.to_vec();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            paths.len(),
+            unique.len(),
+            "the document has paths the router does not serve"
+        );
+    }
+
+    #[test]
+    fn references_resolve() {
+        let document = build();
+        let text = document.to_string();
+        let schemas = document["components"]["schemas"].as_object().unwrap();
+        for reference in text.split("#/components/schemas/").skip(1) {
+            let name: String = reference
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            assert!(schemas.contains_key(&name), "dangling reference to {name}");
+        }
+    }
+}

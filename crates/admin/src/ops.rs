@@ -1,0 +1,73 @@
+//! Health, metrics and operations endpoints.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::{AdminState, ApiError};
+
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "live" }))
+}
+
+/// Returns 200 while the node serves a snapshot in sync with the store, 503 with the reason
+/// while it serves its last good snapshot because the store cannot be read.
+pub async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    let health = state.control.health();
+    let backend = state.control.store().backend();
+    match health.degraded {
+        None => Json(json!({ "status": "ready", "config_version": health.version, "store": backend })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "degraded", "config_version": health.version, "store": backend, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let dropped = state.access_log.dropped();
+    let seen = state
+        .access_log_dropped_seen
+        .swap(dropped, Ordering::AcqRel);
+    if dropped > seen {
+        state.metrics.access_log_dropped.inc_by(dropped - seen);
+    }
+    let mut text = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        tracing::error!(%error, "cannot encode metrics");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Re-reads the configuration file, as SIGHUP does.
+pub async fn reload(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.control.reload_file().await {
+        Ok(version) => Ok(Json(json!({ "config_version": version }))),
+        Err(portcullis_control::ControlError::Store(error)) => Err(error.into()),
+        Err(error) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reload_failed",
+            error.to_string(),
+        )),
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no admin endpoint at this path; see /openapi.json")
+}

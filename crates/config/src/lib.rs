@@ -1,0 +1,18 @@
+//! The declarative configuration of portcullis.
+//!
+//! [`load_file`] reads one YAML file into a [`Config`], resolving `${VAR}` from the environment
+//! and relative paths against the file's folder. Every error names the file, the line and the
+//! key path, so `portcullis validate` can point at the exact spot.
+
+mod duration;
+mod load;
+pub mod model;
+mod yaml;
+
+pub use load::{
+    ConfigError, ConfigErrors, KeyError, embedded_default, line_index, load_file, load_str,
+    validate_consumer_fields, validate_entities, validate_policies, validate_route_fields,
+    validate_service_fields,
+};
+pub use model::*;
+pub use yaml::LineIndex;

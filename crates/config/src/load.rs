@@ -1,0 +1,595 @@
+//! Loads and validates a configuration file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::model::{Config, Entities, LimitKey, PathMatch, PolicySpec, RateLimitSpec};
+use crate::yaml::{self, LineIndex};
+
+/// One problem in a configuration, located by file, line and key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    /// Key path such as `routes[0].service`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, Some(line)) => write!(f, "line {line}: ")?,
+            (None, None) => {}
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An error at a key path, before the file and line are attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl KeyError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        KeyError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads, parses and validates the file at `path`, resolving `${VAR}` from the process
+/// environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors(vec![ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the configuration file: {error}"),
+        }])
+    })?;
+    let env = |name: &str| std::env::var(name).ok();
+    load_str(&source, Some(path), &env)
+}
+
+/// Parses and validates configuration text; `path` names the file in errors and sets the folder
+/// that relative paths resolve against.
+pub fn load_str(
+    source: &str,
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let file = path.map(Path::to_path_buf);
+    let (value, index) = yaml::parse(source, env).map_err(|errors| {
+        ConfigErrors(
+            errors
+                .into_iter()
+                .map(|error| ConfigError {
+                    file: file.clone(),
+                    line: error.line,
+                    key: String::new(),
+                    message: error.message,
+                })
+                .collect(),
+        )
+    })?;
+
+    let locate = |error: KeyError| ConfigError {
+        file: file.clone(),
+        line: index.line_of(&error.key),
+        key: error.key,
+        message: error.message,
+    };
+
+    let mut config: Config = serde_path_to_error::deserialize(value).map_err(|error| {
+        let key = error.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        ConfigErrors(vec![locate(KeyError::new(
+            key,
+            error.into_inner().to_string(),
+        ))])
+    })?;
+
+    let base_dir = match path.and_then(Path::parent) {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    config.entities = Entities {
+        services: std::mem::take(&mut config.raw_services),
+        routes: std::mem::take(&mut config.raw_routes),
+        consumers: std::mem::take(&mut config.raw_consumers),
+    };
+    config.base_dir = base_dir;
+    config.source = file.clone();
+    resolve_paths(&mut config);
+
+    let mut errors: Vec<KeyError> = validate_node(&config);
+    errors.extend(validate_entities(&config.entities));
+    errors.extend(validate_policies("policies", &config.policies));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors.into_iter().map(locate).collect()))
+    }
+}
+
+/// Returns the configuration used when no file is given.
+pub fn embedded_default() -> Config {
+    let env = |_: &str| None;
+    let mut config = load_str("{}", None, &env).expect("the embedded default is valid");
+    config.base_dir = PathBuf::from(".");
+    config
+}
+
+/// Returns a line index for `source`, for callers that report their own errors by key path.
+pub fn line_index(source: &str) -> Option<LineIndex> {
+    let env = |_: &str| Some(String::new());
+    yaml::parse(source, &env).ok().map(|(_, index)| index)
+}
+
+fn resolve_paths(config: &mut Config) {
+    let base = config.base_dir.clone();
+    let resolve = |path: &mut PathBuf| {
+        if path.is_relative() {
+            *path = base.join(&*path);
+        }
+    };
+    for listener in &mut config.listeners {
+        if let Some(tls) = &mut listener.tls {
+            for certificate in &mut tls.certificates {
+                resolve(&mut certificate.cert_file);
+                resolve(&mut certificate.key_file);
+            }
+        }
+    }
+    if let crate::model::StoreConfig::Sqlite(path) = &mut config.store {
+        resolve(path);
+    }
+    if let crate::model::AccessLogTarget::File(path) = &mut config.access_log {
+        resolve(path);
+    }
+    if let Some(path) = &mut config.admin.token_file {
+        resolve(path);
+    }
+}
+
+fn validate_node(config: &Config) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    let mut addresses = HashSet::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if !addresses.insert(listener.address) {
+            errors.push(KeyError::new(
+                format!("listeners[{i}].address"),
+                format!("address {} is used by another listener", listener.address),
+            ));
+        }
+        if let Some(tls) = &listener.tls {
+            if tls.certificates.is_empty() {
+                errors.push(KeyError::new(
+                    format!("listeners[{i}].tls.certificates"),
+                    "a TLS listener needs at least one certificate",
+                ));
+            }
+            for (j, certificate) in tls.certificates.iter().enumerate() {
+                for (field, file) in [
+                    ("cert_file", &certificate.cert_file),
+                    ("key_file", &certificate.key_file),
+                ] {
+                    if let Err(error) = std::fs::metadata(file) {
+                        errors.push(KeyError::new(
+                            format!("listeners[{i}].tls.certificates[{j}].{field}"),
+                            format!("cannot read `{}`: {error}", file.display()),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if config
+        .listeners
+        .iter()
+        .any(|listener| listener.address == config.admin.address)
+    {
+        errors.push(KeyError::new(
+            "admin.address",
+            format!("address {} is also a proxy listener", config.admin.address),
+        ));
+    }
+    if let Some(token) = &config.admin.token {
+        if token.len() < 16 {
+            errors.push(KeyError::new(
+                "admin.token",
+                "the admin token must be at least 16 characters",
+            ));
+        }
+    }
+    if let crate::model::StoreConfig::Postgres(url) = &config.store {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            errors.push(KeyError::new(
+                "store.postgres",
+                "expected a URL that starts with postgres://",
+            ));
+        }
+    }
+    if let Some(secret) = &config.key_hash_secret {
+        if secret.len() < 32 {
+            errors.push(KeyError::new(
+                "key_hash_secret",
+                "the key hash secret must be at least 32 characters",
+            ));
+        }
+    }
+    let limits = &config.limits;
+    for (key, value) in [
+        ("limits.max_header_bytes", limits.max_header_bytes as u64),
+        ("limits.max_headers", limits.max_headers as u64),
+        ("limits.max_uri_bytes", limits.max_uri_bytes as u64),
+    ] {
+        if value == 0 {
+            errors.push(KeyError::new(key, "must be greater than 0"));
+        }
+    }
+    if let Err(error) = config.log.level.parse::<LevelCheck>() {
+        errors.push(KeyError::new("log.level", error));
+    }
+    errors
+}
+
+/// A rough syntax check of a `tracing` filter, so typos fail at load time.
+struct LevelCheck;
+
+impl std::str::FromStr for LevelCheck {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let level = directive.rsplit('=').next().unwrap_or(directive);
+            if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) && !directive.contains('=') {
+                return Err(format!(
+                    "invalid log level `{directive}`; expected one of {}",
+                    LEVELS.join(", ")
+                ));
+            }
+        }
+        Ok(LevelCheck)
+    }
+}
+
+/// Checks the entities for errors a store write or a snapshot build would hit later: duplicate
+/// names, dangling references, malformed paths and targets.
+pub fn validate_entities(entities: &Entities) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    let mut service_names = HashSet::new();
+    for (i, service) in entities.services.iter().enumerate() {
+        let at = format!("services[{i}]");
+        check_name(&mut errors, &format!("{at}.name"), &service.name);
+        if !service_names.insert(service.name.as_str()) {
+            errors.push(KeyError::new(
+                format!("{at}.name"),
+                format!("duplicate service name `{}`", service.name),
+            ));
+        }
+        errors.extend(validate_service_fields(&at, service));
+    }
+    let mut route_names = HashSet::new();
+    for (i, route) in entities.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        check_name(&mut errors, &format!("{at}.name"), &route.name);
+        if !route_names.insert(route.name.as_str()) {
+            errors.push(KeyError::new(
+                format!("{at}.name"),
+                format!("duplicate route name `{}`", route.name),
+            ));
+        }
+        match &route.service {
+            Some(name) if !service_names.contains(name.as_str()) => errors.push(KeyError::new(
+                format!("{at}.service"),
+                format!("service `{name}` is not defined"),
+            )),
+            Some(_) => {}
+            None => errors.push(KeyError::new(
+                format!("{at}.service"),
+                "a route needs a service",
+            )),
+        }
+        errors.extend(validate_route_fields(&at, route));
+    }
+    let mut consumer_names = HashSet::new();
+    let mut keys = HashSet::new();
+    for (i, consumer) in entities.consumers.iter().enumerate() {
+        let at = format!("consumers[{i}]");
+        check_name(&mut errors, &format!("{at}.name"), &consumer.name);
+        if !consumer_names.insert(consumer.name.as_str()) {
+            errors.push(KeyError::new(
+                format!("{at}.name"),
+                format!("duplicate consumer name `{}`", consumer.name),
+            ));
+        }
+        errors.extend(validate_consumer_fields(&at, consumer));
+        for (j, key) in consumer.api_keys.iter().enumerate() {
+            if !keys.insert(key.as_str()) {
+                errors.push(KeyError::new(
+                    format!("{at}.api_keys[{j}]"),
+                    "this API key is already declared",
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// Checks one service on its own (names of other entities are not looked at).
+pub fn validate_service_fields(at: &str, service: &crate::model::ServiceSpec) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    if service.targets.is_empty() {
+        errors.push(KeyError::new(
+            format!("{at}.targets"),
+            "a service needs at least one target",
+        ));
+    }
+    for (j, target) in service.targets.iter().enumerate() {
+        if let Err(message) = check_target(target) {
+            errors.push(KeyError::new(format!("{at}.targets[{j}]"), message));
+        }
+    }
+    let timeouts = &service.timeouts;
+    for (field, value) in [
+        ("connect", timeouts.connect),
+        ("response", timeouts.response),
+    ] {
+        if value.is_zero() {
+            errors.push(KeyError::new(
+                format!("{at}.timeouts.{field}"),
+                "must be greater than 0",
+            ));
+        }
+    }
+    errors.extend(validate_policies(
+        &format!("{at}.policies"),
+        &service.policies,
+    ));
+    errors
+}
+
+/// Checks one route on its own (its service reference is not looked up).
+pub fn validate_route_fields(at: &str, route: &crate::model::RouteSpec) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    if route.paths.is_empty() {
+        errors.push(KeyError::new(
+            format!("{at}.paths"),
+            "a route needs at least one path",
+        ));
+    }
+    for (j, path) in route.paths.iter().enumerate() {
+        let key = match path {
+            PathMatch::Prefix(_) => format!("{at}.paths[{j}]"),
+            PathMatch::Exact { .. } => format!("{at}.paths[{j}].exact"),
+        };
+        if let Err(message) = check_route_path(path.path()) {
+            errors.push(KeyError::new(key, message));
+        }
+    }
+    for (j, method) in route.methods.iter().enumerate() {
+        if http::Method::from_bytes(method.as_bytes()).is_err()
+            || method.chars().any(|c| c.is_ascii_lowercase())
+        {
+            errors.push(KeyError::new(
+                format!("{at}.methods[{j}]"),
+                format!("invalid method `{method}`; write it in upper case, like GET"),
+            ));
+        }
+    }
+    for (j, host) in route.hosts.iter().enumerate() {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        let valid = !bare.is_empty()
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !bare.starts_with('.')
+            && !bare.ends_with('.');
+        if !valid {
+            errors.push(KeyError::new(
+                format!("{at}.hosts[{j}]"),
+                format!(
+                    "invalid host `{host}`; expected a name like api.example.com or *.example.com"
+                ),
+            ));
+        }
+    }
+    errors.extend(validate_policies(
+        &format!("{at}.policies"),
+        &route.policies,
+    ));
+    errors
+}
+
+/// Checks one consumer on its own.
+pub fn validate_consumer_fields(at: &str, consumer: &crate::model::ConsumerSpec) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    for (j, key) in consumer.api_keys.iter().enumerate() {
+        if key.len() < 16 || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.push(KeyError::new(
+                format!("{at}.api_keys[{j}]"),
+                "an API key must be 16 to 256 printable ASCII characters without spaces",
+            ));
+        }
+    }
+    for (j, role) in consumer.roles.iter().enumerate() {
+        check_name(&mut errors, &format!("{at}.roles[{j}]"), role);
+    }
+    errors.extend(validate_policies(
+        &format!("{at}.policies"),
+        &consumer.policies,
+    ));
+    errors
+}
+
+/// Checks a list of policies attached at one level.
+pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, policy) in policies.iter().enumerate() {
+        let key = format!("{at}[{i}].{}", policy.kind());
+        if !seen.insert(policy.override_key()) {
+            errors.push(KeyError::new(
+                key.clone(),
+                format!(
+                    "`{}` is attached twice at this level; give each instance a distinct `name`",
+                    policy.kind()
+                ),
+            ));
+        }
+        match policy {
+            PolicySpec::KeyAuth(spec) => {
+                if spec.header_names.is_empty() && !spec.bearer && spec.query_param.is_none() {
+                    errors.push(KeyError::new(
+                        key,
+                        "key-auth needs a header, bearer or query_param source",
+                    ));
+                } else {
+                    for (j, name) in spec.header_names.iter().enumerate() {
+                        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                            errors.push(KeyError::new(
+                                format!("{key}.header_names[{j}]"),
+                                format!("invalid header name `{name}`"),
+                            ));
+                        }
+                    }
+                }
+            }
+            PolicySpec::RateLimit(spec) => errors.extend(validate_rate_limit(&key, spec)),
+        }
+    }
+    errors
+}
+
+fn validate_rate_limit(key: &str, spec: &RateLimitSpec) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    if spec.limit == 0 {
+        errors.push(KeyError::new(
+            format!("{key}.limit"),
+            "must be greater than 0",
+        ));
+    }
+    if spec.window.is_zero() {
+        errors.push(KeyError::new(
+            format!("{key}.window"),
+            "must be greater than 0",
+        ));
+    }
+    if spec.burst == Some(0) {
+        errors.push(KeyError::new(
+            format!("{key}.burst"),
+            "must be greater than 0",
+        ));
+    }
+    match (spec.by, &spec.header) {
+        (LimitKey::Header, None) => errors.push(KeyError::new(
+            format!("{key}.header"),
+            "`by: header` needs the header name in `header`",
+        )),
+        (LimitKey::Header, Some(name))
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() =>
+        {
+            errors.push(KeyError::new(
+                format!("{key}.header"),
+                format!("invalid header name `{name}`"),
+            ))
+        }
+        (LimitKey::Header, Some(_)) => {}
+        (_, Some(_)) => errors.push(KeyError::new(
+            format!("{key}.header"),
+            "`header` is only read with `by: header`",
+        )),
+        (_, None) => {}
+    }
+    errors
+}
+
+fn check_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        errors.push(KeyError::new(
+            key,
+            format!("invalid name `{name}`; use 1 to 128 letters, digits, `-`, `_` or `.`"),
+        ));
+    }
+}
+
+fn check_target(target: &str) -> Result<(), String> {
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|_| format!("invalid target URL `{target}`"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "target `{target}`: https upstreams are not supported yet"
+            ));
+        }
+        _ => return Err(format!("target `{target}` must start with http://")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("target `{target}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("target `{target}` must not have a query string"));
+    }
+    Ok(())
+}
+
+fn check_route_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("path `{path}` must start with `/`"));
+    }
+    let valid = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,=:@".contains(&b));
+    if !valid {
+        return Err(format!(
+            "path `{path}` has characters that are not allowed; write it decoded, without `%`, `;`, `?` or `#`"
+        ));
+    }
+    let has_dot_segment = path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..");
+    if path.contains("//") || has_dot_segment {
+        return Err(format!(
+            "path `{path}` is not in canonical form (no `//`, `.` or `..` segments)"
+        ));
+    }
+    Ok(())
+}

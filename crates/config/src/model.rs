@@ -1,0 +1,476 @@
+//! The declarative configuration model.
+//!
+//! Two kinds of settings live here. Node settings (listeners, admin, store, logging, limits)
+//! belong to one process and come only from its file. Entities (services, routes, consumers and
+//! their policies) are the shared gateway configuration: they are synced from the file into the
+//! store, edited through the admin API, and read back from the store into each snapshot. Entity
+//! types therefore serialise to the same shape that they deserialise from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::duration;
+
+/// A whole configuration file after loading.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub access_log: AccessLogTarget,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    #[serde(default)]
+    pub limits: RequestLimits,
+    #[serde(default)]
+    pub timeouts: ClientTimeouts,
+    /// Secret for the keyed hash of API keys; generated and kept in the store when absent.
+    #[serde(default)]
+    pub key_hash_secret: Option<String>,
+    /// Policies that apply to every route.
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+    /// Services, routes and consumers, gathered from the three top-level keys after loading.
+    #[serde(skip)]
+    pub entities: Entities,
+    // The three entity lists are read as plain fields rather than a flattened struct so that
+    // errors inside them keep their key path.
+    #[serde(default, rename = "services")]
+    pub(crate) raw_services: Vec<ServiceSpec>,
+    #[serde(default, rename = "routes")]
+    pub(crate) raw_routes: Vec<RouteSpec>,
+    #[serde(default, rename = "consumers")]
+    pub(crate) raw_consumers: Vec<ConsumerSpec>,
+    /// Folder of the config file, against which relative paths resolve.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Path of the config file, or `None` for the embedded default.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// The entities that form the shared gateway configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entities {
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerSpec>,
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig {
+        address: SocketAddr::from(([127, 0, 0, 1], 8000)),
+        tls: None,
+    }]
+}
+
+/// One address the proxy accepts client connections on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates chosen by SNI; the first is the default for clients that send no SNI.
+    pub certificates: Vec<CertificateConfig>,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Offer HTTP/2 through ALPN.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    #[default]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// The admin API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+    /// Bearer token for every admin call; generated on first start when absent.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Where a generated token is written; defaults to `portcullis-admin.token` beside the store.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: default_admin_address(),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8001))
+}
+
+/// Where entities, keys and the config version are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum StoreConfig {
+    /// A SQLite database file, created when missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Sqlite(PathBuf::from("portcullis.db"))
+    }
+}
+
+/// Destination of the JSON access log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    #[default]
+    Stdout,
+    Stderr,
+    Off,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLogTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Option::<String>::deserialize(deserializer)?;
+        Ok(match text.as_deref() {
+            None | Some("off") | Some("false") => AccessLogTarget::Off,
+            Some("stdout") => AccessLogTarget::Stdout,
+            Some("stderr") => AccessLogTarget::Stderr,
+            Some(path) => AccessLogTarget::File(PathBuf::from(path)),
+        })
+    }
+}
+
+/// Diagnostic logging, separate from the access log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `portcullis_proxy=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Format of diagnostic logs on standard error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// An IP network such as `10.0.0.0/8`; a bare address means that one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Ok(Cidr(net.trunc()));
+        }
+        text.parse::<std::net::IpAddr>()
+            .map(|ip| Cidr(IpNet::from(ip)))
+            .map_err(|_| serde::de::Error::custom(format!("invalid CIDR or IP address `{text}`")))
+    }
+}
+
+/// Size limits on client requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLimits {
+    /// Total size of the request line and headers, in bytes (431 past it).
+    pub max_header_bytes: usize,
+    /// Number of header fields (431 past it).
+    pub max_headers: usize,
+    /// Length of the request target, in bytes (414 past it).
+    pub max_uri_bytes: usize,
+    /// Size of a request body, in bytes (413 past it).
+    pub max_body_bytes: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Timeouts on client connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTimeouts {
+    /// Time a client has to send a request's headers.
+    #[serde(with = "duration")]
+    pub header_read: Duration,
+    /// Time an idle keep-alive connection is kept open.
+    #[serde(with = "duration")]
+    pub idle: Duration,
+    /// Time in-flight requests get to finish on shutdown.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An upstream service: where requests go and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// Upstream base URLs such as `http://127.0.0.1:9000`, balanced round robin.
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub timeouts: UpstreamTimeouts,
+    /// Send the client's `Host` upstream instead of the target's.
+    #[serde(default)]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+}
+
+/// Timeouts for requests to a service's upstreams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    /// Time to open a TCP connection to a target (504 past it).
+    #[serde(with = "duration")]
+    pub connect: Duration,
+    /// Time from sending the request to receiving the response headers (504 past it).
+    #[serde(with = "duration")]
+    pub response: Duration,
+    /// Time a pooled idle connection to a target is kept.
+    #[serde(with = "duration")]
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// A route: which requests it matches and which service serves them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    pub service: Option<String>,
+    pub paths: Vec<PathMatch>,
+    /// Methods the route accepts; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Host names the route accepts, exact or `*.example.com`; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Remove the matched path prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+}
+
+/// A route path: a plain string is a prefix that matches whole segments, `{exact: /p}` one path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact { exact: String },
+}
+
+impl PathMatch {
+    pub fn path(&self) -> &str {
+        match self {
+            PathMatch::Prefix(path) | PathMatch::Exact { exact: path } => path,
+        }
+    }
+}
+
+/// A caller of the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSpec {
+    pub name: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Plaintext API keys declared in the file; the store keeps only their keyed hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<String>,
+    /// Policies that apply to this consumer's requests once it is authenticated.
+    #[serde(default)]
+    pub policies: Vec<PolicySpec>,
+}
+
+/// One policy attached globally, to a service, a route or a consumer.
+///
+/// Written in YAML as a single-key mapping: `- rate-limit: { limit: 5, window: 1s }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicySpec {
+    KeyAuth(KeyAuthSpec),
+    RateLimit(RateLimitSpec),
+}
+
+impl PolicySpec {
+    /// Returns the policy's type name as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicySpec::KeyAuth(_) => "key-auth",
+            PolicySpec::RateLimit(_) => "rate-limit",
+        }
+    }
+
+    /// Returns the identity under which a more specific attachment overrides a less specific
+    /// one: the type name, plus the instance name when one is given.
+    pub fn override_key(&self) -> String {
+        match self {
+            PolicySpec::RateLimit(RateLimitSpec {
+                name: Some(name), ..
+            }) => format!("rate-limit:{name}"),
+            other => other.kind().to_string(),
+        }
+    }
+}
+
+/// API-key authentication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyAuthSpec {
+    /// Request headers that may carry the key.
+    pub header_names: Vec<String>,
+    /// Accept `Authorization: Bearer <key>`.
+    pub bearer: bool,
+    /// Query parameter that may carry the key; off by default because query strings reach logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_param: Option<String>,
+    /// Remove the credential before forwarding.
+    pub hide_credentials: bool,
+}
+
+impl Default for KeyAuthSpec {
+    fn default() -> Self {
+        KeyAuthSpec {
+            header_names: vec!["apikey".into()],
+            bearer: true,
+            query_param: None,
+            hide_credentials: true,
+        }
+    }
+}
+
+/// A rate limit with a burst (GCRA).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Instance name; limits with different names apply together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Requests admitted per window.
+    pub limit: u64,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// Requests that may arrive at once; defaults to `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// What the limit counts by.
+    #[serde(default)]
+    pub by: LimitKey,
+    /// Header whose value keys the limit when `by: header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Also send the older `X-RateLimit-*` headers.
+    #[serde(default)]
+    pub legacy_headers: bool,
+}
+
+/// The quantity a rate limit is keyed by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitKey {
+    /// The authenticated consumer; requests without one are keyed by client IP.
+    #[default]
+    Consumer,
+    Route,
+    Service,
+    Ip,
+    Header,
+}
+
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,321 @@
+//! The portcullis control plane.
+//!
+//! The control plane owns the node's configuration file, the store and the current snapshot.
+//! At start it syncs the entities declared in the file into the store, then compiles the
+//! store's state into a snapshot. Afterwards it rebuilds the snapshot whenever the store's
+//! config version moves: at once after a write through this node's admin API, and within one
+//! poll interval after a write through any other node. A rebuild that fails (the store is
+//! down, or a stored entity no longer compiles) keeps the last good snapshot in service and
+//! marks the node degraded until a later rebuild succeeds.
+
+mod keys;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use portcullis_config::Config;
+use portcullis_policy::api_key::KeyHasher;
+use portcullis_proxy::metrics::Metrics;
+use portcullis_proxy::policies::PolicyContext;
+use portcullis_proxy::snapshot::{self, CompileContext, KeyInput, Snapshot, SnapshotHandle};
+use portcullis_proxy::upstream::ClientPool;
+use portcullis_proxy::usage::KeyUsage;
+use portcullis_store::{Store, StoreError, StoreState};
+use tokio::sync::{Mutex, watch};
+
+pub use keys::declared_key_records;
+
+/// Name of the store secret that keys API-key hashes when the config sets none.
+const KEY_HASH_SECRET: &str = "key_hash_secret";
+/// How often the store's config version is compared with the snapshot's.
+pub const VERSION_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often recorded key uses are written to the store.
+const KEY_USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A failure of the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The node's health as reported by `/health/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Config version of the snapshot in service.
+    pub version: u64,
+    /// Why the node is degraded, when it is.
+    pub degraded: Option<String>,
+}
+
+/// The control plane of one node.
+pub struct ControlPlane {
+    config: ArcSwap<Config>,
+    store: Arc<dyn Store>,
+    snapshot: Arc<SnapshotHandle>,
+    context: CompileContext,
+    metrics: Arc<Metrics>,
+    health: ArcSwap<Health>,
+    served_version: AtomicU64,
+    rebuild: Mutex<()>,
+}
+
+impl ControlPlane {
+    /// Syncs the file's entities into the store and builds the first snapshot.
+    pub async fn start(
+        config: Config,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        policy: PolicyContext,
+    ) -> Result<Arc<Self>, ControlError> {
+        let secret = match &config.key_hash_secret {
+            Some(secret) => secret.clone(),
+            None => store.secret(KEY_HASH_SECRET, &generate_secret).await?,
+        };
+        let hasher = KeyHasher::new(secret.as_bytes());
+        let declared_keys = declared_key_records(&config.entities, &hasher);
+        let version = store
+            .sync_declared(&config.entities, &declared_keys)
+            .await?;
+        tracing::info!(
+            store.backend = store.backend(),
+            config.version = version,
+            "synced declared entities into the store"
+        );
+
+        let context = CompileContext {
+            policy,
+            clients: Arc::new(ClientPool::default()),
+            key_usage: Arc::new(KeyUsage::default()),
+            hasher,
+        };
+        let state = store.load().await?;
+        let first = compile(&config, &state, &context)?;
+        metrics.config_version.set(state.version as i64);
+        let control = ControlPlane {
+            config: ArcSwap::from_pointee(config),
+            store,
+            snapshot: Arc::new(SnapshotHandle::new(first)),
+            context,
+            metrics,
+            health: ArcSwap::from_pointee(Health {
+                version: state.version,
+                degraded: None,
+            }),
+            served_version: AtomicU64::new(state.version),
+            rebuild: Mutex::new(()),
+        };
+        Ok(Arc::new(control))
+    }
+
+    pub fn snapshot(&self) -> Arc<SnapshotHandle> {
+        self.snapshot.clone()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.context.hasher
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn health(&self) -> Health {
+        Health::clone(&self.health.load())
+    }
+
+    /// Rebuilds the snapshot when the store's version differs from the one in service.
+    /// Returns true when a new snapshot was swapped in.
+    pub async fn refresh(&self) -> Result<bool, ControlError> {
+        let _guard = self.rebuild.lock().await;
+        let result = self.refresh_locked().await;
+        self.record_outcome(&result);
+        result
+    }
+
+    async fn refresh_locked(&self) -> Result<bool, ControlError> {
+        let version = self.store.version().await?;
+        if version == self.served_version.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let state = self.store.load().await?;
+        self.install(&state)?;
+        Ok(true)
+    }
+
+    fn install(&self, state: &StoreState) -> Result<(), ControlError> {
+        let config = self.config.load();
+        let snapshot = compile(&config, state, &self.context)?;
+        self.snapshot.store(snapshot);
+        self.served_version.store(state.version, Ordering::Release);
+        self.metrics.config_version.set(state.version as i64);
+        tracing::info!(
+            config.version = state.version,
+            "serving a new configuration snapshot"
+        );
+        Ok(())
+    }
+
+    fn record_outcome(&self, result: &Result<bool, ControlError>) {
+        let version = self.served_version.load(Ordering::Acquire);
+        let degraded = match result {
+            Ok(_) => None,
+            Err(error) => Some(error.to_string()),
+        };
+        let previous = self.health.load();
+        if previous.degraded != degraded {
+            match &degraded {
+                Some(reason) => {
+                    tracing::error!(reason = %reason, config.version = version, "configuration refresh failed; serving the last good snapshot")
+                }
+                None if previous.degraded.is_some() => {
+                    tracing::info!(config.version = version, "configuration refresh recovered")
+                }
+                None => {}
+            }
+        }
+        if previous.version != version || previous.degraded != degraded {
+            self.health.store(Arc::new(Health { version, degraded }));
+        }
+    }
+
+    /// Re-reads the configuration file, syncs its entities and rebuilds the snapshot. Node
+    /// settings that need a restart (listeners, admin address, store) keep their old values and
+    /// are reported in the log.
+    pub async fn reload_file(&self) -> Result<u64, ControlError> {
+        let current = self.config.load_full();
+        let Some(path) = current.source.clone() else {
+            return Err(ControlError::Config(
+                "the node runs on the embedded default; there is no file to reload".into(),
+            ));
+        };
+        let mut next = portcullis_config::load_file(&path)
+            .map_err(|errors| ControlError::Config(errors.to_string()))?;
+        if next.store != current.store || next.admin.address != current.admin.address {
+            tracing::warn!(
+                "the store and admin address change only on restart; keeping the running values"
+            );
+        }
+        let listeners_changed = next.listeners.len() != current.listeners.len()
+            || next
+                .listeners
+                .iter()
+                .zip(&current.listeners)
+                .any(|(a, b)| a.address != b.address || a.tls.is_some() != b.tls.is_some());
+        if listeners_changed {
+            tracing::warn!(
+                "listener addresses change only on restart; keeping the running listeners"
+            );
+        }
+        next.store = current.store.clone();
+        next.listeners = current.listeners.clone();
+        next.admin = current.admin.clone();
+        if next.key_hash_secret != current.key_hash_secret {
+            tracing::warn!("key_hash_secret changes only on restart; keeping the running value");
+            next.key_hash_secret = current.key_hash_secret.clone();
+        }
+
+        let _guard = self.rebuild.lock().await;
+        let declared_keys = declared_key_records(&next.entities, &self.context.hasher);
+        self.store
+            .sync_declared(&next.entities, &declared_keys)
+            .await?;
+        let state = self.store.load().await?;
+        // Compile against the new file before it replaces the old one, so a file that does not
+        // compile leaves the node as it was.
+        let snapshot = compile(&next, &state, &self.context)?;
+        self.config.store(Arc::new(next));
+        self.snapshot.store(snapshot);
+        self.served_version.store(state.version, Ordering::Release);
+        self.metrics.config_version.set(state.version as i64);
+        self.record_outcome(&Ok(true));
+        tracing::info!(config.version = state.version, file = %path.display(), "reloaded the configuration file");
+        Ok(state.version)
+    }
+
+    /// Spawns the background tasks: the version poll and the key-usage flush. They stop when
+    /// `shutdown` turns true.
+    pub fn spawn_background(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let control = self.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(VERSION_POLL_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = stop.wait_for(|stop| *stop) => return,
+                }
+                // Errors are recorded in the node's health and logged on change.
+                let _ = control.refresh().await;
+            }
+        });
+
+        let control = self.clone();
+        let mut stop = shutdown;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(KEY_USAGE_FLUSH_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let stopping = tokio::select! {
+                    _ = interval.tick() => false,
+                    _ = stop.wait_for(|stop| *stop) => true,
+                };
+                control.flush_key_usage().await;
+                if stopping {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Writes the recorded last-use times of API keys to the store.
+    pub async fn flush_key_usage(&self) {
+        let uses = self.context.key_usage.drain();
+        if uses.is_empty() {
+            return;
+        }
+        let uses: Vec<(String, i64)> = uses.into_iter().collect();
+        if let Err(error) = self.store.record_key_use(&uses).await {
+            tracing::warn!(%error, keys = uses.len(), "cannot record API-key last use; dropping this batch");
+        }
+    }
+}
+
+fn compile(
+    config: &Config,
+    state: &StoreState,
+    context: &CompileContext,
+) -> Result<Snapshot, snapshot::SnapshotError> {
+    let now = time::OffsetDateTime::now_utc();
+    let keys = state
+        .keys
+        .iter()
+        .filter(|key| key.status(now) != portcullis_store::KeyStatus::Revoked)
+        .map(|key| KeyInput {
+            id: &key.id,
+            consumer: &key.consumer,
+            hex_digest: &key.hash,
+            expires_at: key.expires_at.map(|at| at.unix_timestamp()),
+            scopes: &key.scopes,
+        });
+    snapshot::compile(config, &state.entities, keys, state.version, context)
+}
+
+/// Generates a random secret of 48 base64 characters.
+pub fn generate_secret() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 36];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

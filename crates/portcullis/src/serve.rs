@@ -1,0 +1,283 @@
+//! `portcullis serve`: start-up, signals and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use portcullis_admin::AdminState;
+use portcullis_config::{Config, LogFormat};
+use portcullis_control::ControlPlane;
+use portcullis_policy::rate_limit::MemoryCounters;
+use portcullis_proxy::access_log::AccessLog;
+use portcullis_proxy::metrics::Metrics;
+use portcullis_proxy::policies::{MonotonicClock, PolicyContext};
+use portcullis_proxy::server::{self, ConnectionSettings, ConnectionTracker, Listener};
+use portcullis_proxy::service::Proxy;
+use portcullis_proxy::tls::CertificateResolver;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::token::{self, TokenSource};
+
+/// How often TLS certificate files are checked for changes.
+const CERTIFICATE_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => portcullis_config::load_file(&path)
+            .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}")),
+        None => Ok(portcullis_config::embedded_default()),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(error) = result {
+        eprintln!("warning: logging was already initialised: {error}");
+    }
+}
+
+pub async fn migrate(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    init_logging(&config);
+    let store = portcullis_store::open(&config.store)
+        .await
+        .context("cannot open the store")?;
+    let version = store.version().await?;
+    tracing::info!(
+        store.backend = store.backend(),
+        config.version = version,
+        "migrations applied"
+    );
+    Ok(())
+}
+
+pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    init_logging(&config);
+
+    let access_log = AccessLog::open(&config.access_log).context("cannot open the access log")?;
+    let store = portcullis_store::open(&config.store)
+        .await
+        .context("cannot open the store")?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let policy = PolicyContext {
+        counters: MemoryCounters::new(),
+        clock: Arc::new(MonotonicClock::default()),
+    };
+    let control = ControlPlane::start(config.clone(), store, metrics.clone(), policy)
+        .await
+        .context("cannot load the configuration")?;
+    let (admin_token, token_source) = token::admin_token(&config)?;
+
+    // Bind every listener before serving any, so a port conflict stops the start cleanly.
+    let mut listeners = Vec::new();
+    for listener_config in &config.listeners {
+        listeners.push(Listener::bind(listener_config).await?);
+    }
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.address)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on the admin address {}",
+                config.admin.address
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let proxy = Arc::new(Proxy {
+        snapshot: control.snapshot(),
+        metrics: metrics.clone(),
+        access_log: access_log.clone(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tracker = ConnectionTracker::new();
+    let settings = ConnectionSettings {
+        timeouts: config.timeouts.clone(),
+        limits: config.limits.clone(),
+    };
+
+    let mut proxy_addrs: Vec<SocketAddr> = Vec::new();
+    let mut certificates: Vec<Arc<CertificateResolver>> = Vec::new();
+    let mut listener_tasks = Vec::new();
+    for listener in listeners {
+        let addr = listener.local_addr();
+        proxy_addrs.push(addr);
+        match listener.certificates() {
+            Some(resolver) => {
+                tracing::info!(listener.addr = %addr, tls = true, tls.names = ?resolver.names(), "proxy listener started");
+                certificates.push(resolver);
+            }
+            None => tracing::info!(listener.addr = %addr, tls = false, "proxy listener started"),
+        }
+        listener_tasks.push(tokio::spawn(server::run(
+            listener,
+            proxy.clone(),
+            settings.clone(),
+            shutdown_rx.clone(),
+            tracker.clone(),
+        )));
+    }
+
+    let admin_state = Arc::new(AdminState {
+        control: control.clone(),
+        registry,
+        token: admin_token,
+        access_log: access_log.clone(),
+        metrics: metrics.clone(),
+        access_log_dropped_seen: Default::default(),
+    });
+    let admin_router = portcullis_admin::router(admin_state);
+    let mut admin_shutdown = shutdown_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        let server = axum::serve(admin_listener, admin_router).with_graceful_shutdown(async move {
+            let _ = admin_shutdown.wait_for(|stop| *stop).await;
+        });
+        if let Err(error) = server.await {
+            tracing::error!(%error, "admin listener failed");
+        }
+    });
+
+    match &token_source {
+        TokenSource::Config => {
+            tracing::info!(admin.addr = %admin_addr, "admin API started; token from the config")
+        }
+        TokenSource::File {
+            path,
+            created: true,
+        } => {
+            tracing::warn!(admin.addr = %admin_addr, token.file = %path.display(), "admin API started; generated a new admin token and wrote it to the token file")
+        }
+        TokenSource::File {
+            path,
+            created: false,
+        } => {
+            tracing::info!(admin.addr = %admin_addr, token.file = %path.display(), "admin API started; token from the token file")
+        }
+    }
+    let snapshot = control.snapshot().load();
+    tracing::info!(
+        config.source = %config.source.as_ref().map_or("embedded default".to_string(), |path| path.display().to_string()),
+        config.version = snapshot.version,
+        store.backend = control.store().backend(),
+        routes = ?control.config().entities.routes.iter().map(|route| route.name.as_str()).collect::<Vec<_>>(),
+        global_policies = ?config.policies.iter().map(|policy| policy.kind()).collect::<Vec<_>>(),
+        access_log = access_log.is_on(),
+        "portcullis is ready"
+    );
+
+    if let Some(file) = &addresses_file {
+        let addresses = serde_json::json!({
+            "proxy": proxy_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "admin": admin_addr.to_string(),
+        });
+        let temporary = file.with_extension("tmp");
+        std::fs::write(&temporary, addresses.to_string())
+            .and_then(|()| std::fs::rename(&temporary, file))
+            .with_context(|| format!("cannot write the addresses file {}", file.display()))?;
+    }
+
+    control.spawn_background(shutdown_rx.clone());
+    spawn_certificate_poll(certificates.clone(), shutdown_rx.clone());
+
+    wait_for_shutdown(&control, &certificates).await;
+
+    // Stop accepting, let open connections finish their requests, then exit.
+    tracing::info!(
+        connections = tracker.open(),
+        grace_s = config.timeouts.shutdown_grace.as_secs(),
+        "shutting down: draining connections"
+    );
+    let _ = shutdown_tx.send(true);
+    for task in listener_tasks {
+        let _ = task.await;
+    }
+    if tokio::time::timeout(config.timeouts.shutdown_grace, tracker.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.open(),
+            "shutdown grace period ended with connections still open"
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
+    control.flush_key_usage().await;
+    tracing::info!("portcullis stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; reloads the file and the certificates on SIGHUP meanwhile.
+async fn wait_for_shutdown(control: &Arc<ControlPlane>, certificates: &[Arc<CertificateResolver>]) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut terminate), Ok(mut interrupt), Ok(mut hangup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => { tracing::info!(signal = "SIGTERM", "received a stop signal"); return; }
+                _ = interrupt.recv() => { tracing::info!(signal = "SIGINT", "received a stop signal"); return; }
+                _ = hangup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "reloading the configuration file and certificates");
+                    if let Err(error) = control.reload_file().await {
+                        tracing::error!(%error, "configuration reload failed; the running configuration is unchanged");
+                    }
+                    for resolver in certificates {
+                        resolver.reload();
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (control, certificates);
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn spawn_certificate_poll(
+    certificates: Vec<Arc<CertificateResolver>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if certificates.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(CERTIFICATE_POLL_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            for resolver in &certificates {
+                resolver.reload_if_changed();
+            }
+        }
+    });
+}

@@ -1,0 +1,236 @@
+//! Request and response bodies that stream through the gateway.
+//!
+//! Neither body is buffered: each frame passes through as it arrives. [`RequestBody`] counts the
+//! bytes a client sends and ends the stream with an error once they exceed the limit, so that an
+//! oversized chunked body is cut off without being held in memory. [`ResponseBody`] counts the
+//! bytes sent back and runs a completion hook when the body ends or is dropped, which is when the
+//! access log line is written: only then are the status, the size and the outcome all known.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// Boxed error type of the bodies in this module.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body exceeded the configured size limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// Byte counts and flags shared between a body and the request handler.
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    pub bytes: AtomicU64,
+    pub too_large: AtomicBool,
+}
+
+/// A client request body on its way upstream.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    stats: Arc<BodyStats>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64, stats: Arc<BodyStats>) -> Self {
+        RequestBody {
+            inner: Some(inner),
+            limit,
+            stats,
+        }
+    }
+
+    /// A body with no content.
+    pub fn empty(stats: Arc<BodyStats>) -> Self {
+        RequestBody {
+            inner: None,
+            limit: 0,
+            stats,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let total = this
+                        .stats
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if total > this.limit {
+                        this.stats.too_large.store(true, Ordering::Relaxed);
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(Body::size_hint)
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// How a response body ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every byte was handed to the client connection.
+    Completed,
+    /// The upstream failed while the body was streaming.
+    UpstreamError,
+    /// The client went away before the body ended.
+    ClientAborted,
+}
+
+/// Runs once when a response body ends or is dropped.
+pub trait Completion: Send + 'static {
+    fn complete(self: Box<Self>, bytes_out: u64, outcome: Outcome);
+}
+
+enum Content {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+/// A response body on its way to the client.
+pub struct ResponseBody {
+    content: Content,
+    bytes: u64,
+    outcome: Option<Outcome>,
+    completion: Option<Box<dyn Completion>>,
+}
+
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> Self {
+        ResponseBody::new(Content::Full(Some(bytes).filter(|bytes| !bytes.is_empty())))
+    }
+
+    pub fn upstream(body: Incoming) -> Self {
+        ResponseBody::new(Content::Upstream(body))
+    }
+
+    fn new(content: Content) -> Self {
+        ResponseBody {
+            content,
+            bytes: 0,
+            outcome: None,
+            completion: None,
+        }
+    }
+
+    pub fn on_complete(&mut self, completion: Box<dyn Completion>) {
+        self.completion = Some(completion);
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+        if let Some(completion) = self.completion.take() {
+            completion.complete(self.bytes, outcome);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper stops polling once `is_end_stream` is true, so a body dropped at its end has
+        // been sent whole.
+        let outcome = match self.outcome {
+            Some(outcome) => outcome,
+            None if self.is_end_stream() => Outcome::Completed,
+            None => Outcome::ClientAborted,
+        };
+        self.finish(outcome);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.content {
+            Content::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Content::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(%error, "upstream response body failed mid-stream");
+                    this.outcome = Some(Outcome::UpstreamError);
+                    Poll::Ready(Some(Err(Box::new(error) as BoxError)))
+                }
+                other => other.map(|frame| {
+                    frame.map(|result| result.map_err(|error| Box::new(error) as BoxError))
+                }),
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish(Outcome::Completed);
+                }
+            }
+            Poll::Ready(None) => this.finish(Outcome::Completed),
+            Poll::Ready(Some(Err(_))) => this.finish(Outcome::UpstreamError),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.content {
+            Content::Full(bytes) => bytes.is_none(),
+            Content::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.content {
+            Content::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Content::Full(None) => SizeHint::with_exact(0),
+            Content::Upstream(body) => body.size_hint(),
+        }
+    }
+}

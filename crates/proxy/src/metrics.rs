@@ -1,0 +1,117 @@
+//! Prometheus metrics of the data plane, served by the admin listener at `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A label value that shares the name string with the snapshot instead of copying it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: Name,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub policy: Name,
+    pub code: Name,
+}
+
+/// Latency buckets in seconds, from 100 microseconds to 30 seconds.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// All data-plane metrics.
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub rejections: Family<RejectionLabels, Counter>,
+    pub open_connections: Gauge,
+    pub tls_handshake_failures: Counter,
+    pub config_version: Gauge,
+    pub access_log_dropped: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            rejections: Family::default(),
+            open_connections: Gauge::default(),
+            tls_handshake_failures: Counter::default(),
+            config_version: Gauge::default(),
+            access_log_dropped: Counter::default(),
+        };
+        registry.register(
+            "portcullis_requests",
+            "Requests by route and response status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "portcullis_request_duration_seconds",
+            "Time from request arrival to the end of the response body",
+            metrics.request_duration.clone(),
+        );
+        registry.register(
+            "portcullis_upstream_duration_seconds",
+            "Time from sending a request upstream to receiving its response headers",
+            metrics.upstream_duration.clone(),
+        );
+        registry.register(
+            "portcullis_rejections",
+            "Requests rejected by the gateway, by policy and error code",
+            metrics.rejections.clone(),
+        );
+        registry.register(
+            "portcullis_open_connections",
+            "Client connections currently open",
+            metrics.open_connections.clone(),
+        );
+        registry.register(
+            "portcullis_tls_handshake_failures",
+            "Client TLS handshakes that failed",
+            metrics.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "portcullis_config_version",
+            "Config version of the snapshot being served",
+            metrics.config_version.clone(),
+        );
+        registry.register(
+            "portcullis_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            metrics.access_log_dropped.clone(),
+        );
+        Arc::new(metrics)
+    }
+}

@@ -1,0 +1,512 @@
+//! The request pipeline: every phase of one request, in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, request};
+use hyper::body::Incoming;
+use rand::Rng;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::body::{BodyStats, Completion, Outcome, RequestBody, ResponseBody};
+use crate::canonical::{self, CanonicalRequest};
+use crate::chain::{self, Exchange};
+use crate::error::{Rejection, Side};
+use crate::metrics::{Metrics, Name, RejectionLabels, RequestLabels, RouteLabels};
+use crate::router::{self, NoMatch};
+use crate::snapshot::{CompiledRoute, Snapshot, SnapshotHandle};
+use crate::upstream;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers a client may not set, because the upstream trusts the gateway to set them.
+const GATEWAY_HEADERS: [HeaderName; 3] = [
+    X_CONSUMER_NAME,
+    HeaderName::from_static("x-consumer-roles"),
+    HeaderName::from_static("x-credential-id"),
+];
+
+/// The data plane shared by all listeners.
+pub struct Proxy {
+    pub snapshot: Arc<SnapshotHandle>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+}
+
+/// What the gateway knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Facts gathered while a request moves through the phases, for the log and metrics.
+#[derive(Default)]
+struct Trace {
+    path: Option<String>,
+    host: String,
+    client_ip: Option<String>,
+    route: Option<Arc<str>>,
+    service: Option<Arc<str>>,
+    consumer: Option<Arc<str>>,
+    credential_id: Option<Arc<str>>,
+    upstream_addr: Option<Arc<str>>,
+    upstream_latency: Option<Duration>,
+}
+
+impl Proxy {
+    /// Serves one request through all phases and returns the response to send.
+    pub async fn handle(
+        self: &Arc<Self>,
+        connection: &ConnectionInfo,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let snapshot = self.snapshot.load();
+        let (mut parts, body) = request.into_parts();
+        let request_id = request_id(&parts.headers);
+        let stats = Arc::new(BodyStats::default());
+        let mut trace = Trace::default();
+
+        let result = self
+            .process(
+                &snapshot,
+                connection,
+                &mut parts,
+                body,
+                &request_id,
+                &stats,
+                &mut trace,
+            )
+            .await;
+        let (mut response, rejection) = match result {
+            Ok(response) => (response, None),
+            Err(rejection) => (rejection_response(&rejection, &request_id), Some(rejection)),
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, value);
+        }
+
+        if let Some(rejection) = &rejection {
+            self.metrics
+                .rejections
+                .get_or_create(&RejectionLabels {
+                    policy: Name(Arc::from(rejection.policy.unwrap_or("gateway"))),
+                    code: Name(Arc::from(rejection.code)),
+                })
+                .inc();
+            match rejection.side {
+                Side::Client => {
+                    tracing::debug!(request.id = %request_id, code = rejection.code, status = rejection.status.as_u16(), "request rejected")
+                }
+                Side::Upstream => {
+                    tracing::info!(request.id = %request_id, code = rejection.code, upstream.addr = trace.upstream_addr.as_deref(), "upstream failure answered by the gateway")
+                }
+                Side::Gateway => {
+                    tracing::error!(request.id = %request_id, code = rejection.code, message = %rejection.message, "gateway failure")
+                }
+            }
+        }
+
+        let record = AccessRecord {
+            time: String::new(),
+            request_id,
+            client_ip: trace
+                .client_ip
+                .unwrap_or_else(|| canonical::canonical_ip(connection.peer.ip()).to_string()),
+            method: parts.method.as_str().to_string(),
+            path: trace.path.unwrap_or_else(|| parts.uri.path().to_string()),
+            protocol: protocol_name(parts.version),
+            host: trace.host,
+            status: response.status().as_u16(),
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            upstream_ms: trace
+                .upstream_latency
+                .map(|latency| latency.as_secs_f64() * 1000.0),
+            upstream_addr: trace.upstream_addr,
+            route: trace.route,
+            service: trace.service,
+            consumer: trace.consumer,
+            credential_id: trace.credential_id,
+            rejected_by: rejection.as_ref().and_then(|rejection| rejection.policy),
+            error: rejection.as_ref().map(|rejection| rejection.code),
+            outcome: Outcome::Completed,
+        };
+        response.body_mut().on_complete(Box::new(LogOnComplete {
+            proxy: self.clone(),
+            record,
+            started,
+            stats,
+            upstream_latency: trace.upstream_latency,
+        }));
+        response
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn process(
+        &self,
+        snapshot: &Snapshot,
+        connection: &ConnectionInfo,
+        parts: &mut request::Parts,
+        body: Incoming,
+        request_id: &str,
+        stats: &Arc<BodyStats>,
+        trace: &mut Trace,
+    ) -> Result<Response<ResponseBody>, Rejection> {
+        // Parse: limits that hyper does not enforce itself.
+        check_limits(parts, snapshot)?;
+
+        // Canonicalise.
+        let path = canonical::normalize_path(parts.uri.path())?;
+        trace.path = Some(path.clone());
+        let host = canonical::canonical_host(&parts.uri, &parts.headers)?;
+        trace.host = host.clone();
+        let client = snapshot.client_ip.resolve(connection.peer, &parts.headers);
+        trace.client_ip = Some(client.ip.to_string());
+        let scheme = match (
+            client.via_trusted_proxy,
+            parts
+                .headers
+                .get(&X_FORWARDED_PROTO)
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            (true, Some("https")) => "https",
+            (true, Some("http")) => "http",
+            _ if connection.tls => "https",
+            _ => "http",
+        };
+        let mut canonical = CanonicalRequest {
+            path,
+            query: parts.uri.query().map(str::to_string),
+            host,
+            client_ip: client.ip,
+            forwarded_for: client.forwarded_for,
+            scheme,
+        };
+
+        // Route.
+        let found = snapshot
+            .router
+            .find(&canonical.host, &canonical.path, &parts.method)
+            .map_err(|no_match| match no_match {
+                NoMatch::NotFound => Rejection::new(
+                    StatusCode::NOT_FOUND,
+                    "route_not_found",
+                    "no route matches the request",
+                ),
+                NoMatch::MethodNotAllowed => Rejection::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "the route does not accept this method",
+                ),
+            })?;
+        let route: &CompiledRoute = found.route;
+        let matched = found.matched.to_string();
+        trace.route = Some(route.name.clone());
+        trace.service = Some(route.service.name.clone());
+
+        // Authenticate, authorize, limit and inspect.
+        let mut exchange = Exchange {
+            snapshot,
+            route,
+            method: &parts.method,
+            headers: &mut parts.headers,
+            canonical: &mut canonical,
+            consumer: None,
+            credential_id: None,
+            response_headers: HeaderMap::new(),
+        };
+        let chain_result = chain::run(&mut exchange).await;
+        let consumer = exchange.consumer.take();
+        let credential_id = exchange.credential_id.take();
+        let response_headers = std::mem::take(&mut exchange.response_headers);
+        trace.consumer = consumer.as_ref().map(|consumer| consumer.name.clone());
+        trace.credential_id = credential_id;
+        if let Err(mut rejection) = chain_result {
+            rejection.add_missing_headers(&response_headers);
+            return Err(rejection);
+        }
+
+        // Forward.
+        let service = &route.service;
+        let target = service.next_target();
+        trace.upstream_addr = Some(target.address.clone());
+        let upstream_path = if route.strip_prefix {
+            router::strip_prefix(&canonical.path, &matched)
+        } else {
+            canonical.path.clone()
+        };
+        let uri = target.uri(&upstream_path, canonical.query.as_deref())?;
+
+        let mut headers = std::mem::take(&mut parts.headers);
+        let original_host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        });
+        upstream::remove_hop_by_hop(&mut headers);
+        for name in &GATEWAY_HEADERS {
+            headers.remove(name);
+        }
+        set_forwarding_headers(
+            &mut headers,
+            &canonical,
+            client.via_trusted_proxy,
+            original_host.as_ref(),
+        );
+        if let Ok(value) = HeaderValue::from_str(request_id) {
+            headers.insert(X_REQUEST_ID, value);
+        }
+        if let Some(consumer) = &consumer {
+            if let Ok(value) = HeaderValue::from_str(&consumer.name) {
+                headers.insert(X_CONSUMER_NAME, value);
+            }
+        }
+        let host = match (&original_host, service.preserve_host) {
+            (Some(host), true) => host.clone(),
+            _ => target.host_header.clone(),
+        };
+        headers.insert(header::HOST, host);
+
+        let mut upstream_request = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(RequestBody::new(
+                body,
+                snapshot.limits.max_body_bytes,
+                stats.clone(),
+            ))
+            .map_err(|_| {
+                Rejection::bad_request("invalid_request", "the request could not be forwarded")
+            })?;
+        *upstream_request.headers_mut() = headers;
+
+        let forwarded = upstream::send(
+            &service.client,
+            upstream_request,
+            service.response_timeout,
+            target,
+            || stats.too_large.load(Ordering::Relaxed),
+        )
+        .await?;
+        trace.upstream_latency = Some(forwarded.upstream_latency);
+
+        let (mut response_parts, upstream_body) = forwarded.response.into_parts();
+        upstream::remove_hop_by_hop(&mut response_parts.headers);
+        for (name, value) in &response_headers {
+            response_parts.headers.append(name, value.clone());
+        }
+        Ok(Response::from_parts(
+            response_parts,
+            ResponseBody::upstream(upstream_body),
+        ))
+    }
+}
+
+/// Rejects requests over the header, URI and declared body limits.
+fn check_limits(parts: &request::Parts, snapshot: &Snapshot) -> Result<(), Rejection> {
+    let limits = &snapshot.limits;
+    let uri_length = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_length > limits.max_uri_bytes {
+        return Err(Rejection::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "the request target is too long",
+        ));
+    }
+    if parts.headers.len() > limits.max_headers {
+        return Err(Rejection::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "the request has too many header fields",
+        ));
+    }
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(Rejection::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "the request header fields are too large",
+        ));
+    }
+    let lengths: Vec<&HeaderValue> = parts
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    if !lengths.is_empty() && parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Rejection::bad_request(
+            "invalid_framing",
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if lengths.len() > 1 {
+        return Err(Rejection::bad_request(
+            "invalid_framing",
+            "the request has more than one Content-Length",
+        ));
+    }
+    if let Some(length) = lengths.first() {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                Rejection::bad_request("invalid_framing", "the Content-Length is not a number")
+            })?;
+        if length > limits.max_body_bytes {
+            return Err(Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than the gateway accepts",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    canonical: &CanonicalRequest,
+    trusted: bool,
+    original_host: Option<&HeaderValue>,
+) {
+    if let Ok(value) = HeaderValue::from_str(&canonical.forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(canonical.scheme),
+    );
+    let forwarded_host = if trusted {
+        headers.get(&X_FORWARDED_HOST).cloned()
+    } else {
+        None
+    };
+    match forwarded_host.or_else(|| original_host.cloned()) {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    headers.remove(header::FORWARDED);
+}
+
+/// Returns the client's request id when it is 1 to 128 characters of `[A-Za-z0-9._:-]`, or a
+/// new random one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(value) = headers
+        .get(&X_REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+    {
+        let valid = !value.is_empty()
+            && value.len() <= 128
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if valid {
+            return value.to_string();
+        }
+    }
+    let bytes: [u8; 16] = rand::thread_rng().r#gen();
+    let mut id = String::with_capacity(32);
+    for byte in bytes {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
+fn rejection_response(rejection: &Rejection, request_id: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(rejection.body(request_id)));
+    *response.status_mut() = rejection.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in &rejection.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    response
+}
+
+fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/0.9",
+    }
+}
+
+/// Writes the access-log line and the request metrics when the response body ends.
+struct LogOnComplete {
+    proxy: Arc<Proxy>,
+    record: AccessRecord,
+    started: Instant,
+    stats: Arc<BodyStats>,
+    upstream_latency: Option<Duration>,
+}
+
+impl Completion for LogOnComplete {
+    fn complete(self: Box<Self>, bytes_out: u64, outcome: Outcome) {
+        let LogOnComplete {
+            proxy,
+            mut record,
+            started,
+            stats,
+            upstream_latency,
+        } = *self;
+        let elapsed = started.elapsed();
+        let route = Name(record.route.clone().unwrap_or_else(|| Arc::from("")));
+        let metrics = &proxy.metrics;
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status: record.status,
+            })
+            .inc();
+        metrics
+            .request_duration
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(latency) = upstream_latency {
+            metrics
+                .upstream_duration
+                .get_or_create(&RouteLabels { route })
+                .observe(latency.as_secs_f64());
+        }
+        if !proxy.access_log.is_on() {
+            return;
+        }
+        record.time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        record.bytes_in = stats.bytes.load(Ordering::Relaxed);
+        record.bytes_out = bytes_out;
+        record.duration_ms = elapsed.as_secs_f64() * 1000.0;
+        record.outcome = outcome;
+        proxy.access_log.write(&record);
+    }
+}

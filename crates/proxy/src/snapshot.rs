@@ -1,0 +1,270 @@
+//! The immutable snapshot of configuration that the data plane reads.
+//!
+//! The control plane compiles a [`Snapshot`] from the node settings, the store's entities and
+//! key records, and swaps it in atomically with [`SnapshotHandle::store`]. A request loads the
+//! current snapshot once at its start and uses it to the end, so a change never applies to half
+//! a request and the data plane never waits on the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use http::Method;
+use portcullis_config::{
+    Config, ConsumerSpec, Entities, PathMatch, PolicySpec, RequestLimits, ServiceSpec,
+};
+use portcullis_policy::api_key::{KeyHasher, KeyTable};
+
+use crate::canonical::ClientIpResolver;
+use crate::chain::{self, ChainEntry};
+use crate::policies::{self, PolicyContext};
+use crate::router::{HostRule, PathRule, RouteDefinition, Router};
+use crate::upstream::{ClientPool, Target, UpstreamClient};
+use crate::usage::KeyUsage;
+
+/// One compiled configuration.
+pub struct Snapshot {
+    /// Store config version this snapshot was built from.
+    pub version: u64,
+    pub router: Router<CompiledRoute>,
+    pub consumers: HashMap<String, Arc<ConsumerInfo>>,
+    pub keys: KeyTable,
+    pub hasher: KeyHasher,
+    pub key_usage: Arc<KeyUsage>,
+    pub limits: RequestLimits,
+    pub client_ip: ClientIpResolver,
+}
+
+/// A route with its service and merged policy chain.
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    pub service: Arc<CompiledService>,
+    pub strip_prefix: bool,
+    pub chain: Vec<ChainEntry>,
+}
+
+/// A service with its upstream targets and pooled client.
+pub struct CompiledService {
+    pub name: Arc<str>,
+    pub targets: Vec<Target>,
+    pub preserve_host: bool,
+    pub client: UpstreamClient,
+    pub response_timeout: std::time::Duration,
+    next_target: AtomicUsize,
+}
+
+impl CompiledService {
+    /// Picks the next target round robin.
+    pub fn next_target(&self) -> &Target {
+        let index = self.next_target.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        &self.targets[index]
+    }
+}
+
+/// A consumer as the data plane sees it.
+#[derive(Debug)]
+pub struct ConsumerInfo {
+    pub name: Arc<str>,
+    pub roles: Vec<String>,
+    /// The consumer's own policies, merged into a route's chain after authentication.
+    pub policies: Vec<ChainEntry>,
+}
+
+/// A key record in the form the data plane needs.
+pub struct KeyInput<'a> {
+    pub id: &'a str,
+    pub consumer: &'a str,
+    pub hex_digest: &'a str,
+    pub expires_at: Option<i64>,
+    pub scopes: &'a [String],
+}
+
+/// A problem that keeps a snapshot from being built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the configuration snapshot: {0}")]
+pub struct SnapshotError(pub String);
+
+/// Everything outside the entities that compilation needs, kept across snapshots so that
+/// counters and upstream connection pools survive a reload.
+#[derive(Clone)]
+pub struct CompileContext {
+    pub policy: PolicyContext,
+    pub clients: Arc<ClientPool>,
+    pub key_usage: Arc<KeyUsage>,
+    pub hasher: KeyHasher,
+}
+
+/// Compiles a snapshot. `entities` are the store's, which already include the file's.
+pub fn compile<'k>(
+    config: &Config,
+    entities: &Entities,
+    keys: impl IntoIterator<Item = KeyInput<'k>>,
+    version: u64,
+    context: &CompileContext,
+) -> Result<Snapshot, SnapshotError> {
+    let global = policies::build(&config.policies, "global", &context.policy);
+
+    let mut services: HashMap<&str, (Arc<CompiledService>, Vec<ChainEntry>)> = HashMap::new();
+    for spec in &entities.services {
+        let service = compile_service(spec, context)?;
+        let chain = policies::build(
+            &spec.policies,
+            &format!("service:{}", spec.name),
+            &context.policy,
+        );
+        services.insert(spec.name.as_str(), (Arc::new(service), chain));
+    }
+
+    let mut definitions = Vec::new();
+    for spec in &entities.routes {
+        let service_name = spec
+            .service
+            .as_deref()
+            .ok_or_else(|| SnapshotError(format!("route `{}` has no service", spec.name)))?;
+        let (service, service_chain) = services.get(service_name).ok_or_else(|| {
+            SnapshotError(format!(
+                "route `{}` names the missing service `{service_name}`",
+                spec.name
+            ))
+        })?;
+        let route_chain = policies::build(
+            &spec.policies,
+            &format!("route:{}", spec.name),
+            &context.policy,
+        );
+        let chain = chain::merge(&[&global, service_chain, &route_chain]);
+        let methods = spec
+            .methods
+            .iter()
+            .map(|method| Method::from_bytes(method.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| SnapshotError(format!("route `{}` has an invalid method", spec.name)))?;
+        let route = CompiledRoute {
+            name: spec.name.as_str().into(),
+            service: service.clone(),
+            strip_prefix: spec.strip_prefix,
+            chain,
+        };
+        definitions.push(RouteDefinition {
+            paths: spec
+                .paths
+                .iter()
+                .map(|path| match path {
+                    PathMatch::Prefix(prefix) => PathRule::Prefix(prefix.clone()),
+                    PathMatch::Exact { exact } => PathRule::Exact(exact.clone()),
+                })
+                .collect(),
+            hosts: spec
+                .hosts
+                .iter()
+                .map(|host| HostRule::parse(host))
+                .collect(),
+            methods,
+            route: Arc::new(route),
+        });
+    }
+
+    let consumers = entities
+        .consumers
+        .iter()
+        .map(|spec| {
+            (
+                spec.name.clone(),
+                Arc::new(compile_consumer(spec, &context.policy)),
+            )
+        })
+        .collect::<HashMap<_, _>>();
+
+    let mut table = KeyTable::default();
+    for key in keys {
+        if !consumers.contains_key(key.consumer) {
+            continue;
+        }
+        if !table.insert(
+            key.hex_digest,
+            key.id.to_string(),
+            key.consumer.to_string(),
+            key.expires_at,
+            key.scopes.to_vec(),
+        ) {
+            tracing::warn!(
+                key.id = key.id,
+                "skipping an API key record whose hash is not 64 hex characters"
+            );
+        }
+    }
+
+    Ok(Snapshot {
+        version,
+        router: Router::build(definitions),
+        consumers,
+        keys: table,
+        hasher: context.hasher.clone(),
+        key_usage: context.key_usage.clone(),
+        limits: config.limits.clone(),
+        client_ip: ClientIpResolver::new(
+            config.trusted_proxies.iter().map(|cidr| cidr.0).collect(),
+        ),
+    })
+}
+
+fn compile_service(
+    spec: &ServiceSpec,
+    context: &CompileContext,
+) -> Result<CompiledService, SnapshotError> {
+    let targets = spec
+        .targets
+        .iter()
+        .map(|target| {
+            Target::parse(target)
+                .map_err(|message| SnapshotError(format!("service `{}`: {message}", spec.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if targets.is_empty() {
+        return Err(SnapshotError(format!(
+            "service `{}` has no targets",
+            spec.name
+        )));
+    }
+    Ok(CompiledService {
+        name: spec.name.as_str().into(),
+        targets,
+        preserve_host: spec.preserve_host,
+        client: context
+            .clients
+            .client(spec.timeouts.connect, spec.timeouts.idle),
+        response_timeout: spec.timeouts.response,
+        next_target: AtomicUsize::new(0),
+    })
+}
+
+fn compile_consumer(spec: &ConsumerSpec, context: &PolicyContext) -> ConsumerInfo {
+    let post_auth: Vec<PolicySpec> = spec.policies.clone();
+    ConsumerInfo {
+        name: spec.name.as_str().into(),
+        roles: spec.roles.clone(),
+        policies: policies::build(&post_auth, &format!("consumer:{}", spec.name), context),
+    }
+}
+
+/// The atomically swapped current snapshot.
+pub struct SnapshotHandle {
+    current: ArcSwap<Snapshot>,
+}
+
+impl SnapshotHandle {
+    pub fn new(snapshot: Snapshot) -> Self {
+        SnapshotHandle {
+            current: ArcSwap::from_pointee(snapshot),
+        }
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}

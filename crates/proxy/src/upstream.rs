@@ -1,0 +1,242 @@
+//! Upstream targets, pooled clients and the forwarding of one request.
+//!
+//! Clients are pooled per pair of connect and idle timeouts and kept across snapshots, so a
+//! config reload keeps its warm keep-alive connections. The upstream protocol is HTTP/1.1 with
+//! keep-alive whatever the client spoke.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::RequestBody;
+use crate::error::Rejection;
+
+/// A pooled HTTP/1.1 client for upstream requests.
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// One upstream base URL.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix of the target URL without a trailing `/`; empty for `http://host:port`.
+    pub base_path: String,
+    pub host_header: HeaderValue,
+    /// `host:port` for logs.
+    pub address: Arc<str>,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| format!("invalid target URL `{url}`"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("target `{url}` has no scheme"))?;
+        if scheme != Scheme::HTTP {
+            return Err(format!(
+                "target `{url}`: only http:// upstreams are supported"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("target `{url}` has no host"))?;
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("target `{url}` has an invalid host"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        let address = format!("{}:{port}", authority.host()).into();
+        Ok(Target {
+            scheme,
+            authority,
+            base_path,
+            host_header,
+            address,
+        })
+    }
+
+    /// Builds the upstream URI for a canonical path and query.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+        let mut path_and_query = String::with_capacity(
+            self.base_path.len() + path.len() + query.map_or(0, str::len) + 1,
+        );
+        path_and_query.push_str(&self.base_path);
+        path_and_query.push_str(path);
+        if let Some(query) = query {
+            path_and_query.push('?');
+            path_and_query.push_str(query);
+        }
+        let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|_| {
+            Rejection::bad_request("invalid_query", "the request query string is invalid")
+        })?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| {
+                Rejection::bad_request("invalid_request_target", "the request target is invalid")
+            })
+    }
+}
+
+/// Upstream clients shared by all snapshots.
+#[derive(Default)]
+pub struct ClientPool {
+    clients: Mutex<HashMap<(Duration, Duration), UpstreamClient>>,
+}
+
+impl ClientPool {
+    /// Returns the client for a connect timeout and an idle timeout, creating it on first use.
+    pub fn client(&self, connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        clients
+            .entry((connect_timeout, idle_timeout))
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(connect_timeout));
+                connector.set_nodelay(true);
+                connector.set_keepalive(Some(Duration::from_secs(60)));
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(idle_timeout)
+                    .pool_max_idle_per_host(1024)
+                    .build(connector)
+            })
+            .clone()
+    }
+}
+
+/// Headers defined as hop-by-hop by RFC 9110 section 7.6.1, plus the older `Keep-Alive` and
+/// `Proxy-Connection`. They describe one connection and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers and every header that `Connection` names. Callers add the headers
+/// the gateway sets only afterwards, so `Connection` cannot remove them.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The outcome of a forwarded request that reached the upstream.
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    pub upstream_latency: Duration,
+}
+
+/// Sends `request` to the upstream and waits for its response headers.
+pub async fn send(
+    client: &UpstreamClient,
+    mut request: Request<RequestBody>,
+    response_timeout: Duration,
+    target: &Target,
+    body_too_large: impl Fn() -> bool,
+) -> Result<Forwarded, Rejection> {
+    *request.version_mut() = Version::HTTP_11;
+    let started = Instant::now();
+    let result = tokio::time::timeout(response_timeout, client.request(request)).await;
+    let upstream_latency = started.elapsed();
+    match result {
+        Ok(Ok(response)) => Ok(Forwarded {
+            response,
+            upstream_latency,
+        }),
+        Ok(Err(error)) => {
+            if body_too_large() {
+                return Err(Rejection::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is larger than the gateway accepts",
+                ));
+            }
+            Err(classify(&error, target))
+        }
+        Err(_) => {
+            tracing::warn!(upstream.addr = %target.address, timeout_ms = response_timeout.as_millis() as u64, "upstream response timed out");
+            Err(Rejection::upstream(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not respond in time",
+            ))
+        }
+    }
+}
+
+/// Maps a client error to a rejection and logs it with the target address.
+fn classify(error: &hyper_util::client::legacy::Error, target: &Target) -> Rejection {
+    let timed_out = error_chain(error).any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || cause.to_string().contains("timed out")
+            || cause.to_string().contains("timeout")
+    });
+    let detail = error_chain(error)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    if error.is_connect() {
+        if timed_out {
+            tracing::warn!(upstream.addr = %target.address, error = %detail, "upstream connect timed out");
+            return Rejection::upstream(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream did not accept a connection in time",
+            );
+        }
+        tracing::warn!(upstream.addr = %target.address, error = %detail, "upstream connect failed");
+        return Rejection::upstream(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "the upstream is not reachable",
+        );
+    }
+    tracing::warn!(upstream.addr = %target.address, error = %detail, "upstream request failed");
+    Rejection::upstream(
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+        "the upstream closed the connection or sent an invalid response",
+    )
+}
+
+fn error_chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |error| error.source())
+}

@@ -1,0 +1,123 @@
+//! Configuration stores for portcullis.
+//!
+//! A [`Store`] keeps the shared gateway configuration: services, routes, consumers, API-key
+//! records and a monotonically increasing config version. The data plane never calls a store;
+//! the control plane loads a [`StoreState`] when the version changes and compiles it into an
+//! immutable snapshot. Every write runs in one transaction that also bumps the version, so a
+//! reader sees either all of a write or none of it.
+//!
+//! Two backends implement the trait: [`SqliteStore`] for a single node and [`PostgresStore`]
+//! for several nodes that share one database.
+
+mod backend;
+mod codec;
+mod error;
+mod ops;
+mod postgres;
+mod record;
+mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use portcullis_config::{ConsumerSpec, Entities, RouteSpec, ServiceSpec, StoreConfig};
+
+pub use error::StoreError;
+pub use postgres::PostgresStore;
+pub use record::{ApiKeyRecord, KeyStatus};
+pub use sqlite::SqliteStore;
+
+/// A boxed future, so that [`Store`] can be used as a trait object.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Everything the control plane needs to build a snapshot, read in one consistent transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreState {
+    /// Config version at the time of the read.
+    pub version: u64,
+    pub entities: Entities,
+    /// All key records not revoked at the time of the read. Expired keys and keys whose
+    /// revocation time is later are included, and lookups filter them with
+    /// [`ApiKeyRecord::status`].
+    pub keys: Vec<ApiKeyRecord>,
+}
+
+/// A configuration store. Writes return the new config version.
+///
+/// Names are the primary keys of services, routes and consumers. Writes that would leave a
+/// dangling reference (a route naming a missing service, a key for a missing consumer) fail
+/// with [`StoreError::Conflict`] or [`StoreError::NotFound`] and change nothing.
+pub trait Store: Send + Sync + 'static {
+    /// Returns the backend name for logs and health output: `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Applies pending schema migrations.
+    fn migrate(&self) -> StoreFuture<'_, ()>;
+
+    /// Returns the current config version without reading the entities.
+    fn version(&self) -> StoreFuture<'_, u64>;
+
+    /// Reads the whole state in one transaction.
+    fn load(&self) -> StoreFuture<'_, StoreState>;
+
+    /// Returns a store-wide secret by name, creating it with `generate` on first use. Used for
+    /// the API-key hash secret when the config does not set one, so that all nodes share it.
+    /// When nodes race on first use, every node gets the value that was stored first. Secrets
+    /// do not change the config version.
+    fn secret<'a>(
+        &'a self,
+        name: &'a str,
+        generate: &'a (dyn Fn() -> String + Send + Sync),
+    ) -> StoreFuture<'a, String>;
+
+    /// Creates or replaces a service.
+    fn put_service<'a>(&'a self, service: &'a ServiceSpec) -> StoreFuture<'a, u64>;
+    /// Deletes a service; [`StoreError::Conflict`] while a route uses it.
+    fn delete_service<'a>(&'a self, name: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Creates or replaces a route; [`StoreError::Conflict`] when its service is missing.
+    fn put_route<'a>(&'a self, route: &'a RouteSpec) -> StoreFuture<'a, u64>;
+    fn delete_route<'a>(&'a self, name: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Creates or replaces a consumer. The spec's `api_keys` are ignored here: keys are
+    /// written with [`Store::insert_key`] as hashed records.
+    fn put_consumer<'a>(&'a self, consumer: &'a ConsumerSpec) -> StoreFuture<'a, u64>;
+    /// Deletes a consumer and revokes all of its keys.
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Inserts a key record; [`StoreError::Conflict`] when the id or hash exists already.
+    fn insert_key<'a>(&'a self, key: &'a ApiKeyRecord) -> StoreFuture<'a, u64>;
+    /// Lists a consumer's keys, revoked ones included, ordered by creation time, then id;
+    /// [`StoreError::NotFound`] when the consumer does not exist.
+    fn list_keys<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, Vec<ApiKeyRecord>>;
+    /// Marks a key revoked at the current time; [`StoreError::NotFound`] when the consumer has
+    /// no such key. A key that is revoked already keeps its revocation time, and the call
+    /// returns the current version without a write.
+    fn revoke_key<'a>(&'a self, consumer: &'a str, id: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Records the last use of keys, as `(key id, seconds since the Unix epoch)`. A time earlier
+    /// than the stored one is ignored. This is usage data, not configuration, so it does not
+    /// change the config version.
+    fn record_key_use<'a>(&'a self, uses: &'a [(String, i64)]) -> StoreFuture<'a, ()>;
+
+    /// Makes the store's entities match `declared` for the names it lists, in one transaction:
+    /// declared services, routes and consumers are created or replaced, and `keys` (the hashed
+    /// form of the declared plaintext keys) are inserted unless a record with the same id
+    /// exists. Entities the file does not name are left alone, since the admin API may have
+    /// created them. Returns the new version, or the current one when nothing changed.
+    fn sync_declared<'a>(
+        &'a self,
+        declared: &'a Entities,
+        keys: &'a [ApiKeyRecord],
+    ) -> StoreFuture<'a, u64>;
+}
+
+/// Opens the store that `config` names and applies its migrations.
+pub async fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let store: std::sync::Arc<dyn Store> = match config {
+        StoreConfig::Sqlite(path) => std::sync::Arc::new(SqliteStore::open(path).await?),
+        StoreConfig::Postgres(url) => std::sync::Arc::new(PostgresStore::connect(url).await?),
+    };
+    store.migrate().await?;
+    Ok(store)
+}

@@ -129,6 +129,8 @@ pub async fn create_key(
     if expires_at.is_some_and(|at| at <= now) {
         return Err(ApiError::bad_request("the expiry lies in the past"));
     }
+    // A missing consumer is a 404 for this path, not a conflict.
+    state.control.store().list_keys(&consumer).await?;
     let key = generate_key();
     let record = ApiKeyRecord {
         id: generate_key_id(),

@@ -185,7 +185,8 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
     let mut errors = Vec::new();
     let mut addresses = HashSet::new();
     for (i, listener) in config.listeners.iter().enumerate() {
-        if !addresses.insert(listener.address) {
+        // Port 0 asks the OS for a free port, so two listeners on port 0 never collide.
+        if listener.address.port() != 0 && !addresses.insert(listener.address) {
             errors.push(KeyError::new(
                 format!("listeners[{i}].address"),
                 format!("address {} is used by another listener", listener.address),
@@ -213,10 +214,11 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
             }
         }
     }
-    if config
-        .listeners
-        .iter()
-        .any(|listener| listener.address == config.admin.address)
+    if config.admin.address.port() != 0
+        && config
+            .listeners
+            .iter()
+            .any(|listener| listener.address == config.admin.address)
     {
         errors.push(KeyError::new(
             "admin.address",
@@ -487,6 +489,24 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
                 }
             }
             PolicySpec::RateLimit(spec) => errors.extend(validate_rate_limit(&key, spec)),
+            PolicySpec::Acl(spec) => {
+                let empty = spec.roles.is_empty()
+                    && spec.deny_roles.is_empty()
+                    && spec.allow_consumers.is_empty()
+                    && spec.deny_consumers.is_empty()
+                    && spec.scopes.is_empty();
+                if empty {
+                    errors.push(KeyError::new(key, "acl needs at least one of roles, deny_roles, allow_consumers, deny_consumers, scopes"));
+                }
+            }
+            PolicySpec::IpRestriction(spec) => {
+                if spec.allow.is_empty() && spec.deny.is_empty() {
+                    errors.push(KeyError::new(
+                        key,
+                        "ip-restriction needs `allow` or `deny` networks",
+                    ));
+                }
+            }
         }
     }
     errors

@@ -222,6 +222,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(pub IpNet);
 
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0.to_string())
+    }
+}
+
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -383,6 +389,8 @@ pub struct ConsumerSpec {
 #[serde(rename_all = "kebab-case")]
 pub enum PolicySpec {
     KeyAuth(KeyAuthSpec),
+    Acl(AclSpec),
+    IpRestriction(IpRestrictionSpec),
     RateLimit(RateLimitSpec),
 }
 
@@ -391,6 +399,8 @@ impl PolicySpec {
     pub fn kind(&self) -> &'static str {
         match self {
             PolicySpec::KeyAuth(_) => "key-auth",
+            PolicySpec::Acl(_) => "acl",
+            PolicySpec::IpRestriction(_) => "ip-restriction",
             PolicySpec::RateLimit(_) => "rate-limit",
         }
     }
@@ -431,6 +441,39 @@ impl Default for KeyAuthSpec {
             hide_credentials: true,
         }
     }
+}
+
+/// Access control by consumer, role and credential scope, for authenticated requests.
+///
+/// A request passes when its consumer is not denied, is allowed (or `allow_consumers` is empty),
+/// has one of `roles` (or `roles` is empty), has none of `deny_roles`, and its credential carries
+/// every scope in `scopes`. A request without an authenticated consumer is rejected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclSpec {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny_roles: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_consumers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny_consumers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+/// Access control by canonical client IP.
+///
+/// A request passes when its client IP is in none of the `deny` networks and, if `allow` is not
+/// empty, in one of the `allow` networks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpRestrictionSpec {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Cidr>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Cidr>,
 }
 
 /// A rate limit with a burst (GCRA).

@@ -47,6 +47,8 @@ pub struct Exchange<'r> {
     pub consumer: Option<Arc<ConsumerInfo>>,
     /// Id of the credential that authenticated the caller, for logs.
     pub credential_id: Option<Arc<str>>,
+    /// Scopes granted to that credential.
+    pub scopes: &'r [String],
     /// Headers to add to the response, such as rate-limit state.
     pub response_headers: HeaderMap,
 }

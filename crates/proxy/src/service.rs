@@ -223,6 +223,7 @@ impl Proxy {
             canonical: &mut canonical,
             consumer: None,
             credential_id: None,
+            scopes: &[],
             response_headers: HeaderMap::new(),
         };
         let chain_result = chain::run(&mut exchange).await;

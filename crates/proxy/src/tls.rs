@@ -55,7 +55,7 @@ impl std::fmt::Debug for CertificateResolver {
 
 impl CertificateResolver {
     pub fn load(sources: &[CertificateConfig]) -> Result<Self, TlsError> {
-        let set = load_set(sources)?;
+        let set = load_set(sources, modification_times(sources))?;
         Ok(CertificateResolver {
             sources: sources.to_vec(),
             current: ArcSwap::from_pointee(set),
@@ -74,12 +74,18 @@ impl CertificateResolver {
         if modified == self.current.load().modified {
             return false;
         }
-        self.reload()
+        self.load_and_swap(modified)
     }
 
     /// Reloads the files now. Returns true when a new set is in use.
     pub fn reload(&self) -> bool {
-        match load_set(&self.sources) {
+        self.load_and_swap(modification_times(&self.sources))
+    }
+
+    /// Loads the files, whose modification times were `modified` just before, and swaps the
+    /// new set in.
+    fn load_and_swap(&self, modified: Vec<Option<SystemTime>>) -> bool {
+        match load_set(&self.sources, modified.clone()) {
             Ok(set) => {
                 tracing::info!(tls.names = ?set.names, "reloaded TLS certificates");
                 self.current.store(Arc::new(set));
@@ -88,8 +94,11 @@ impl CertificateResolver {
             Err(error) => {
                 tracing::error!(%error, "TLS certificate reload failed; keeping the certificates in use");
                 // Remember the failed times so the same broken files are not retried every poll.
+                // They are the times read before the attempt: a file written during the
+                // attempt, such as the key after its new certificate, has a newer time, so the
+                // next poll retries instead of keeping the old certificate until the next change.
                 let mut kept = CertificateSet::clone_from(&self.current.load());
-                kept.modified = modification_times(&self.sources);
+                kept.modified = modified;
                 self.current.store(Arc::new(kept));
                 false
             }
@@ -140,8 +149,12 @@ fn modification_times(sources: &[CertificateConfig]) -> Vec<Option<SystemTime>> 
         .collect()
 }
 
-fn load_set(sources: &[CertificateConfig]) -> Result<CertificateSet, TlsError> {
-    let modified = modification_times(sources);
+/// Loads the files of `sources`. `modified` holds their modification times, read before the
+/// files are, and is stored with the set.
+fn load_set(
+    sources: &[CertificateConfig],
+    modified: Vec<Option<SystemTime>>,
+) -> Result<CertificateSet, TlsError> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut names = Vec::new();

@@ -101,14 +101,22 @@ async fn handle(request: Request<Incoming>) -> Result<Response<BoxBody>, Infalli
         }
         Some("abort") => {
             let sent = number(1).unwrap_or(10) as usize;
-            let frames = vec![
-                Ok(Frame::data(Bytes::from(vec![b'x'; sent]))),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "aborted on purpose",
-                )),
-            ];
-            let mut response = Response::new(StreamBody::new(stream::iter(frames)).boxed());
+            // The pause lets the head and the first bytes reach the client before the failure.
+            let body = stream::unfold(0u8, move |step| async move {
+                match step {
+                    0 => Some((Ok(Frame::data(Bytes::from(vec![b'x'; sent]))), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let error = std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "aborted on purpose",
+                        );
+                        Some((Err(error), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let mut response = Response::new(StreamBody::new(body).boxed());
             response
                 .headers_mut()
                 .insert(hyper::header::CONTENT_LENGTH, 1_000_000.into());

@@ -32,7 +32,10 @@ impl Gateway {
         let config_path = dir.path().join("gateway.yaml");
         std::fs::write(&config_path, config).expect("write the config");
         let addresses = dir.path().join("addresses.json");
-        let stderr = std::fs::File::create(dir.path().join("gateway.stderr")).expect("create the log file");
+        // A restart in the same folder must not read the previous run's addresses.
+        let _ = std::fs::remove_file(&addresses);
+        let stderr =
+            std::fs::File::create(dir.path().join("gateway.stderr")).expect("create the log file");
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--config"])
             .arg(&config_path)
@@ -43,19 +46,38 @@ impl Gateway {
             .stderr(stderr)
             .spawn()
             .expect("start portcullis");
-        let mut gateway = Gateway { child: Some(child), dir, proxy: Vec::new(), admin: "127.0.0.1:0".parse().unwrap(), config_path };
+        let mut gateway = Gateway {
+            child: Some(child),
+            dir,
+            proxy: Vec::new(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            config_path,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(text) = std::fs::read_to_string(&addresses) {
-                let value: serde_json::Value = serde_json::from_str(&text).expect("addresses file is JSON");
-                gateway.proxy = value["proxy"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().parse().unwrap()).collect();
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).expect("addresses file is JSON");
+                gateway.proxy = value["proxy"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().parse().unwrap())
+                    .collect();
                 gateway.admin = value["admin"].as_str().unwrap().parse().unwrap();
                 return gateway;
             }
             if let Some(status) = gateway.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("portcullis exited with {status} during start:\n{}", gateway.stderr());
+                panic!(
+                    "portcullis exited with {status} during start:\n{}",
+                    gateway.stderr()
+                );
             }
-            assert!(Instant::now() < deadline, "portcullis did not start in 30 s:\n{}", gateway.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "portcullis did not start in 30 s:\n{}",
+                gateway.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -82,7 +104,11 @@ impl Gateway {
 
     /// Sends a signal to the gateway process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{signal} failed");
     }
 
@@ -95,7 +121,10 @@ impl Gateway {
                 self.child = None;
                 return status.success();
             }
-            assert!(Instant::now() < deadline, "portcullis did not exit in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "portcullis did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -105,7 +134,10 @@ impl Gateway {
         std::fs::read_to_string(self.path("access.log"))
             .unwrap_or_default()
             .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("access-log line is not JSON ({error}): {line}")))
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|error| panic!("access-log line is not JSON ({error}): {line}"))
+            })
             .collect()
     }
 
@@ -113,10 +145,17 @@ impl Gateway {
     pub fn access_log_line(&self, request_id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(line) = self.access_log().into_iter().find(|line| line["request_id"] == request_id) {
+            if let Some(line) = self
+                .access_log()
+                .into_iter()
+                .find(|line| line["request_id"] == request_id)
+            {
                 return line;
             }
-            assert!(Instant::now() < deadline, "no access-log line for request {request_id}");
+            assert!(
+                Instant::now() < deadline,
+                "no access-log line for request {request_id}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -133,7 +172,9 @@ impl Drop for Gateway {
 
 /// Starts the echo upstream in process and returns its address.
 pub async fn upstream() -> SocketAddr {
-    echo_upstream::spawn("127.0.0.1:0".parse().unwrap()).await.expect("start the echo upstream")
+    echo_upstream::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("start the echo upstream")
 }
 
 /// Returns an address where nothing listens.
@@ -174,18 +215,35 @@ consumers:
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
 }
 
-pub fn admin(client: &reqwest::Client, method: reqwest::Method, gateway: &Gateway, path: &str) -> reqwest::RequestBuilder {
-    client.request(method, gateway.admin_url(path)).bearer_auth(ADMIN_TOKEN)
+pub fn admin(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    gateway: &Gateway,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    client
+        .request(method, gateway.admin_url(path))
+        .bearer_auth(ADMIN_TOKEN)
 }
 
 /// Parses a JSON error body and checks its shape.
 pub async fn error_body(response: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "unexpected status");
-    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
-    let request_id = response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
     let body: serde_json::Value = response.json().await.expect("error body is JSON");
     assert_eq!(content_type.as_deref(), Some("application/json"));
     assert_eq!(body["error"]["status"], status);
@@ -202,7 +260,9 @@ pub async fn error_body(response: reqwest::Response, status: u16) -> serde_json:
 pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     stream.write_all(request).unwrap();
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
@@ -210,7 +270,11 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 }
 
 /// Writes a self-signed certificate for `names` into `dir` and returns the file paths.
-pub fn write_certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf, rcgen::Certificate) {
+pub fn write_certificate(
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+) -> (PathBuf, PathBuf, rcgen::Certificate) {
     let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
     let certified = rcgen::generate_simple_self_signed(names).unwrap();
     let cert_path = dir.join(format!("{stem}.crt"));

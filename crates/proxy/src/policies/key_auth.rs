@@ -156,6 +156,7 @@ impl Policy for KeyAuth {
                 return Err(self.unauthorized("invalid_api_key", "the API key is invalid"));
             };
             exchange.consumer = Some(consumer.clone());
+            exchange.scopes = &entry.scopes;
             exchange.credential_id = Some(Arc::from(entry.id.as_str()));
             snapshot.key_usage.record(&entry.id);
             if self.hide_credentials {

@@ -1,5 +1,7 @@
 //! Adapters that run the policy models of `portcullis-policy` in the chain.
 
+pub mod acl;
+pub mod ip_restriction;
 pub mod key_auth;
 pub mod rate_limit;
 
@@ -47,6 +49,10 @@ pub fn build(specs: &[PolicySpec], scope: &str, context: &PolicyContext) -> Vec<
         .map(|spec| {
             let policy: Arc<dyn crate::chain::Policy> = match spec {
                 PolicySpec::KeyAuth(spec) => Arc::new(key_auth::KeyAuth::new(spec)),
+                PolicySpec::Acl(spec) => Arc::new(acl::Acl::new(spec)),
+                PolicySpec::IpRestriction(spec) => {
+                    Arc::new(ip_restriction::IpRestriction::new(spec))
+                }
                 PolicySpec::RateLimit(spec) => {
                     Arc::new(rate_limit::RateLimit::new(spec, scope, context))
                 }

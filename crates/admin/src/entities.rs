@@ -170,13 +170,6 @@ async fn load_entities(state: &AdminState) -> Result<Entities, ApiError> {
     Ok(state.control.store().load().await?.entities)
 }
 
-/// Applies a successful write to this node before the response goes out.
-async fn apply(state: &AdminState) {
-    if let Err(error) = state.control.refresh().await {
-        tracing::error!(%error, "the write is stored but this node could not rebuild its snapshot");
-    }
-}
-
 pub async fn list<R: Resource>(
     State(state): State<Arc<AdminState>>,
 ) -> Result<Json<Value>, ApiError> {
@@ -200,7 +193,7 @@ pub async fn get<R: Resource>(
 
 pub async fn create<R: Resource>(
     State(state): State<Arc<AdminState>>,
-    body: axum::body::Bytes,
+    crate::RawBody(body): crate::RawBody,
 ) -> Result<Response, ApiError> {
     let item: R = parse_json(&body)?;
     let entities = load_entities(&state).await?;
@@ -229,7 +222,7 @@ pub async fn create<R: Resource>(
 pub async fn put<R: Resource>(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    crate::RawBody(body): crate::RawBody,
 ) -> Result<Json<R>, ApiError> {
     let value: Value = parse_json(&body)?;
     let item: R = with_path_name(value, &name)?;
@@ -242,7 +235,7 @@ pub async fn put<R: Resource>(
 pub async fn patch<R: Resource>(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    crate::RawBody(body): crate::RawBody,
 ) -> Result<Json<R>, ApiError> {
     let patch: Value = parse_json(&body)?;
     let entities = load_entities(&state).await?;
@@ -262,8 +255,8 @@ pub async fn delete<R: Resource>(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    R::delete(&name, state.control.store().as_ref()).await?;
-    apply(&state).await;
+    let version = R::delete(&name, state.control.store().as_ref()).await?;
+    state.control.apply_write(version).await;
     tracing::info!(entity = R::KIND, name = %name, "deleted through the admin API");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -278,7 +271,7 @@ async fn write<R: Resource>(
         return Err(ApiError::invalid(errors));
     }
     let version = item.put(state.control.store().as_ref()).await?;
-    apply(state).await;
+    state.control.apply_write(version).await;
     tracing::info!(
         entity = R::KIND,
         name = item.name(),

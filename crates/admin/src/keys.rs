@@ -99,7 +99,7 @@ pub async fn get_key(
 pub async fn create_key(
     State(state): State<Arc<AdminState>>,
     Path(consumer): Path<String>,
-    body: axum::body::Bytes,
+    crate::RawBody(body): crate::RawBody,
 ) -> Result<Response, ApiError> {
     let request: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
         CreateKey::default()
@@ -146,9 +146,7 @@ pub async fn create_key(
         last_used_at: None,
     };
     let version = state.control.store().insert_key(&record).await?;
-    if let Err(error) = state.control.refresh().await {
-        tracing::error!(%error, "the key is stored but this node could not rebuild its snapshot");
-    }
+    state.control.apply_write(version).await;
     tracing::info!(consumer.name = %consumer, key.id = %record.id, config.version = version, "issued an API key");
     let issued = IssuedKey {
         key,
@@ -162,9 +160,7 @@ pub async fn revoke_key(
     Path((consumer, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let version = state.control.store().revoke_key(&consumer, &id).await?;
-    if let Err(error) = state.control.refresh().await {
-        tracing::error!(%error, "the revocation is stored but this node could not rebuild its snapshot");
-    }
+    state.control.apply_write(version).await;
     tracing::info!(consumer.name = %consumer, key.id = %id, config.version = version, "revoked an API key");
     Ok(StatusCode::NO_CONTENT)
 }

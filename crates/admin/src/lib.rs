@@ -66,6 +66,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/openapi.json", get(openapi::document))
         .merge(resources)
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .with_state(state)
 }
 
@@ -116,17 +117,24 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
-/// A JSON request body whose errors name the key path, answered in the API's error shape.
-pub struct JsonBody<T>(pub T);
+/// A request body read whole, with read failures (such as a body over the size limit) answered
+/// in the API's JSON error shape.
+pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|error| {
-            ApiError::bad_request(format!("cannot read the request body: {error}"))
-        })?;
-        parse_json(&bytes).map(JsonBody)
+        Bytes::from_request(request, state)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| {
+                ApiError::new(
+                    rejection.status(),
+                    "invalid_body",
+                    format!("cannot read the request body: {}", rejection.body_text()),
+                )
+            })
     }
 }
 

@@ -250,6 +250,8 @@ fn schemas() -> Value {
             "description": "A single-key object naming the policy type",
             "oneOf": [
                 { "type": "object", "required": ["key-auth"], "additionalProperties": false, "properties": { "key-auth": schema_ref("KeyAuth") } },
+                { "type": "object", "required": ["acl"], "additionalProperties": false, "properties": { "acl": schema_ref("Acl") } },
+                { "type": "object", "required": ["ip-restriction"], "additionalProperties": false, "properties": { "ip-restriction": schema_ref("IpRestriction") } },
                 { "type": "object", "required": ["rate-limit"], "additionalProperties": false, "properties": { "rate-limit": schema_ref("RateLimit") } }
             ]
         },
@@ -260,6 +262,25 @@ fn schemas() -> Value {
                 "bearer": { "type": "boolean", "default": true },
                 "query_param": { "type": "string" },
                 "hide_credentials": { "type": "boolean", "default": true }
+            }
+        },
+        "Acl": {
+            "type": "object",
+            "description": "Allow or deny authenticated consumers; runs after authentication",
+            "properties": {
+                "roles": { "type": "array", "items": { "type": "string" }, "description": "The consumer needs one of these roles" },
+                "deny_roles": { "type": "array", "items": { "type": "string" } },
+                "allow_consumers": { "type": "array", "items": { "type": "string" } },
+                "deny_consumers": { "type": "array", "items": { "type": "string" } },
+                "scopes": { "type": "array", "items": { "type": "string" }, "description": "The credential needs all of these scopes" }
+            }
+        },
+        "IpRestriction": {
+            "type": "object",
+            "description": "Allow or deny by canonical client IP",
+            "properties": {
+                "allow": { "type": "array", "items": { "type": "string", "description": "CIDR or IP address" } },
+                "deny": { "type": "array", "items": { "type": "string", "description": "CIDR or IP address" } }
             }
         },
         "RateLimit": {

@@ -68,6 +68,14 @@ pub async fn reload(
     }
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this admin endpoint does not accept the method; see /openapi.json",
+    )
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no admin endpoint at this path; see /openapi.json")
 }

@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::model::{Config, Entities, LimitKey, PathMatch, PolicySpec, RateLimitSpec};
+use crate::model::{
+    Config, DeclaredKey, Entities, HashedKey, LimitKey, PathMatch, PolicySpec, RateLimitSpec,
+};
 use crate::yaml::{self, LineIndex};
 
 /// One problem in a configuration, located by file, line and key path.
@@ -241,6 +243,26 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
             ));
         }
     }
+    if config.version_check_interval < std::time::Duration::from_millis(10) {
+        errors.push(KeyError::new(
+            "version_check_interval",
+            "must be at least 10ms",
+        ));
+    }
+    if let Some(redis) = &config.redis {
+        if !(redis.url.starts_with("redis://")
+            || redis.url.starts_with("rediss://")
+            || redis.url.starts_with("redis+unix://"))
+        {
+            errors.push(KeyError::new(
+                "redis.url",
+                "expected a URL that starts with redis:// or rediss://",
+            ));
+        }
+        if redis.channel.is_empty() {
+            errors.push(KeyError::new("redis.channel", "must not be empty"));
+        }
+    }
     if let Some(secret) = &config.key_hash_secret {
         if secret.len() < 32 {
             errors.push(KeyError::new(
@@ -327,6 +349,8 @@ pub fn validate_entities(entities: &Entities) -> Vec<KeyError> {
     }
     let mut consumer_names = HashSet::new();
     let mut keys = HashSet::new();
+    let mut key_ids = HashSet::new();
+    let mut key_hashes = HashSet::new();
     for (i, consumer) in entities.consumers.iter().enumerate() {
         let at = format!("consumers[{i}]");
         check_name(&mut errors, &format!("{at}.name"), &consumer.name);
@@ -338,11 +362,27 @@ pub fn validate_entities(entities: &Entities) -> Vec<KeyError> {
         }
         errors.extend(validate_consumer_fields(&at, consumer));
         for (j, key) in consumer.api_keys.iter().enumerate() {
-            if !keys.insert(key.as_str()) {
-                errors.push(KeyError::new(
-                    format!("{at}.api_keys[{j}]"),
-                    "this API key is already declared",
-                ));
+            let key_at = format!("{at}.api_keys[{j}]");
+            match key {
+                DeclaredKey::Plain(text) => {
+                    if !keys.insert(text.as_str()) {
+                        errors.push(KeyError::new(key_at, "this API key is already declared"));
+                    }
+                }
+                DeclaredKey::Hashed(record) => {
+                    if !key_ids.insert(record.id.as_str()) {
+                        errors.push(KeyError::new(
+                            format!("{key_at}.id"),
+                            format!("key id `{}` is already declared", record.id),
+                        ));
+                    }
+                    if !key_hashes.insert(record.hash.as_str()) {
+                        errors.push(KeyError::new(
+                            format!("{key_at}.hash"),
+                            "this hash is already declared, so it is the same API key",
+                        ));
+                    }
+                }
             }
         }
     }
@@ -438,11 +478,25 @@ pub fn validate_route_fields(at: &str, route: &crate::model::RouteSpec) -> Vec<K
 pub fn validate_consumer_fields(at: &str, consumer: &crate::model::ConsumerSpec) -> Vec<KeyError> {
     let mut errors = Vec::new();
     for (j, key) in consumer.api_keys.iter().enumerate() {
-        if key.len() < 16 || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            errors.push(KeyError::new(
-                format!("{at}.api_keys[{j}]"),
-                "an API key must be 16 to 256 printable ASCII characters without spaces",
-            ));
+        let key_at = format!("{at}.api_keys[{j}]");
+        match key {
+            DeclaredKey::Plain(text) => {
+                if !is_key_text(text, 16) {
+                    errors.push(KeyError::new(
+                        key_at,
+                        "an API key must be 16 to 256 printable ASCII characters without spaces",
+                    ));
+                } else if text.starts_with("pcs_") {
+                    // Keys with this prefix must carry the checksum of issued keys, and a
+                    // hand-written one would be rejected on every request.
+                    errors.push(KeyError::new(
+                        key_at,
+                        "the `pcs_` prefix is reserved for keys that portcullis issues; declare a key \
+                         without it, or declare an issued key in its hashed form",
+                    ));
+                }
+            }
+            DeclaredKey::Hashed(record) => errors.extend(validate_hashed_key(&key_at, record)),
         }
     }
     for (j, role) in consumer.roles.iter().enumerate() {
@@ -452,6 +506,54 @@ pub fn validate_consumer_fields(at: &str, consumer: &crate::model::ConsumerSpec)
         &format!("{at}.policies"),
         &consumer.policies,
     ));
+    errors
+}
+
+/// Returns whether `text` has the form of an API key: `min_len` to 256 printable ASCII
+/// characters without spaces.
+fn is_key_text(text: &str, min_len: usize) -> bool {
+    (min_len..=256).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Checks the fields of a hashed key record.
+fn validate_hashed_key(at: &str, record: &HashedKey) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    for (field, id) in [
+        ("id", Some(&record.id)),
+        ("rotated_from", record.rotated_from.as_ref()),
+    ] {
+        let Some(id) = id else {
+            continue;
+        };
+        let valid = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            errors.push(KeyError::new(
+                format!("{at}.{field}"),
+                format!("invalid key id `{id}`; use 1 to 128 letters, digits, `-`, `_` or `.`"),
+            ));
+        }
+    }
+    let hash_valid = record.hash.len() == 64
+        && record
+            .hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hash_valid {
+        errors.push(KeyError::new(
+            format!("{at}.hash"),
+            "a key hash must be 64 lowercase hex digits (HMAC-SHA-256)",
+        ));
+    }
+    if !is_key_text(&record.prefix, 1) {
+        errors.push(KeyError::new(
+            format!("{at}.prefix"),
+            "a key prefix must be 1 to 256 printable ASCII characters without spaces",
+        ));
+    }
     errors
 }
 

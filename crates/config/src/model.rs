@@ -36,6 +36,13 @@ pub struct Config {
     pub limits: RequestLimits,
     #[serde(default)]
     pub timeouts: ClientTimeouts,
+    /// How often the node compares the store's config version with the one it serves, which
+    /// is how it finds writes made through other nodes when no change message arrives.
+    #[serde(default = "default_version_check_interval", with = "duration")]
+    pub version_check_interval: Duration,
+    /// Redis, shared by the nodes of a cluster for change messages.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Secret for the keyed hash of API keys; generated and kept in the store when absent.
     #[serde(default)]
     pub key_hash_secret: Option<String>,
@@ -70,6 +77,10 @@ pub struct Entities {
     pub routes: Vec<RouteSpec>,
     #[serde(default)]
     pub consumers: Vec<ConsumerSpec>,
+}
+
+fn default_version_check_interval() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
@@ -120,7 +131,7 @@ pub enum TlsVersion {
 }
 
 /// The admin API listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_address")]
@@ -163,6 +174,21 @@ impl Default for StoreConfig {
     }
 }
 
+/// A Redis server shared by the nodes of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// A URL such as `redis://127.0.0.1:6379`; `rediss://` for TLS.
+    pub url: String,
+    /// Pub/sub channel on which nodes announce config versions.
+    #[serde(default = "default_redis_channel")]
+    pub channel: String,
+}
+
+fn default_redis_channel() -> String {
+    "portcullis:config".into()
+}
+
 /// Destination of the JSON access log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum AccessLogTarget {
@@ -175,7 +201,17 @@ pub enum AccessLogTarget {
 
 impl<'de> Deserialize<'de> for AccessLogTarget {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = Option::<String>::deserialize(deserializer)?;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Switch(bool),
+            Text(String),
+        }
+        let text = match Option::<Raw>::deserialize(deserializer)? {
+            None | Some(Raw::Switch(false)) => None,
+            Some(Raw::Switch(true)) => Some("stdout".to_string()),
+            Some(Raw::Text(text)) => Some(text),
+        };
         Ok(match text.as_deref() {
             None | Some("off") | Some("false") => AccessLogTarget::Off,
             Some("stdout") => AccessLogTarget::Stdout,
@@ -186,7 +222,7 @@ impl<'de> Deserialize<'de> for AccessLogTarget {
 }
 
 /// Diagnostic logging, separate from the access log.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `portcullis_proxy=debug,info`.
@@ -244,7 +280,7 @@ impl<'de> Deserialize<'de> for Cidr {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestLimits {
-    /// Total size of the request line and headers, in bytes (431 past it).
+    /// Total size of the header fields, counted as name + value + 4 bytes each (431 past it).
     pub max_header_bytes: usize,
     /// Number of header fields (431 past it).
     pub max_headers: usize,
@@ -266,7 +302,7 @@ impl Default for RequestLimits {
 }
 
 /// Timeouts on client connections.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientTimeouts {
     /// Time a client has to send a request's headers.
@@ -374,12 +410,88 @@ pub struct ConsumerSpec {
     pub name: String,
     #[serde(default)]
     pub roles: Vec<String>,
-    /// Plaintext API keys declared in the file; the store keeps only their keyed hashes.
+    /// API keys declared in the file, as plaintext or as hashed records. The store keeps only
+    /// hashed records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<DeclaredKey>,
     /// Policies that apply to this consumer's requests once it is authenticated.
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
+}
+
+/// An API key declared in a file: a plaintext string, or a hashed record such as
+/// `portcullis export` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum DeclaredKey {
+    /// The key itself, hashed under the store's key-hash secret when it is synced.
+    Plain(String),
+    Hashed(HashedKey),
+}
+
+// Written by hand instead of `#[serde(untagged)]` so that an invalid record reports the
+// field at fault, such as `api_keys[0].created_at`, and not only that no variant matched.
+impl<'de> Deserialize<'de> for DeclaredKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DeclaredKeyVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for DeclaredKeyVisitor {
+            type Value = DeclaredKey;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(
+                    "a plaintext API key, or a hashed key with `id`, `hash`, `prefix` and `created_at`",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<DeclaredKey, E> {
+                Ok(DeclaredKey::Plain(text.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<DeclaredKey, E> {
+                Ok(DeclaredKey::Plain(text))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<DeclaredKey, A::Error> {
+                let deserializer = serde::de::value::MapAccessDeserializer::new(map);
+                HashedKey::deserialize(deserializer).map(DeclaredKey::Hashed)
+            }
+        }
+
+        deserializer.deserialize_any(DeclaredKeyVisitor)
+    }
+}
+
+/// An API key record without its plaintext: the keyed hash and the record's metadata.
+///
+/// The hash is HMAC-SHA-256 under the key-hash secret of the store it came from, so the record
+/// authenticates requests only in stores that use the same secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashedKey {
+    /// Public identifier, such as `key_5Qm2...` for an issued key or `cfg_...` for a plaintext
+    /// key declared in a file.
+    pub id: String,
+    /// HMAC-SHA-256 of the plaintext, as 64 lowercase hex digits.
+    pub hash: String,
+    /// The first characters of the plaintext.
+    pub prefix: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<time::OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Id of the key this one replaced in a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<String>,
 }
 
 /// One policy attached globally, to a service, a route or a consumer.

@@ -49,7 +49,7 @@ pub fn parse(
 ) -> Result<(Value, LineIndex), Vec<YamlError>> {
     let mut builder = Builder::default_with(env);
     let mut parser = Parser::new_from_str(source);
-    if let Err(error) = parser.load(&mut builder, false) {
+    if let Err(error) = parser.load(&mut builder, true) {
         return Err(vec![YamlError {
             line: Some(error.marker().line()),
             message: error.info().to_string(),
@@ -89,6 +89,7 @@ struct Builder<'e> {
     root: Option<Value>,
     index: LineIndex,
     errors: Vec<YamlError>,
+    documents: usize,
 }
 
 impl<'e> Builder<'e> {
@@ -100,6 +101,7 @@ impl<'e> Builder<'e> {
             root: None,
             index: LineIndex::default(),
             errors: Vec::new(),
+            documents: 0,
         }
     }
 
@@ -159,22 +161,17 @@ impl<'e> Builder<'e> {
         }
         let path = self.next_path();
         self.index.lines.entry(path.clone()).or_insert(mark.line());
-        let value = match style {
-            TScalarStyle::Plain => resolve_plain(&text),
-            _ => Value::String(text),
-        };
-        let value = match value {
-            Value::String(text) => match interpolate(&text, self.env) {
-                Ok(text) => Value::String(text),
-                Err(message) => {
-                    self.errors.push(YamlError {
-                        line: Some(mark.line()),
-                        message: format!("{}: {message}", display_path(&path)),
-                    });
-                    Value::Null
-                }
-            },
-            other => other,
+        let value = match interpolate(&text, self.env) {
+            // A plain scalar is typed after interpolation, so `limit: ${LIMIT}` reads a number.
+            Ok(text) if style == TScalarStyle::Plain => resolve_plain(&text),
+            Ok(text) => Value::String(text),
+            Err(message) => {
+                self.errors.push(YamlError {
+                    line: Some(mark.line()),
+                    message: format!("{}: {message}", display_path(&path)),
+                });
+                Value::Null
+            }
         };
         self.push_value(value, anchor);
     }
@@ -223,11 +220,18 @@ impl MarkedEventReceiver for Builder<'_> {
                 }
                 self.push_value(value, 0);
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents == 2 {
+                    self.errors.push(YamlError {
+                        line: Some(mark.line()),
+                        message:
+                            "the file has more than one YAML document; put the configuration in one"
+                                .into(),
+                    });
+                }
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
     }
 }
@@ -373,6 +377,25 @@ mod tests {
         assert_eq!(value["t"], "s3cret");
         assert_eq!(value["u"], "x-none");
         assert_eq!(value["v"], "${TOKEN}");
+    }
+
+    #[test]
+    fn plain_variable_is_typed() {
+        let env = |name: &str| match name {
+            "LIMIT" => Some("5".to_string()),
+            "ON" => Some("true".to_string()),
+            _ => None,
+        };
+        let (value, _) = parse("a: ${LIMIT}\nb: ${ON}\nc: '${LIMIT}'\n", &env).unwrap();
+        assert_eq!(value["a"], 5);
+        assert_eq!(value["b"], true);
+        assert_eq!(value["c"], "5");
+    }
+
+    #[test]
+    fn second_document_is_rejected() {
+        let errors = parse("a: 1\n---\nb: 2\n", &no_env).unwrap_err();
+        assert!(errors[0].message.contains("more than one YAML document"));
     }
 
     #[test]

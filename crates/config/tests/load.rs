@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use portcullis_config::{LimitKey, PolicySpec, StoreConfig, TlsVersion, load_str};
+use portcullis_config::{
+    DeclaredKey, HashedKey, LimitKey, PolicySpec, StoreConfig, TlsVersion, load_str,
+};
 
 const ISSUE_EXAMPLE: &str = r#"
 listeners:
@@ -81,7 +83,7 @@ fn documented_example_loads() {
     assert!(config.entities.routes[0].strip_prefix);
     assert_eq!(
         config.entities.consumers[0].api_keys,
-        ["alice-demo-key-0001"]
+        [DeclaredKey::Plain("alice-demo-key-0001".into())]
     );
 }
 
@@ -176,4 +178,143 @@ fn empty_file_is_the_embedded_default() {
     assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:8000");
     assert_eq!(config.admin.address.to_string(), "127.0.0.1:8001");
     assert!(config.admin.token.is_none());
+}
+
+const HASH_A: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+const HASH_B: &str = "f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8";
+
+/// Returns a config with one consumer whose `api_keys` list is `keys`, written as YAML.
+fn consumer_with_keys(keys: &str) -> String {
+    format!("consumers:\n  - name: alice\n    api_keys:\n{keys}")
+}
+
+#[test]
+fn hashed_and_plain_keys_load() {
+    let source = consumer_with_keys(&format!(
+        "      - alice-demo-key-0001\n      - id: key_abc\n        hash: \"{HASH_A}\"\n        prefix: pcs_abcdefgh\n        created_at: 2024-05-01T12:00:00.5+02:00\n        expires_at: 2030-01-01T00:00:00Z\n        scopes: [read]\n        rotated_from: key_old\n      - {{ id: cfg_0011, hash: \"{HASH_B}\", prefix: bob-key-0001, created_at: \"2024-01-01T00:00:00Z\" }}\n"
+    ));
+    let config = load_str(&source, None, &env).unwrap();
+    let keys = &config.entities.consumers[0].api_keys;
+    assert_eq!(keys.len(), 3);
+    assert_eq!(keys[0], DeclaredKey::Plain("alice-demo-key-0001".into()));
+    let expected = HashedKey {
+        id: "key_abc".into(),
+        hash: HASH_A.into(),
+        prefix: "pcs_abcdefgh".into(),
+        created_at: time::macros::datetime!(2024-05-01 10:00:00.5 UTC),
+        expires_at: Some(time::macros::datetime!(2030-01-01 00:00:00 UTC)),
+        scopes: vec!["read".into()],
+        rotated_from: Some("key_old".into()),
+    };
+    assert_eq!(keys[1], DeclaredKey::Hashed(expected));
+    match &keys[2] {
+        DeclaredKey::Hashed(record) => {
+            assert_eq!(record.id, "cfg_0011");
+            assert_eq!(record.expires_at, None);
+            assert!(record.scopes.is_empty());
+        }
+        other => panic!("expected a hashed key, got {other:?}"),
+    }
+}
+
+#[test]
+fn hashed_key_serializes_to_what_it_reads() {
+    let source = consumer_with_keys(&format!(
+        "      - plain-key-000000001\n      - {{ id: key_abc, hash: \"{HASH_A}\", prefix: pcs_abc, created_at: \"2024-05-01T12:00:00.123456Z\", scopes: [read, write] }}\n"
+    ));
+    let config = load_str(&source, None, &env).unwrap();
+    let consumer = &config.entities.consumers[0];
+    let json = serde_json::to_value(consumer).unwrap();
+    assert_eq!(json["api_keys"][0], "plain-key-000000001");
+    assert_eq!(
+        json["api_keys"][1]["created_at"],
+        "2024-05-01T12:00:00.123456Z"
+    );
+    assert!(json["api_keys"][1].get("expires_at").is_none(), "{json}");
+    let read_back: portcullis_config::ConsumerSpec = serde_json::from_value(json).unwrap();
+    assert_eq!(&read_back, consumer);
+}
+
+#[test]
+fn hashed_key_errors_name_the_field() {
+    let cases = [
+        (
+            format!("      - {{ id: key_abc, hash: \"{HASH_A}\", prefix: pcs_abc }}\n"),
+            "consumers[0].api_keys[0]",
+            "created_at",
+        ),
+        (
+            format!("      - {{ id: key_abc, hash: \"{HASH_A}\", prefix: pcs_abc, created_at: yesterday }}\n"),
+            "consumers[0].api_keys[0].created_at",
+            "",
+        ),
+        (
+            "      - { id: key_abc, hash: ABCDEF, prefix: pcs_abc, created_at: \"2024-01-01T00:00:00Z\" }\n".to_string(),
+            "consumers[0].api_keys[0].hash",
+            "64 lowercase hex",
+        ),
+        (
+            format!("      - {{ id: \"key abc\", hash: \"{HASH_A}\", prefix: pcs_abc, created_at: \"2024-01-01T00:00:00Z\" }}\n"),
+            "consumers[0].api_keys[0].id",
+            "invalid key id",
+        ),
+        (
+            format!("      - {{ id: key_abc, hash: \"{HASH_A}\", prefix: \"\", created_at: \"2024-01-01T00:00:00Z\" }}\n"),
+            "consumers[0].api_keys[0].prefix",
+            "prefix",
+        ),
+        (
+            format!("      - {{ id: key_abc, hash: \"{HASH_A}\", prefix: pcs_abc, created_at: \"2024-01-01T00:00:00Z\", source: admin }}\n"),
+            "consumers[0].api_keys[0]",
+            "source",
+        ),
+        (
+            "      - 12345678901234567890\n".to_string(),
+            "consumers[0].api_keys[0]",
+            "plaintext API key",
+        ),
+    ];
+    for (keys, key_path, text) in cases {
+        let message = first_error(&consumer_with_keys(&keys));
+        assert!(
+            message.contains(&format!("key `{key_path}")),
+            "{keys}: {message}"
+        );
+        assert!(message.contains(text), "{keys}: {message}");
+    }
+}
+
+#[test]
+fn duplicate_hashed_keys_are_rejected() {
+    let record = |id: &str, hash: &str| {
+        format!(
+            "      - {{ id: {id}, hash: \"{hash}\", prefix: pcs_abc, created_at: \"2024-01-01T00:00:00Z\" }}\n"
+        )
+    };
+    let same_id = consumer_with_keys(&(record("key_a", HASH_A) + &record("key_a", HASH_B)));
+    let message = first_error(&same_id);
+    assert!(
+        message.contains("key `consumers[0].api_keys[1].id`"),
+        "{message}"
+    );
+    assert!(message.contains("already declared"), "{message}");
+
+    let same_hash = consumer_with_keys(&(record("key_a", HASH_A) + &record("key_b", HASH_A)));
+    let message = first_error(&same_hash);
+    assert!(
+        message.contains("key `consumers[0].api_keys[1].hash`"),
+        "{message}"
+    );
+    assert!(message.contains("same API key"), "{message}");
+}
+
+#[test]
+fn reserved_key_prefix_is_rejected() {
+    let message =
+        first_error("consumers:\n  - name: dave\n    api_keys: [pcs_dave-declared-key-01]\n");
+    assert!(
+        message.contains(":3: key `consumers[0].api_keys[0]`"),
+        "{message}"
+    );
+    assert!(message.contains("reserved"), "{message}");
 }

@@ -8,6 +8,7 @@
 //! down, or a stored entity no longer compiles) keeps the last good snapshot in service and
 //! marks the node degraded until a later rebuild succeeds.
 
+pub mod bus;
 mod keys;
 
 use std::sync::Arc;
@@ -25,12 +26,8 @@ use portcullis_proxy::usage::KeyUsage;
 use portcullis_store::{Store, StoreError, StoreState};
 use tokio::sync::{Mutex, watch};
 
-pub use keys::declared_key_records;
+pub use keys::{declared_key_records, key_hasher};
 
-/// Name of the store secret that keys API-key hashes when the config sets none.
-const KEY_HASH_SECRET: &str = "key_hash_secret";
-/// How often the store's config version is compared with the snapshot's.
-pub const VERSION_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How often recorded key uses are written to the store.
 const KEY_USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -64,6 +61,9 @@ pub struct ControlPlane {
     health: ArcSwap<Health>,
     served_version: AtomicU64,
     rebuild: Mutex<()>,
+    bus: std::sync::OnceLock<bus::RedisBus>,
+    /// Serialises key-usage flushes, so the final flush at shutdown waits for one in progress.
+    flush: Mutex<()>,
 }
 
 impl ControlPlane {
@@ -74,11 +74,7 @@ impl ControlPlane {
         metrics: Arc<Metrics>,
         policy: PolicyContext,
     ) -> Result<Arc<Self>, ControlError> {
-        let secret = match &config.key_hash_secret {
-            Some(secret) => secret.clone(),
-            None => store.secret(KEY_HASH_SECRET, &generate_secret).await?,
-        };
-        let hasher = KeyHasher::new(secret.as_bytes());
+        let hasher = key_hasher(&config, store.as_ref()).await?;
         let declared_keys = declared_key_records(&config.entities, &hasher);
         let version = store
             .sync_declared(&config.entities, &declared_keys)
@@ -110,6 +106,8 @@ impl ControlPlane {
             }),
             served_version: AtomicU64::new(state.version),
             rebuild: Mutex::new(()),
+            bus: std::sync::OnceLock::new(),
+            flush: Mutex::new(()),
         };
         Ok(Arc::new(control))
     }
@@ -132,6 +130,22 @@ impl ControlPlane {
 
     pub fn health(&self) -> Health {
         Health::clone(&self.health.load())
+    }
+
+    /// Sets the Redis bus on which writes through this node are announced.
+    pub fn set_bus(&self, bus: bus::RedisBus) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Applies a write that this node made to the store: rebuilds the snapshot before
+    /// returning, then announces `version` to the other nodes on the Redis bus, if any.
+    pub async fn apply_write(&self, version: u64) {
+        if let Err(error) = self.refresh().await {
+            tracing::error!(%error, config.version = version, "the write is stored but this node could not rebuild its snapshot");
+        }
+        if let Some(bus) = self.bus.get() {
+            bus.publish(version).await;
+        }
     }
 
     /// Rebuilds the snapshot when the store's version differs from the one in service.
@@ -217,9 +231,33 @@ impl ControlPlane {
                 "listener addresses change only on restart; keeping the running listeners"
             );
         }
+        let restart_only = [
+            ("admin.token", next.admin.token != current.admin.token),
+            ("access_log", next.access_log != current.access_log),
+            ("log", next.log != current.log),
+            ("timeouts", next.timeouts != current.timeouts),
+            ("redis", next.redis != current.redis),
+            (
+                "version_check_interval",
+                next.version_check_interval != current.version_check_interval,
+            ),
+        ];
+        for (key, changed) in restart_only {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "this setting changes only on restart; keeping the running value"
+                );
+            }
+        }
         next.store = current.store.clone();
         next.listeners = current.listeners.clone();
         next.admin = current.admin.clone();
+        next.access_log = current.access_log.clone();
+        next.log = current.log.clone();
+        next.timeouts = current.timeouts.clone();
+        next.redis = current.redis.clone();
+        next.version_check_interval = current.version_check_interval;
         if next.key_hash_secret != current.key_hash_secret {
             tracing::warn!("key_hash_secret changes only on restart; keeping the running value");
             next.key_hash_secret = current.key_hash_secret.clone();
@@ -227,12 +265,16 @@ impl ControlPlane {
 
         let _guard = self.rebuild.lock().await;
         let declared_keys = declared_key_records(&next.entities, &self.context.hasher);
+        // Compile the store's state with the file's entities laid over it before writing
+        // anything, so a file that does not compile changes neither the store nor the node.
+        let mut preview = self.store.load().await?;
+        overlay(&mut preview.entities, &next.entities);
+        compile(&next, &preview, &self.context)?;
+
         self.store
             .sync_declared(&next.entities, &declared_keys)
             .await?;
         let state = self.store.load().await?;
-        // Compile against the new file before it replaces the old one, so a file that does not
-        // compile leaves the node as it was.
         let snapshot = compile(&next, &state, &self.context)?;
         self.config.store(Arc::new(next));
         self.snapshot.store(snapshot);
@@ -249,7 +291,8 @@ impl ControlPlane {
         let control = self.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(VERSION_POLL_INTERVAL);
+            let period = control.config.load().version_check_interval;
+            let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -271,16 +314,44 @@ impl ControlPlane {
                     _ = interval.tick() => false,
                     _ = stop.wait_for(|stop| *stop) => true,
                 };
-                control.flush_key_usage().await;
+                // At shutdown the caller makes the final flush and waits for it, so this task stops
+                // without one: a flush here could be cut off when the process exits.
                 if stopping {
                     return;
                 }
+                control.flush_key_usage().await;
+            }
+        });
+    }
+
+    /// Refreshes the snapshot whenever `changes` delivers a version other than the one in
+    /// service. Change feeds (PostgreSQL notifications, Redis messages) use this to apply a
+    /// write made through another node at once instead of at the next version check.
+    pub fn spawn_change_listener(
+        self: &Arc<Self>,
+        mut changes: tokio::sync::mpsc::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let control = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let version = tokio::select! {
+                    version = changes.recv() => version,
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                };
+                let Some(version) = version else { return };
+                if version != 0 && version == control.served_version.load(Ordering::Acquire) {
+                    continue;
+                }
+                // Errors are recorded in the node's health and logged on change.
+                let _ = control.refresh().await;
             }
         });
     }
 
     /// Writes the recorded last-use times of API keys to the store.
     pub async fn flush_key_usage(&self) {
+        let _guard = self.flush.lock().await;
         let uses = self.context.key_usage.drain();
         if uses.is_empty() {
             return;
@@ -290,6 +361,28 @@ impl ControlPlane {
             tracing::warn!(%error, keys = uses.len(), "cannot record API-key last use; dropping this batch");
         }
     }
+}
+
+/// Replaces or adds each declared entity in `stored` by name, as a sync would.
+fn overlay(stored: &mut portcullis_config::Entities, declared: &portcullis_config::Entities) {
+    fn upsert<T: Clone>(items: &mut Vec<T>, declared: &[T], name: impl Fn(&T) -> &str) {
+        for item in declared {
+            match items
+                .iter_mut()
+                .find(|existing| name(existing) == name(item))
+            {
+                Some(existing) => *existing = item.clone(),
+                None => items.push(item.clone()),
+            }
+        }
+    }
+    upsert(&mut stored.services, &declared.services, |service| {
+        &service.name
+    });
+    upsert(&mut stored.routes, &declared.routes, |route| &route.name);
+    upsert(&mut stored.consumers, &declared.consumers, |consumer| {
+        &consumer.name
+    });
 }
 
 fn compile(

@@ -1,7 +1,11 @@
-//! The `portcullis` command: run the gateway, validate a config, migrate a store.
+//! The `portcullis` command: run the gateway, validate a config, migrate a store, and sync a
+//! store with a declared set of entities.
 
+mod export;
 mod serve;
+mod sync;
 mod token;
+mod yaml;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +46,33 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print how `apply` would change the store.
+    ///
+    /// Exits 0 when nothing would change, 1 when something would, and 2 on error.
+    Diff {
+        #[command(flatten)]
+        source: sync::Source,
+    },
+    /// Make the store match the declared entities and keys exactly.
+    ///
+    /// Declared services, routes and consumers that differ are written, the ones not declared
+    /// are deleted, and every key not declared is revoked, including keys issued through the
+    /// admin API. Prints the changes and the new config version.
+    Apply {
+        #[command(flatten)]
+        source: sync::Source,
+    },
+    /// Write the store's entities as YAML that `apply --entities` accepts.
+    ///
+    /// API keys are written as hashed records, never as plaintext.
+    Export {
+        /// Node configuration that names the store.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// File to write; standard output when absent.
+        #[arg(long, short, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +84,10 @@ fn main() -> ExitCode {
             addresses_file,
         } => run_async(serve::serve(config, addresses_file)),
         Command::Migrate { config } => run_async(serve::migrate(config)),
+        // Exit status 1 means "there are changes", so errors exit with 2 as in diff(1).
+        Command::Diff { source } => run_to_status(sync::diff(source), ExitCode::from(2)),
+        Command::Apply { source } => run_async(sync::apply(source)),
+        Command::Export { config, output } => run_async(export::export(config, output)),
     }
 }
 
@@ -81,6 +116,18 @@ fn validate(path: &std::path::Path) -> ExitCode {
 }
 
 fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    run_to_status(
+        async { future.await.map(|()| ExitCode::SUCCESS) },
+        ExitCode::FAILURE,
+    )
+}
+
+/// Runs `future` on a new runtime and returns its exit status, or prints its error and returns
+/// `on_error`.
+fn run_to_status(
+    future: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+    on_error: ExitCode,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("portcullis")
@@ -89,14 +136,14 @@ fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> E
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
+            return on_error;
         }
     };
     match runtime.block_on(future) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => status,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            on_error
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::token::{self, TokenSource};
 /// How often TLS certificate files are checked for changes.
 const CERTIFICATE_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(path) => portcullis_config::load_file(&path)
             .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}")),
@@ -195,6 +195,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     }
 
     control.spawn_background(shutdown_rx.clone());
+    spawn_change_feeds(&config, &control, &shutdown_rx).await;
     spawn_certificate_poll(certificates.clone(), shutdown_rx.clone());
 
     wait_for_shutdown(&control, &certificates).await;
@@ -222,6 +223,46 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     control.flush_key_usage().await;
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// Starts the feeds that tell this node about writes made through other nodes: PostgreSQL
+/// notifications when the store is PostgreSQL, and Redis messages when Redis is configured.
+async fn spawn_change_feeds(
+    config: &Config,
+    control: &Arc<ControlPlane>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let mut feeds = 0;
+    if let portcullis_config::StoreConfig::Postgres(url) = &config.store {
+        tokio::spawn(portcullis_store::notify::listen(
+            url.clone(),
+            sender.clone(),
+            shutdown.clone(),
+        ));
+        feeds += 1;
+    }
+    if let Some(redis) = &config.redis {
+        match portcullis_control::bus::RedisBus::connect(&redis.url, &redis.channel).await {
+            Ok(bus) => control.set_bus(bus),
+            // The subscription below keeps retrying; publishing starts only with a connection
+            // made at start-up, and the version check covers the nodes meanwhile.
+            Err(error) => {
+                tracing::warn!(%error, "cannot connect to Redis for change messages; writes through this node are not announced on Redis")
+            }
+        }
+        tokio::spawn(portcullis_control::bus::subscribe(
+            redis.url.clone(),
+            redis.channel.clone(),
+            sender.clone(),
+            shutdown.clone(),
+        ));
+        feeds += 1;
+    }
+    drop(sender);
+    if feeds > 0 {
+        control.spawn_change_listener(receiver, shutdown.clone());
+    }
 }
 
 /// Waits for SIGTERM or SIGINT; reloads the file and the certificates on SIGHUP meanwhile.

@@ -6,7 +6,8 @@
 //!
 //! Among matching routes the most specific wins: a route that names the host beats one that
 //! does not (an exact host beats a wildcard), then an exact path beats a prefix, then the longer
-//! path wins, then the route declared first.
+//! path wins, then the route that comes first in the input order. Snapshots list routes by name,
+//! so between two otherwise equal routes the one whose name sorts first wins.
 
 use std::sync::Arc;
 
@@ -96,7 +97,7 @@ pub struct RouteDefinition<R> {
 }
 
 impl<R> Router<R> {
-    /// Builds the table; `routes` are in declaration order, which breaks ties.
+    /// Builds the table; the order of `routes` breaks ties.
     pub fn build(routes: Vec<RouteDefinition<R>>) -> Self {
         let mut entries = Vec::new();
         for (order, definition) in routes.into_iter().enumerate() {

@@ -22,16 +22,14 @@ use crate::upstream;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
+pub const X_CONSUMER_ROLES: HeaderName = HeaderName::from_static("x-consumer-roles");
+pub const X_CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-credential-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers a client may not set, because the upstream trusts the gateway to set them.
-const GATEWAY_HEADERS: [HeaderName; 3] = [
-    X_CONSUMER_NAME,
-    HeaderName::from_static("x-consumer-roles"),
-    HeaderName::from_static("x-credential-id"),
-];
+const GATEWAY_HEADERS: [HeaderName; 3] = [X_CONSUMER_NAME, X_CONSUMER_ROLES, X_CREDENTIAL_ID];
 
 /// The data plane shared by all listeners.
 pub struct Proxy {
@@ -271,6 +269,16 @@ impl Proxy {
         if let Some(consumer) = &consumer {
             if let Ok(value) = HeaderValue::from_str(&consumer.name) {
                 headers.insert(X_CONSUMER_NAME, value);
+            }
+            if !consumer.roles.is_empty() {
+                if let Ok(value) = HeaderValue::from_str(&consumer.roles.join(",")) {
+                    headers.insert(X_CONSUMER_ROLES, value);
+                }
+            }
+        }
+        if let Some(id) = &trace.credential_id {
+            if let Ok(value) = HeaderValue::from_str(id) {
+                headers.insert(X_CREDENTIAL_ID, value);
             }
         }
         let host = match (&original_host, service.preserve_host) {

@@ -188,6 +188,7 @@ pub(crate) fn key_record(row: KeyRow) -> Result<ApiKeyRecord, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_config::DeclaredKey;
     use time::macros::datetime;
 
     use super::*;
@@ -218,7 +219,7 @@ mod tests {
         let consumer = ConsumerSpec {
             name: "alice".into(),
             roles: vec!["admin".into()],
-            api_keys: vec!["plaintext-key".into()],
+            api_keys: vec![DeclaredKey::Plain("plaintext-key".into())],
             policies: Vec::new(),
         };
         let value = consumer.to_stored_json().unwrap();

@@ -11,7 +11,9 @@
 
 mod backend;
 mod codec;
+mod diff;
 mod error;
+pub mod notify;
 mod ops;
 mod postgres;
 mod record;
@@ -22,6 +24,7 @@ use std::pin::Pin;
 
 use portcullis_config::{ConsumerSpec, Entities, RouteSpec, ServiceSpec, StoreConfig};
 
+pub use diff::{Change, EntityKind, diff};
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use record::{ApiKeyRecord, KeyStatus};
@@ -100,12 +103,28 @@ pub trait Store: Send + Sync + 'static {
     /// change the config version.
     fn record_key_use<'a>(&'a self, uses: &'a [(String, i64)]) -> StoreFuture<'a, ()>;
 
-    /// Makes the store's entities match `declared` for the names it lists, in one transaction:
-    /// declared services, routes and consumers are created or replaced, and `keys` (the hashed
-    /// form of the declared plaintext keys) are inserted unless a record with the same id
-    /// exists. Entities the file does not name are left alone, since the admin API may have
-    /// created them. Returns the new version, or the current one when nothing changed.
+    /// Makes the store's entities match `declared` for the names it lists, in one transaction.
+    /// Declared services, routes and consumers are created or replaced, and `keys`, the records
+    /// of the declared keys, are inserted unless a record with the same id exists. Entities the
+    /// file does not name are left alone, since the admin API may have created them. Returns
+    /// the new version, or the current one when nothing changed.
     fn sync_declared<'a>(
+        &'a self,
+        declared: &'a Entities,
+        keys: &'a [ApiKeyRecord],
+    ) -> StoreFuture<'a, u64>;
+
+    /// Makes the store match `declared` and `keys` exactly, in one transaction that applies the
+    /// changes [`diff`] returns. Declared entities that differ are created or replaced. Routes,
+    /// services and consumers that are not declared are deleted in that order. Missing key
+    /// records are inserted, and every key that is not revoked and not in `keys` is revoked,
+    /// whatever its source. Returns the new version, bumped once, or the current one when
+    /// nothing changed.
+    ///
+    /// Fails with [`StoreError::Conflict`] and changes nothing when [`diff`] does, and when a
+    /// key in `keys` has the id or hash of a revoked record, because a revoked key is never
+    /// restored.
+    fn replace_all<'a>(
         &'a self,
         declared: &'a Entities,
         keys: &'a [ApiKeyRecord],

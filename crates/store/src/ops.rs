@@ -12,6 +12,10 @@ use crate::backend::{Backend, EntityRow, Table, Tx};
 use crate::codec::{self, Entity};
 use crate::{ApiKeyRecord, StoreError, StoreState};
 
+mod replace;
+
+pub(crate) use replace::replace_all;
+
 /// The result of the statements of a write.
 enum Outcome {
     Changed,
@@ -116,6 +120,13 @@ pub(crate) async fn version<B: Backend>(backend: &B) -> Result<u64, StoreError> 
 
 pub(crate) async fn load<B: Backend>(backend: &B) -> Result<StoreState, StoreError> {
     let mut tx = backend.begin_read().await?;
+    let state = read_state(&mut tx).await?;
+    tx.commit().await?;
+    Ok(state)
+}
+
+/// Reads the version, the entities and the keys not revoked yet, within `tx`.
+async fn read_state<T: Tx>(tx: &mut T) -> Result<StoreState, StoreError> {
     let version = tx.version().await?;
     let services = codec::decode_entities::<ServiceSpec>(tx.specs(Table::Services).await?)?;
     let routes = codec::decode_entities::<RouteSpec>(tx.specs(Table::Routes).await?)?;
@@ -127,7 +138,6 @@ pub(crate) async fn load<B: Backend>(backend: &B) -> Result<StoreState, StoreErr
         .into_iter()
         .map(codec::key_record)
         .collect::<Result<Vec<_>, _>>()?;
-    tx.commit().await?;
     Ok(StoreState {
         version,
         entities: Entities {
@@ -517,6 +527,14 @@ macro_rules! forward_store_methods {
             keys: &'a [$crate::ApiKeyRecord],
         ) -> $crate::StoreFuture<'a, u64> {
             Box::pin($crate::ops::sync_declared(self, declared, keys))
+        }
+
+        fn replace_all<'a>(
+            &'a self,
+            declared: &'a portcullis_config::Entities,
+            keys: &'a [$crate::ApiKeyRecord],
+        ) -> $crate::StoreFuture<'a, u64> {
+            Box::pin($crate::ops::replace_all(self, declared, keys))
         }
     };
 }

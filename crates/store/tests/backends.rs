@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use portcullis_config::{
-    ConsumerSpec, Entities, KeyAuthSpec, LimitKey, PathMatch, PolicySpec, RateLimitSpec, RouteSpec,
-    ServiceSpec, UpstreamTimeouts,
+    ConsumerSpec, DeclaredKey, Entities, KeyAuthSpec, LimitKey, PathMatch, PolicySpec,
+    RateLimitSpec, RouteSpec, ServiceSpec, UpstreamTimeouts,
 };
 use portcullis_store::{ApiKeyRecord, PostgresStore, SqliteStore, Store, StoreError, StoreState};
 use sqlx::Connection;
@@ -283,6 +283,9 @@ backend_tests! {
         delete_consumer_revokes_keys,
         sync_declared_is_idempotent,
         sync_declared_is_atomic,
+        replace_all_matches_declared_exactly,
+        replace_all_is_atomic,
+        replace_all_keeps_revoked_keys_revoked,
         secret_stable_across_handles,
         concurrent_writers_get_distinct_versions,
         load_orders_by_name_and_creation,
@@ -386,7 +389,7 @@ async fn crud_round_trip(db: TestDb) {
     let web = service("web", "http://127.0.0.1:9000");
     let api = route("api", Some("web"));
     let mut alice = consumer("alice");
-    alice.api_keys = vec!["plaintext-secret-key".to_owned()];
+    alice.api_keys = vec![DeclaredKey::Plain("plaintext-secret-key".to_owned())];
 
     store.put_service(&web).await.unwrap();
     store.put_route(&api).await.unwrap();
@@ -626,7 +629,7 @@ async fn delete_consumer_revokes_keys(db: TestDb) {
 async fn sync_declared_is_idempotent(db: TestDb) {
     let store = db.open_migrated().await;
     let mut alice = consumer("alice");
-    alice.api_keys = vec!["declared-plaintext".to_owned()];
+    alice.api_keys = vec![DeclaredKey::Plain("declared-plaintext".to_owned())];
     let declared = Entities {
         services: vec![service("web", "http://127.0.0.1:9000")],
         routes: vec![route("api", Some("web"))],
@@ -700,6 +703,172 @@ async fn sync_declared_is_atomic(db: TestDb) {
     );
     assert_eq!(store.version().await.unwrap(), 0);
     assert!(store.load().await.unwrap().entities.consumers.is_empty());
+}
+
+/// Fills a store with two services, two routes, two consumers and three keys, and returns
+/// the keys.
+async fn fill_for_replace(store: &dyn Store) -> Vec<ApiKeyRecord> {
+    store
+        .put_service(&service("web", "http://127.0.0.1:9000"))
+        .await
+        .unwrap();
+    store
+        .put_service(&service("legacy", "http://127.0.0.1:9001"))
+        .await
+        .unwrap();
+    store.put_route(&route("api", Some("web"))).await.unwrap();
+    store
+        .put_route(&route("old", Some("legacy")))
+        .await
+        .unwrap();
+    store.put_consumer(&consumer("alice")).await.unwrap();
+    store.put_consumer(&consumer("bob")).await.unwrap();
+    let mut config_key = key("k2", "alice", "hash-2");
+    config_key.source = "config".to_owned();
+    let keys = vec![
+        key("k1", "alice", "hash-1"),
+        config_key,
+        key("k3", "bob", "hash-3"),
+    ];
+    for record in &keys {
+        store.insert_key(record).await.unwrap();
+    }
+    keys
+}
+
+async fn replace_all_matches_declared_exactly(db: TestDb) {
+    let store = db.open_migrated().await;
+    let stored_keys = fill_for_replace(store.as_ref()).await;
+    let before = store.version().await.unwrap();
+
+    let declared = Entities {
+        services: vec![
+            service("web", "http://127.0.0.1:9100"),
+            service("new", "http://127.0.0.1:9002"),
+        ],
+        routes: vec![route("api", Some("new"))],
+        consumers: vec![consumer("alice")],
+    };
+    let mut new_key = key("k4", "alice", "hash-4");
+    new_key.source = "config".to_owned();
+    let keys = vec![stored_keys[0].clone(), new_key.clone()];
+    let state = store.load().await.unwrap();
+    let changes = portcullis_store::diff(&state, &declared, &keys).unwrap();
+    let lines: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "- service legacy",
+            "+ service new",
+            "~ service web (targets)",
+            "~ route api (service)",
+            "- route old",
+            "- consumer bob",
+            "+ key k4 (alice)",
+            "- key k2 (alice)",
+            "- key k3 (bob)",
+        ]
+    );
+
+    let version = store.replace_all(&declared, &keys).await.unwrap();
+    assert_eq!(
+        version,
+        before + 1,
+        "a replace should bump the version once"
+    );
+    let state = store.load().await.unwrap();
+    let mut expected_services = declared.services.clone();
+    expected_services.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(state.entities.services, expected_services);
+    assert_eq!(state.entities.routes, declared.routes);
+    assert_eq!(state.entities.consumers, declared.consumers);
+    assert_eq!(state.keys, keys);
+    let alice_keys = store.list_keys("alice").await.unwrap();
+    let k2 = alice_keys.iter().find(|record| record.id == "k2").unwrap();
+    assert!(k2.revoked_at.is_some(), "undeclared key k2 is not revoked");
+    assert_not_found(store.list_keys("bob").await, "keys of the deleted consumer");
+
+    assert_eq!(
+        portcullis_store::diff(&state, &declared, &keys).unwrap(),
+        []
+    );
+    assert_eq!(
+        store.replace_all(&declared, &keys).await.unwrap(),
+        before + 1,
+        "a second replace should change nothing"
+    );
+
+    assert_eq!(
+        store.replace_all(&Entities::default(), &[]).await.unwrap(),
+        before + 2
+    );
+    let state = store.load().await.unwrap();
+    assert_eq!(state.entities, Entities::default());
+    assert!(state.keys.is_empty(), "keys left: {:?}", state.keys);
+}
+
+async fn replace_all_is_atomic(db: TestDb) {
+    let store = db.open_migrated().await;
+    let stored_keys = fill_for_replace(store.as_ref()).await;
+    let before = store.load().await.unwrap();
+
+    // The route names a service that is stored but not declared, so it would dangle.
+    let dangling = Entities {
+        services: vec![service("web", "http://127.0.0.1:9000")],
+        routes: vec![route("old", Some("legacy"))],
+        consumers: Vec::new(),
+    };
+    let message = assert_conflict(
+        store.replace_all(&dangling, &[]).await,
+        "replacing with a dangling route",
+    );
+    assert!(message.contains("`legacy`"), "{message}");
+
+    let declared = Entities {
+        services: Vec::new(),
+        routes: Vec::new(),
+        consumers: vec![consumer("alice")],
+    };
+    let mut changed = stored_keys[0].clone();
+    changed.scopes = vec!["admin".to_owned()];
+    let message = assert_conflict(
+        store.replace_all(&declared, &[changed]).await,
+        "replacing with a changed key record",
+    );
+    assert!(message.contains("scopes"), "{message}");
+
+    assert_eq!(store.load().await.unwrap(), before);
+}
+
+async fn replace_all_keeps_revoked_keys_revoked(db: TestDb) {
+    let store = db.open_migrated().await;
+    let stored_keys = fill_for_replace(store.as_ref()).await;
+    let declared = Entities {
+        consumers: vec![consumer("alice"), consumer("bob")],
+        ..Entities::default()
+    };
+    let version = store
+        .replace_all(&declared, &stored_keys[1..])
+        .await
+        .unwrap();
+
+    let message = assert_conflict(
+        store.replace_all(&declared, &stored_keys).await,
+        "declaring a revoked key again",
+    );
+    assert!(message.contains("`k1`"), "{message}");
+    assert!(message.contains("revoked"), "{message}");
+
+    let mut same_hash = key("k9", "alice", "hash-1");
+    same_hash.source = "config".to_owned();
+    let mut keys = stored_keys[1..].to_vec();
+    keys.push(same_hash);
+    let message = assert_conflict(
+        store.replace_all(&declared, &keys).await,
+        "declaring the hash of a revoked key under a new id",
+    );
+    assert!(message.contains("`k1`"), "{message}");
+    assert_eq!(store.version().await.unwrap(), version);
 }
 
 async fn secret_stable_across_handles(db: TestDb) {

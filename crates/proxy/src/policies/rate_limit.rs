@@ -4,8 +4,8 @@
 //! Admitted and rejected responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
 //! `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers-07) and `RateLimit-Policy` with
 //! `RateLimit` in the structured form of later drafts; a rejection adds `Retry-After`. When the
-//! counter backend fails, the request is admitted and the failure is logged and counted, so an
-//! outage of a shared counter store cannot take the API down.
+//! counter backend fails, the request is admitted and the failure is logged, so an outage of a
+//! shared counter store cannot take the API down.
 
 use std::sync::Arc;
 
@@ -80,19 +80,12 @@ impl RateLimit {
         key
     }
 
+    /// Adds this limit's state to `headers`. `RateLimit-Policy` and `RateLimit` list every
+    /// limit that ran; the single-valued `RateLimit-Limit`, `-Remaining` and `-Reset` (and their
+    /// `X-` forms) describe the limit with the fewest requests remaining, the one that binds.
     fn write_headers(&self, headers: &mut HeaderMap, decision: &Decision) {
         let window = self.gcra.window.as_secs().max(1);
         let reset = decision.reset_after.as_secs_f64().ceil() as u64;
-        let number = |value: u64| HeaderValue::from(value);
-        headers.insert(
-            HeaderName::from_static("ratelimit-limit"),
-            number(self.gcra.limit),
-        );
-        headers.insert(
-            HeaderName::from_static("ratelimit-remaining"),
-            number(decision.remaining),
-        );
-        headers.insert(HeaderName::from_static("ratelimit-reset"), number(reset));
         let policy = format!(
             "\"{}\";q={};w={}",
             self.policy_name, self.gcra.limit, window
@@ -108,16 +101,35 @@ impl RateLimit {
             headers.append(HeaderName::from_static("ratelimit-policy"), policy);
             headers.append(HeaderName::from_static("ratelimit"), state);
         }
+
+        let binding_remaining = headers
+            .get("ratelimit-remaining")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<u64>().ok());
+        if binding_remaining.is_some_and(|remaining| remaining <= decision.remaining) {
+            return;
+        }
+        let mut names = vec![("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")];
         if self.legacy_headers {
+            names.push((
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+            ));
+        }
+        for (limit, remaining, reset_name) in names {
             headers.insert(
-                HeaderName::from_static("x-ratelimit-limit"),
-                number(self.gcra.limit),
+                HeaderName::from_static(limit),
+                HeaderValue::from(self.gcra.limit),
             );
             headers.insert(
-                HeaderName::from_static("x-ratelimit-remaining"),
-                number(decision.remaining),
+                HeaderName::from_static(remaining),
+                HeaderValue::from(decision.remaining),
             );
-            headers.insert(HeaderName::from_static("x-ratelimit-reset"), number(reset));
+            headers.insert(
+                HeaderName::from_static(reset_name),
+                HeaderValue::from(reset),
+            );
         }
     }
 }

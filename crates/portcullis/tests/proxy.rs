@@ -821,3 +821,47 @@ consumers:
         "ip_denied"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_slow_header_connections_are_closed() {
+    use std::io::{Read, Write};
+
+    let config = example_config(upstream().await).replace(
+        "access_log: access.log",
+        "access_log: access.log\ntimeouts: { idle: 300ms, header_read: 300ms }",
+    );
+    let gateway = Gateway::start(&config);
+
+    // A keep-alive connection with no new request is closed after the idle timeout.
+    let mut idle = std::net::TcpStream::connect(gateway.proxy[0]).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    idle.write_all(
+        format!("GET /echo/x HTTP/1.1\r\nHost: localhost\r\napikey: {ALICE_KEY}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let _ = idle.read_to_end(&mut received);
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+
+    // A client that never finishes its headers is cut off after the header-read timeout.
+    let mut slow = std::net::TcpStream::connect(gateway.proxy[0]).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(b"GET /echo/x HTTP/1.1\r\nHost: local")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let _ = slow.read_to_end(&mut received);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the slow client held the connection for {waited:?}"
+    );
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_config::{ConsumerSpec, Entities, KeyError, RouteSpec, ServiceSpec};
@@ -180,7 +180,7 @@ pub async fn list<R: Resource>(
 
 pub async fn get<R: Resource>(
     State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
+    crate::PathParams(name): crate::PathParams<String>,
 ) -> Result<Json<R>, ApiError> {
     let entities = load_entities(&state).await?;
     R::all(&entities)
@@ -221,7 +221,7 @@ pub async fn create<R: Resource>(
 /// Creates or replaces the entity at `/{collection}/{name}`; the body's `name` may be left out.
 pub async fn put<R: Resource>(
     State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
+    crate::PathParams(name): crate::PathParams<String>,
     crate::RawBody(body): crate::RawBody,
 ) -> Result<Json<R>, ApiError> {
     let value: Value = parse_json(&body)?;
@@ -234,7 +234,7 @@ pub async fn put<R: Resource>(
 /// Updates the entity with a JSON merge patch (RFC 7396).
 pub async fn patch<R: Resource>(
     State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
+    crate::PathParams(name): crate::PathParams<String>,
     crate::RawBody(body): crate::RawBody,
 ) -> Result<Json<R>, ApiError> {
     let patch: Value = parse_json(&body)?;
@@ -253,7 +253,7 @@ pub async fn patch<R: Resource>(
 
 pub async fn delete<R: Resource>(
     State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
+    crate::PathParams(name): crate::PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
     let version = R::delete(&name, state.control.store().as_ref()).await?;
     state.control.apply_write(version).await;

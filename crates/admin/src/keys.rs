@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use portcullis_policy::api_key::{display_prefix, generate_key, generate_key_id};
@@ -76,7 +76,7 @@ pub struct IssuedKey {
 
 pub async fn list_keys(
     State(state): State<Arc<AdminState>>,
-    Path(consumer): Path<String>,
+    crate::PathParams(consumer): crate::PathParams<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let keys = state.control.store().list_keys(&consumer).await?;
     let views: Vec<KeyView> = keys.iter().map(KeyView::from).collect();
@@ -85,7 +85,7 @@ pub async fn list_keys(
 
 pub async fn get_key(
     State(state): State<Arc<AdminState>>,
-    Path((consumer, id)): Path<(String, String)>,
+    crate::PathParams((consumer, id)): crate::PathParams<(String, String)>,
 ) -> Result<Json<KeyView>, ApiError> {
     let keys = state.control.store().list_keys(&consumer).await?;
     keys.iter()
@@ -98,7 +98,7 @@ pub async fn get_key(
 
 pub async fn create_key(
     State(state): State<Arc<AdminState>>,
-    Path(consumer): Path<String>,
+    crate::PathParams(consumer): crate::PathParams<String>,
     crate::RawBody(body): crate::RawBody,
 ) -> Result<Response, ApiError> {
     let request: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
@@ -122,7 +122,14 @@ pub async fn create_key(
                     "invalid `expires_in` `{text}`: {error}; write it like `30d`"
                 ))
             })?;
-            Some(now + duration)
+            let expires_at = time::Duration::try_from(duration)
+                .ok()
+                .and_then(|duration| now.checked_add(duration))
+                .filter(|at| at.year() <= 9999)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("`expires_in` `{text}` is too far in the future"))
+                })?;
+            Some(expires_at)
         }
         (None, None) => None,
     };
@@ -157,7 +164,7 @@ pub async fn create_key(
 
 pub async fn revoke_key(
     State(state): State<Arc<AdminState>>,
-    Path((consumer, id)): Path<(String, String)>,
+    crate::PathParams((consumer, id)): crate::PathParams<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let version = state.control.store().revoke_key(&consumer, &id).await?;
     state.control.apply_write(version).await;

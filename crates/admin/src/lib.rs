@@ -117,6 +117,28 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
+/// Path parameters, with a malformed one (such as invalid UTF-8) answered in the API's JSON
+/// error shape.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PathParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathParams(value))
+            .map_err(|rejection| {
+                ApiError::bad_request(format!("invalid path parameter: {}", rejection.body_text()))
+            })
+    }
+}
+
 /// A request body read whole, with read failures (such as a body over the size limit) answered
 /// in the API's JSON error shape.
 pub struct RawBody(pub Bytes);

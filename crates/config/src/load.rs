@@ -614,24 +614,38 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
     errors
 }
 
+/// Largest `limit` and `burst`: larger counts do not fit the 15-digit integers of the
+/// structured `RateLimit` header fields (RFC 8941 section 3.3.1).
+pub const MAX_RATE_LIMIT_COUNT: u64 = 999_999_999_999;
+/// Longest rate-limit window; longer windows are quotas, not rate limits.
+pub const MAX_RATE_LIMIT_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(366 * 24 * 3600);
+
 fn validate_rate_limit(key: &str, spec: &RateLimitSpec) -> Vec<KeyError> {
     let mut errors = Vec::new();
-    if spec.limit == 0 {
-        errors.push(KeyError::new(
-            format!("{key}.limit"),
-            "must be greater than 0",
-        ));
+    let counts = [("limit", Some(spec.limit)), ("burst", spec.burst)];
+    for (field, value) in counts {
+        match value {
+            Some(0) => errors.push(KeyError::new(
+                format!("{key}.{field}"),
+                "must be greater than 0",
+            )),
+            Some(value) if value > MAX_RATE_LIMIT_COUNT => errors.push(KeyError::new(
+                format!("{key}.{field}"),
+                format!("must be at most {MAX_RATE_LIMIT_COUNT}"),
+            )),
+            _ => {}
+        }
     }
-    if spec.window.is_zero() {
+    if spec.window < std::time::Duration::from_millis(1) {
         errors.push(KeyError::new(
             format!("{key}.window"),
-            "must be greater than 0",
+            "must be at least 1ms",
         ));
-    }
-    if spec.burst == Some(0) {
+    } else if spec.window > MAX_RATE_LIMIT_WINDOW {
         errors.push(KeyError::new(
-            format!("{key}.burst"),
-            "must be greater than 0",
+            format!("{key}.window"),
+            "must be at most 366 days",
         ));
     }
     match (spec.by, &spec.header) {
@@ -686,6 +700,21 @@ fn check_target(target: &str) -> Result<(), String> {
     }
     if uri.host().is_none() {
         return Err(format!("target `{target}` has no host"));
+    }
+    // `Uri::port` is `None` for a port that does not fit in 16 bits, so read the text.
+    let authority = uri.authority().map_or("", |authority| authority.as_str());
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        match port.parse::<u16>() {
+            Ok(port) if port != 0 => {}
+            _ => {
+                return Err(format!(
+                    "target `{target}` has an invalid port; use 1 to 65535"
+                ));
+            }
+        }
     }
     if uri.query().is_some() {
         return Err(format!("target `{target}` must not have a query string"));

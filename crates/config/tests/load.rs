@@ -318,3 +318,36 @@ fn reserved_key_prefix_is_rejected() {
     );
     assert!(message.contains("reserved"), "{message}");
 }
+
+#[test]
+fn rate_limit_values_are_bounded() {
+    for (policy, field) in [
+        ("{ limit: 1000000000000, window: 1s }", "limit"),
+        ("{ limit: 5, window: 1s, burst: 1000000000000 }", "burst"),
+        ("{ limit: 5, window: 400d }", "window"),
+        ("{ limit: 5, window: 0s }", "window"),
+    ] {
+        let source = format!("policies:\n  - rate-limit: {policy}\n");
+        let message = first_error(&source);
+        assert!(
+            message.contains(&format!("policies[0].rate-limit.{field}")),
+            "{policy}: {message}"
+        );
+    }
+}
+
+#[test]
+fn target_port_must_fit() {
+    for target in [
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1:65536",
+    ] {
+        let source = format!("services:\n  - name: a\n    targets: [\"{target}\"]\n");
+        let message = first_error(&source);
+        assert!(
+            message.contains("services[0].targets[0]") && message.contains("port"),
+            "{target}: {message}"
+        );
+    }
+}

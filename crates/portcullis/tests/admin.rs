@@ -558,3 +558,71 @@ async fn metrics_and_health_report_state() {
     assert_eq!(ready["config_version"], 1);
     assert_eq!(ready["store"], "sqlite");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_range_values_are_400() {
+    let gateway = Gateway::start(&example_config(upstream().await));
+    let client = client();
+
+    let response = admin(&client, Method::POST, &gateway, "/consumers/alice/keys")
+        .json(&json!({ "expires_in": "999999999999d" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_body(response, 400).await["error"]["code"],
+        "invalid_request"
+    );
+
+    let response = admin(&client, Method::POST, &gateway, "/services")
+        .json(&json!({ "name": "far", "targets": ["http://127.0.0.1:99999"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_body(response, 400).await["error"]["details"][0]["key"],
+        "targets[0]"
+    );
+
+    let response = admin(&client, Method::PUT, &gateway, "/services/echo")
+        .json(&json!({
+            "targets": ["http://127.0.0.1:1"],
+            "policies": [{ "rate-limit": { "limit": 5, "window": "1s", "burst": u64::MAX } }]
+        }))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 400).await;
+    assert_eq!(
+        body["error"]["details"][0]["key"], "policies[0].rate-limit.burst",
+        "{body}"
+    );
+
+    let response = admin(&client, Method::GET, &gateway, "/services/%ff")
+        .send()
+        .await
+        .unwrap();
+    error_body(response, 400).await;
+    let response = admin(&client, Method::PATCH, &gateway, "/openapi.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_body(response, 405).await["error"]["code"],
+        "method_not_allowed"
+    );
+
+    // The gateway still serves after all of it.
+    let response = client
+        .get(gateway.url("/echo/x"))
+        .header("apikey", ALICE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        !gateway.stderr().contains("panicked"),
+        "{}",
+        gateway.stderr()
+    );
+}

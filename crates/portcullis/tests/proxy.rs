@@ -865,3 +865,41 @@ async fn idle_and_slow_header_connections_are_closed() {
         "the slow client held the connection for {waited:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_client_input_is_400_not_502() {
+    let gateway = Gateway::start(&example_config(upstream().await));
+    let addr = gateway.proxy[0];
+
+    // A broken chunked body is the client's fault, not the upstream's.
+    let bad_chunk = format!(
+        "POST /echo/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\napikey: {ALICE_KEY}\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    );
+    let response = raw_exchange(addr, bad_chunk.as_bytes());
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("\"code\":\"invalid_body\""), "{response}");
+
+    // Userinfo and a non-numeric port are not a host.
+    for host in ["evil@localhost", "localhost:abc", "localhost:99999"] {
+        let request = format!(
+            "GET /echo/x HTTP/1.1\r\nHost: {host}\r\napikey: {ALICE_KEY}\r\nConnection: close\r\n\r\n"
+        );
+        let response = raw_exchange(addr, request.as_bytes());
+        assert!(response.starts_with("HTTP/1.1 400"), "{host}: {response}");
+        assert!(response.contains("invalid_host"), "{host}: {response}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failure_keeps_rate_limit_headers() {
+    let gateway = Gateway::start(&example_config(common::closed_port()));
+    let response = client()
+        .get(gateway.url("/echo/x"))
+        .header("apikey", ALICE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["ratelimit-limit"], "5");
+    assert_eq!(response.headers()["ratelimit-remaining"], "4");
+}

@@ -30,6 +30,9 @@ pub struct BodyTooLarge {
 pub struct BodyStats {
     pub bytes: AtomicU64,
     pub too_large: AtomicBool,
+    /// The client's body could not be read, for example because its chunked encoding is
+    /// malformed or the client went away mid-body.
+    pub client_error: AtomicBool,
 }
 
 /// A client request body on its way upstream.
@@ -88,7 +91,10 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(Some(Err(error))) => {
+                this.stats.client_error.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

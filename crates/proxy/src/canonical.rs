@@ -6,7 +6,8 @@
 //! characters are decoded, dot segments are removed, and repeated slashes are merged. Spellings
 //! that different servers resolve differently are rejected with 400 instead of guessed at: an
 //! encoded `/`, `\` or NUL, double encoding (`%25` before two hex digits), a raw `\`, `;` path
-//! parameters, a `#` fragment, and `..` that would climb above the root.
+//! parameters, and `..` that would climb above the root. A `#` fragment never reaches this
+//! module: the HTTP parser drops it from the request target.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -40,12 +41,6 @@ pub fn normalize_path(raw: &str) -> Result<String, Rejection> {
         return Err(Rejection::bad_request(
             "invalid_path",
             "the request path must start with `/`",
-        ));
-    }
-    if raw.contains('#') {
-        return Err(Rejection::bad_request(
-            "invalid_path",
-            "the request path must not contain a fragment",
         ));
     }
     let bytes = raw.as_bytes();
@@ -199,18 +194,54 @@ pub fn canonical_host(uri: &http::Uri, headers: &HeaderMap) -> Result<String, Re
         (None, Some(header)) => header,
         (None, None) => return Ok(String::new()),
     };
-    let host = strip_port(raw.rsplit('@').next().unwrap_or(raw));
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let valid = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
-    if !valid {
-        return Err(Rejection::bad_request(
-            "invalid_host",
-            "the Host header is not a valid host name",
-        ));
+    // RFC 9112 section 3.2 allows an empty Host for a target without an authority.
+    if raw.is_empty() {
+        return Ok(String::new());
     }
-    Ok(host.to_ascii_lowercase())
+    parse_host(raw)
+        .map(|host| host.to_ascii_lowercase())
+        .ok_or_else(|| {
+            Rejection::bad_request("invalid_host", "the Host header is not a valid host name")
+        })
+}
+
+/// Returns the host of a `Host` value (RFC 9110 section 7.2: `uri-host [ ":" port ]`) without
+/// the port and a trailing dot. Userinfo, a non-numeric port and an IPv6 literal that does not
+/// parse make it invalid.
+fn parse_host(raw: &str) -> Option<&str> {
+    let (host, port) = match raw.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')?;
+            rest[..end].parse::<std::net::Ipv6Addr>().ok()?;
+            let after = &rest[end + 1..];
+            let port = if after.is_empty() {
+                None
+            } else {
+                Some(after.strip_prefix(':')?)
+            };
+            (&raw[..end + 2], port)
+        }
+        None => match raw.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (raw, None),
+        },
+    };
+    if let Some(port) = port {
+        let numeric =
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
+        if !numeric || port.parse::<u16>().is_err() {
+            return None;
+        }
+    }
+    if host.starts_with('[') {
+        return Some(host);
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    valid.then_some(host)
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -384,7 +415,6 @@ mod tests {
             "/..",
             "/../admin",
             "/%2e%2e",
-            "/a#frag",
             "/a%zz",
             "/a%4",
             "/a%ff",
@@ -401,6 +431,36 @@ mod tests {
         headers.insert(HOST, "API.Example.com.:8443".parse().unwrap());
         let uri: http::Uri = "/x".parse().unwrap();
         assert_eq!(canonical_host(&uri, &headers).unwrap(), "api.example.com");
+    }
+
+    #[test]
+    fn malformed_hosts_are_rejected() {
+        let uri: http::Uri = "/x".parse().unwrap();
+        for host in [
+            "evil@api.example.com",
+            "x:abc",
+            "x:99999",
+            "a b",
+            "[::1",
+            "[zz]:80",
+            "[::1]x",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, host.parse().unwrap());
+            assert!(
+                canonical_host(&uri, &headers).is_err(),
+                "{host} should be rejected"
+            );
+        }
+        for (host, expected) in [
+            ("[::1]:8443", "[::1]"),
+            ("Example.COM", "example.com"),
+            ("a.test:80", "a.test"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, host.parse().unwrap());
+            assert_eq!(canonical_host(&uri, &headers).unwrap(), expected);
+        }
     }
 
     #[test]

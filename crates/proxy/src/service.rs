@@ -160,14 +160,16 @@ impl Proxy {
         stats: &Arc<BodyStats>,
         trace: &mut Trace,
     ) -> Result<Response<ResponseBody>, Rejection> {
+        // The host first, so that the access log names it for every later rejection.
+        let host = canonical::canonical_host(&parts.uri, &parts.headers)?;
+        trace.host = host.clone();
+
         // Parse: limits that hyper does not enforce itself.
         check_limits(parts, snapshot)?;
 
         // Canonicalise.
         let path = canonical::normalize_path(parts.uri.path())?;
         trace.path = Some(path.clone());
-        let host = canonical::canonical_host(&parts.uri, &parts.headers)?;
-        trace.host = host.clone();
         let client = snapshot.client_ip.resolve(connection.peer, &parts.headers);
         trace.client_ip = Some(client.ip.to_string());
         let scheme = match (
@@ -305,9 +307,13 @@ impl Proxy {
             upstream_request,
             service.response_timeout,
             target,
-            || stats.too_large.load(Ordering::Relaxed),
+            stats,
         )
-        .await?;
+        .await
+        .map_err(|mut rejection| {
+            rejection.add_missing_headers(&response_headers);
+            rejection
+        })?;
         trace.upstream_latency = Some(forwarded.upstream_latency);
 
         let (mut response_parts, upstream_body) = forwarded.response.into_parts();

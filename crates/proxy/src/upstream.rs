@@ -16,7 +16,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::RequestBody;
+use std::sync::atomic::Ordering;
+
+use crate::body::{BodyStats, RequestBody};
 use crate::error::Rejection;
 
 /// A pooled HTTP/1.1 client for upstream requests.
@@ -55,7 +57,18 @@ impl Target {
         let base_path = uri.path().trim_end_matches('/').to_string();
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("target `{url}` has an invalid host"))?;
-        let port = authority.port_u16().unwrap_or(80);
+        // `Authority::port` is `None` for a port that does not fit in 16 bits, so read the text.
+        let after_host = authority
+            .as_str()
+            .rsplit_once(']')
+            .map_or(authority.as_str(), |(_, rest)| rest);
+        let port = match after_host.rsplit_once(':') {
+            None => 80,
+            Some((_, port)) => match port.parse::<u16>() {
+                Ok(port) if port != 0 => port,
+                _ => return Err(format!("target `{url}` has an invalid port")),
+            },
+        };
         let address = format!("{}:{port}", authority.host()).into();
         Ok(Target {
             scheme,
@@ -166,7 +179,7 @@ pub async fn send(
     mut request: Request<RequestBody>,
     response_timeout: Duration,
     target: &Target,
-    body_too_large: impl Fn() -> bool,
+    body: &BodyStats,
 ) -> Result<Forwarded, Rejection> {
     *request.version_mut() = Version::HTTP_11;
     let started = Instant::now();
@@ -178,11 +191,18 @@ pub async fn send(
             upstream_latency,
         }),
         Ok(Err(error)) => {
-            if body_too_large() {
+            if body.too_large.load(Ordering::Relaxed) {
                 return Err(Rejection::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     "the request body is larger than the gateway accepts",
+                ));
+            }
+            if body.client_error.load(Ordering::Relaxed) {
+                tracing::debug!(upstream.addr = %target.address, "the client's request body could not be read");
+                return Err(Rejection::bad_request(
+                    "invalid_body",
+                    "the request body is malformed or ended early",
                 ));
             }
             Err(classify(&error, target))

@@ -10,6 +10,7 @@
 //! time before accepting it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use hmac::{Hmac, Mac};
 use rand::Rng;
@@ -116,7 +117,7 @@ impl KeyHasher {
 }
 
 /// One key the data plane accepts.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KeyEntry {
     pub id: String,
     pub consumer: String,
@@ -124,6 +125,30 @@ pub struct KeyEntry {
     pub expires_at: Option<i64>,
     pub scopes: Vec<String>,
     digest: KeyDigest,
+    /// Second of the last use that was reported, so that uses are reported at most once a
+    /// second per key instead of on every request.
+    reported_use: AtomicI64,
+}
+
+impl Clone for KeyEntry {
+    fn clone(&self) -> Self {
+        KeyEntry {
+            id: self.id.clone(),
+            consumer: self.consumer.clone(),
+            expires_at: self.expires_at,
+            scopes: self.scopes.clone(),
+            digest: self.digest,
+            reported_use: AtomicI64::new(self.reported_use.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl KeyEntry {
+    /// Notes a use at `now` (seconds since the Unix epoch). Returns true when this is the first
+    /// use in that second, which is when the caller should report it.
+    pub fn note_use(&self, now: i64) -> bool {
+        self.reported_use.swap(now, Ordering::Relaxed) != now
+    }
 }
 
 /// Why a presented key was not accepted.
@@ -162,6 +187,7 @@ impl KeyTable {
                 expires_at,
                 scopes,
                 digest,
+                reported_use: AtomicI64::new(0),
             },
         );
         true

@@ -76,9 +76,9 @@ impl AccessLog {
         };
         let (writer, guard) = match target {
             AccessLogTarget::Off => return Ok(AccessLog::off()),
-            AccessLogTarget::Stdout => builder().finish(std::io::stdout()),
-            AccessLogTarget::Stderr => builder().finish(std::io::stderr()),
-            AccessLogTarget::File(path) => builder().finish(open_append(path)?),
+            AccessLogTarget::Stdout => builder().finish(buffered(std::io::stdout())),
+            AccessLogTarget::Stderr => builder().finish(buffered(std::io::stderr())),
+            AccessLogTarget::File(path) => builder().finish(buffered(open_append(path)?)),
         };
         Ok(AccessLog {
             dropped: Some(writer.error_counter()),
@@ -121,6 +121,12 @@ impl AccessLog {
             .as_ref()
             .map_or(0, |counter| counter.dropped_lines() as u64)
     }
+}
+
+/// Buffers lines in the writer thread; it flushes whenever its queue runs empty, so a line
+/// waits in the buffer only while more lines are queued behind it.
+fn buffered<W: Write + Send + 'static>(writer: W) -> std::io::BufWriter<W> {
+    std::io::BufWriter::with_capacity(64 * 1024, writer)
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {

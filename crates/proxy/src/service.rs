@@ -440,11 +440,7 @@ fn request_id(headers: &HeaderMap) -> String {
         }
     }
     let bytes: [u8; 16] = rand::thread_rng().r#gen();
-    let mut id = String::with_capacity(32);
-    for byte in bytes {
-        id.push_str(&format!("{byte:02x}"));
-    }
-    id
+    hex::encode(bytes)
 }
 
 fn rejection_response(rejection: &Rejection, request_id: &str) -> Response<ResponseBody> {

@@ -11,9 +11,8 @@ pub struct KeyUsage {
 }
 
 impl KeyUsage {
-    /// Records a use of the key `id` now.
-    pub fn record(&self, id: &str) {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    /// Records a use of the key `id` at `now` (seconds since the Unix epoch).
+    pub fn record(&self, id: &str, now: i64) {
         let mut pending = self
             .pending
             .lock()

@@ -158,7 +158,9 @@ impl Policy for KeyAuth {
             exchange.consumer = Some(consumer.clone());
             exchange.scopes = &entry.scopes;
             exchange.credential_id = Some(Arc::from(entry.id.as_str()));
-            snapshot.key_usage.record(&entry.id);
+            if entry.note_use(now) {
+                snapshot.key_usage.record(&entry.id, now);
+            }
             if self.hide_credentials {
                 self.remove_credential(exchange, source);
             }

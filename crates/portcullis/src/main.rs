@@ -12,11 +12,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of the system allocator: a proxy allocates and frees small buffers on every
-/// request, and glibc malloc took about a tenth of the CPU in the benchmark profile.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "portcullis",

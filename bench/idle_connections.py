@@ -3,9 +3,9 @@
 
 Each connection sends one GET, reads the whole response and then stays open without
 further traffic. Once all connections are open (or have failed), the script waits
---settle seconds, reads VmRSS and the open file descriptor count of --pid from /proc,
-prints one JSON object on stdout, closes every connection and exits. It exits 1 when
-any connection failed, and 2 when the whole run exceeded --timeout.
+--settle seconds, reads VmRSS and the open file descriptor count of each --pid from
+/proc and sums them, prints one JSON object on stdout, closes every connection and exits.
+It exits 1 when any connection failed, and 2 when the whole run exceeded --timeout.
 """
 
 import argparse
@@ -34,12 +34,19 @@ def parse_args():
     parser.add_argument(
         "--concurrency", type=int, default=256, help="maximum connections being opened at the same time"
     )
-    parser.add_argument("--pid", type=int, required=True, help="process whose memory is reported")
+    parser.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        required=True,
+        help="process whose memory is reported; may be repeated, and the figures are summed",
+    )
     parser.add_argument(
         "--settle", type=float, default=2.0, help="seconds to wait after the last connection opens"
     )
     parser.add_argument("--timeout", type=float, default=90.0, help="maximum seconds for the whole run")
     args = parser.parse_args()
+
     if not ipaddress.ip_address(args.host).is_loopback:
         parser.error(f"--host {args.host} is not a loopback address; this client only targets this machine")
     if args.connections < 1 or args.concurrency < 1:
@@ -61,7 +68,7 @@ def count_open_files(pid):
 
 
 async def open_one(args, request, limit, open_writers, failures):
-    """Open one connection, send the request and read the response; keep the writer on success."""
+    """Open one connection, send the request and read the response. Keep the writer on success."""
     async with limit:
         writer = None
         try:
@@ -95,7 +102,7 @@ async def run(args):
     open_writers = []
     failures = Counter()
     started = time.monotonic()
-    rss_before_kib = read_status_value(args.pid, "VmRSS")
+    rss_before_kib = sum(read_status_value(pid, "VmRSS") for pid in args.pid)
     await asyncio.gather(
         *(open_one(args, request, limit, open_writers, failures) for _ in range(args.connections))
     )
@@ -108,8 +115,8 @@ async def run(args):
         "failures": dict(failures),
         "open_seconds": round(open_seconds, 2),
         "rss_before_kib": rss_before_kib,
-        "rss_kib": read_status_value(args.pid, "VmRSS"),
-        "server_open_files": count_open_files(args.pid),
+        "rss_kib": sum(read_status_value(pid, "VmRSS") for pid in args.pid),
+        "server_open_files": sum(count_open_files(pid) for pid in args.pid),
     }
     for writer in open_writers:
         writer.close()

@@ -3,7 +3,8 @@
 #
 # Usage: bench/run.sh
 #
-# Targets, each measured with wrk against GET /fast of tools/echo-upstream:
+# Targets, each measured with wrk against GET /fast of tools/echo-upstream, once with
+# BENCH_CONNECTIONS connections (full load) and once with BENCH_LIGHT_CONNECTIONS:
 #   direct      wrk -> echo-upstream
 #   nginx       wrk -> nginx proxy_pass (keep-alive upstream pool) -> echo-upstream
 #   portcullis  wrk -> portcullis, no policies, no access log -> echo-upstream
@@ -11,16 +12,23 @@
 #
 # wrk and echo-upstream share BENCH_LOAD_CORE; the proxy under test runs alone on
 # BENCH_PROXY_CORE. The script also reads the resident memory (VmRSS) of the policy
-# gateway when idle and while it holds BENCH_IDLE_CONNECTIONS idle keep-alive connections.
+# gateway and of nginx when idle and while BENCH_IDLE_CONNECTIONS idle keep-alive
+# connections are open.
 #
 # Environment, with defaults:
 #   BENCH_DURATION=10s            measured wrk run per target
 #   BENCH_WARMUP=3s               wrk warm-up per target, not reported
 #   BENCH_CONNECTIONS=64          wrk connections
+#   BENCH_LIGHT_CONNECTIONS=1     wrk connections of the light-load latency run (0 skips it)
+#   BENCH_LIGHT_DURATION=5s       light-load run per target, after a 1 s warm-up
 #   BENCH_IDLE_CONNECTIONS=10000  idle connections for the memory check (0 skips it)
 #   BENCH_LOAD_CORE=0             core for wrk, echo-upstream and the idle-connection client
 #   BENCH_PROXY_CORE=1            core for nginx and portcullis
 #   BENCH_KEEP=0                  1 keeps the temporary folder with configs and logs
+#   BENCH_QUIET_TIMEOUT=120       max seconds to wait, before each attempt, for other
+#                                 processes to use under 5% of a core
+#   BENCH_ATTEMPTS=3              max measured runs per target while other processes
+#                                 used 5% of a core or more; the least disturbed one is kept
 #   CARGO_TARGET_DIR              cargo's output folder (default: target/ in the repository)
 #
 # With warm builds the default run takes about 1.5 minutes. Every load is bounded by
@@ -28,17 +36,24 @@
 set -euo pipefail
 export LC_ALL=C
 
-readonly REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly REPO
 readonly BENCH_DIR="$REPO/bench"
 
 readonly DURATION=${BENCH_DURATION:-10s}
 readonly WARMUP=${BENCH_WARMUP:-3s}
 readonly CONNECTIONS=${BENCH_CONNECTIONS:-64}
+readonly LIGHT_CONNECTIONS=${BENCH_LIGHT_CONNECTIONS:-1}
+readonly LIGHT_DURATION=${BENCH_LIGHT_DURATION:-5s}
 readonly IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-10000}
 readonly LOAD_CORE=${BENCH_LOAD_CORE:-0}
 readonly PROXY_CORE=${BENCH_PROXY_CORE:-1}
 readonly KEEP=${BENCH_KEEP:-0}
+readonly QUIET_TIMEOUT=${BENCH_QUIET_TIMEOUT:-120}
+readonly ATTEMPTS=${BENCH_ATTEMPTS:-3}
 readonly TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+CLOCK_TICKS=$(getconf CLK_TCK)
+readonly CLOCK_TICKS
 
 readonly HOST=127.0.0.1
 readonly API_KEY=alice-demo-key-0001
@@ -47,7 +62,7 @@ readonly TARGETS=(direct nginx portcullis policies)
 
 WORK_DIR=""
 PIDS=()
-declare -A URL WARMUP_REQUESTS RPS P50_US P99_US MAX_US REQUESTS LOAD_BUSY PROXY_BUSY RSS_KIB
+declare -A IDLE_REPORT URL SENT ATTEMPTS_USED RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY OTHER_BUSY PROXY_CPU_US RSS_KIB
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {
@@ -105,9 +120,9 @@ install_tools() {
 check_machine() {
     local cores
     cores=$(nproc)
-    ((LOAD_CORE != PROXY_CORE)) || die "BENCH_LOAD_CORE and BENCH_PROXY_CORE are both $LOAD_CORE; pick two cores"
+    ((LOAD_CORE != PROXY_CORE)) || die "BENCH_LOAD_CORE and BENCH_PROXY_CORE must differ, but both are $LOAD_CORE"
     ((LOAD_CORE < cores && PROXY_CORE < cores)) ||
-        die "this machine has $cores cores (0-$((cores - 1))); BENCH_LOAD_CORE=$LOAD_CORE BENCH_PROXY_CORE=$PROXY_CORE is out of range"
+        die "BENCH_LOAD_CORE=$LOAD_CORE or BENCH_PROXY_CORE=$PROXY_CORE is out of range: this machine has cores 0-$((cores - 1))"
 }
 
 build_binaries() {
@@ -123,7 +138,7 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Run COMMAND every 0.1 s until it succeeds; fail when PID exits or after TIMEOUT seconds.
+# Run COMMAND every 0.1 s until it succeeds. Fail when PID exits or after TIMEOUT seconds.
 wait_until() {
     local what=$1 pid=$2 timeout=$3 log_file=$4
     shift 4
@@ -141,21 +156,21 @@ wait_until() {
     done
 }
 
-# Print the status of GET URL, or 000 when the request failed; extra arguments go to curl.
+# Print the status of GET URL, or 000 when the request failed. Extra arguments go to curl.
 http_status() {
     local url=$1
     shift
     curl --silent --output /dev/null --write-out '%{http_code}' --max-time 5 "$@" "$url" || true
 }
 
-# Return 0 when GET URL returns EXPECTED_STATUS; extra arguments go to curl.
+# Return 0 when GET URL returns EXPECTED_STATUS. Extra arguments go to curl.
 status_is() {
     local url=$1 expected=$2
     shift 2
     [[ $(http_status "$url" "$@") == "$expected" ]]
 }
 
-# Fail unless GET URL returns EXPECTED_STATUS; extra arguments go to curl.
+# Fail unless GET URL returns EXPECTED_STATUS. Extra arguments go to curl.
 expect_status() {
     local url=$1 expected=$2 status
     shift 2
@@ -195,8 +210,8 @@ http {
     fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
-    # Both sides keep connections open for the whole run; the default of 1000 requests per
-    # connection would make wrk reconnect during the measurement.
+    # Both sides keep connections open for the whole run, because the default of 1000
+    # requests per connection would make wrk reconnect during the measurement.
     keepalive_requests 1000000;
 
     upstream echo {
@@ -230,7 +245,7 @@ start_nginx() {
     log "nginx $(nginx -v 2>&1 | sed 's|.*/||') on $HOST:$port, pinned to core $PROXY_CORE"
 }
 
-# Write a portcullis config to DIR/portcullis.yaml; WITH_POLICIES is 1 or 0.
+# Write a portcullis config to DIR/portcullis.yaml. WITH_POLICIES is 1 or 0.
 write_portcullis_config() {
     local dir=$1 with_policies=$2
     mkdir -p "$dir"
@@ -314,13 +329,13 @@ forget_pid() {
     PIDS=("${kept[@]}")
 }
 
-# Print "busy total" clock ticks of CORE from /proc/stat; idle and iowait count as not busy.
+# Print "busy total" clock ticks of CORE from /proc/stat. Idle and iowait count as not busy.
 cpu_ticks() {
     local core=$1
     awk -v name="cpu$core" '$1 == name { total = 0; for (i = 2; i <= NF; i++) total += $i; print total - $5 - $6, total }' /proc/stat
 }
 
-# Print the busy share of CORE in percent between two cpu_ticks outputs.
+# Print the busy share in percent between two "busy total" tick pairs, such as cpu_ticks prints.
 busy_percent() {
     awk -v before="$1" -v after="$2" 'BEGIN {
         split(before, b, " "); split(after, a, " ")
@@ -328,63 +343,198 @@ busy_percent() {
     }'
 }
 
-vm_rss_kib() {
-    awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"
+# Print the CPU clock ticks used so far by every process outside this script's process tree,
+# children that already exited included (through their parents' cutime and cstime).
+# Builds, tests and other work on the machine show up here and skew the figures.
+other_cpu_ticks() {
+    python3 - "$$" <<'PYTHON'
+import os
+import sys
+
+bench = int(sys.argv[1])
+parents, ticks = {}, {}
+for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+        continue
+    try:
+        with open(f"/proc/{entry}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    pid = int(entry)
+    parents[pid] = int(fields[1])
+    ticks[pid] = sum(int(value) for value in fields[11:15])
+
+
+def in_bench_tree(pid):
+    while pid > 1:
+        if pid == bench:
+            return True
+        pid = parents.get(pid, 0)
+    return False
+
+
+print(sum(value for pid, value in ticks.items() if not in_bench_tree(pid)))
+PYTHON
 }
 
-# Run the warm-up and the measured wrk run for target NAME and store its figures.
-measure() {
-    local name=$1 output load_before proxy_before load_after proxy_after line
-    local wrk=(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" --latency
-        -s "$BENCH_DIR/wrk-report.lua" -H "apikey: $API_KEY")
-    log "$name: warm-up ${WARMUP}, then ${DURATION} with $CONNECTIONS connections"
-    "${wrk[@]}" -d"$WARMUP" "${URL[$name]}" >"$WORK_DIR/wrk-$name-warmup.txt" ||
-        die "wrk warm-up failed for $name (see $WORK_DIR/wrk-$name-warmup.txt)"
-    line=$(grep '^RESULT ' "$WORK_DIR/wrk-$name-warmup.txt") || die "wrk printed no RESULT line for the $name warm-up"
-    WARMUP_REQUESTS[$name]=$(sed 's/.* requests=\([0-9]*\).*/\1/' <<<"$line")
+# Wait until processes outside this script use under 5% of one core over one second,
+# or until QUIET_TIMEOUT seconds have passed.
+wait_for_quiet() {
+    local started=$SECONDS waited=0 before after core_before core_after percent
+    while true; do
+        before=$(other_cpu_ticks)
+        core_before=$(cpu_ticks "$PROXY_CORE")
+        sleep 1
+        core_after=$(cpu_ticks "$PROXY_CORE")
+        after=$(other_cpu_ticks)
+        percent=$(busy_percent "$before ${core_before#* }" "$after ${core_after#* }")
+        if ((percent < 5)); then
+            ((waited == 0)) || log "the machine went quiet after $((SECONDS - started)) s"
+            return
+        fi
+        if ((SECONDS - started >= QUIET_TIMEOUT)); then
+            log "warning: other processes still use ${percent}% of a core after ${QUIET_TIMEOUT} s; measuring anyway"
+            return
+        fi
+        if ((waited == 0)); then
+            log "other processes use ${percent}% of a core; waiting up to ${QUIET_TIMEOUT} s for the machine to go quiet"
+            waited=1
+        fi
+    done
+}
 
+# Print "utime stime" in clock ticks of PID and its direct children (the nginx worker), summed.
+process_tree_ticks() {
+    local pid user=0 system=0 fields
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        read -r -a fields < <(sed 's/.*) //' "/proc/$pid/stat")
+        user=$((user + fields[11]))
+        system=$((system + fields[12]))
+    done
+    echo "$user $system"
+}
+
+# Print the CPU microseconds per request between two process_tree_ticks outputs as
+# "user system".
+cpu_us_per_request() {
+    awk -v before="$1" -v after="$2" -v hz="$CLOCK_TICKS" -v n="$3" 'BEGIN {
+        split(before, b, " "); split(after, a, " ")
+        printf "%.1f %.1f", (a[1] - b[1]) / hz * 1e6 / n, (a[2] - b[2]) / hz * 1e6 / n
+    }'
+}
+
+# Print the VmRSS in KiB of PID and its direct children (the nginx worker), summed.
+vm_rss_kib() {
+    local pid total=0
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '$1 == "VmRSS:" { print $2 }' "/proc/$pid/status")))
+    done
+    echo "$total"
+}
+
+# Run a warm-up and a measured wrk run against target NAME with CONNECTIONS connections,
+# and store the figures of the measured run under KEY.
+measure_once() {
+    local name=$1 key=$2 connections=$3 warmup=$4 duration=$5
+    local load_before proxy_before other_before process_before
+    local load_after proxy_after other_after process_after line pair
+    local wrk=(taskset -c "$LOAD_CORE" wrk -t1 -c"$connections" --latency
+        -s "$BENCH_DIR/wrk-report.lua" -H "apikey: $API_KEY")
+    local output=$WORK_DIR/wrk-$key
+
+    wait_for_quiet
+    log "$name: warm-up ${warmup}, then ${duration} with $connections connections"
+    "${wrk[@]}" -d"$warmup" "${URL[$name]}" >"$output-warmup.txt" ||
+        die "wrk warm-up failed for $name (see $output-warmup.txt)"
+    line=$(grep '^RESULT ' "$output-warmup.txt") || die "wrk printed no RESULT line for the $name warm-up"
+    [[ $line =~ requests=([0-9]+) ]] || die "wrk printed no request count for the $name warm-up: $line"
+    SENT[$name]=$((${SENT[$name]:-0} + BASH_REMATCH[1]))
+
+    other_before=$(other_cpu_ticks)
     load_before=$(cpu_ticks "$LOAD_CORE")
     proxy_before=$(cpu_ticks "$PROXY_CORE")
-    "${wrk[@]}" -d"$DURATION" "${URL[$name]}" >"$WORK_DIR/wrk-$name.txt" ||
-        die "wrk failed for $name (see $WORK_DIR/wrk-$name.txt)"
+    [[ $name == direct ]] || process_before=$(process_tree_ticks "$PROXY_PID")
+    "${wrk[@]}" -d"$duration" "${URL[$name]}" >"$output.txt" || die "wrk failed for $name (see $output.txt)"
     load_after=$(cpu_ticks "$LOAD_CORE")
     proxy_after=$(cpu_ticks "$PROXY_CORE")
+    other_after=$(other_cpu_ticks)
+    [[ $name == direct ]] || process_after=$(process_tree_ticks "$PROXY_PID")
 
-    line=$(grep '^RESULT ' "$WORK_DIR/wrk-$name.txt") || die "wrk printed no RESULT line for $name (see $WORK_DIR/wrk-$name.txt)"
+    line=$(grep '^RESULT ' "$output.txt") || die "wrk printed no RESULT line for $name (see $output.txt)"
     declare -A field
-    local pair
     for pair in ${line#RESULT }; do
         field[${pair%%=*}]=${pair#*=}
     done
     local errors=$((field[connect_errors] + field[read_errors] + field[write_errors] + field[timeouts] + field[status_errors]))
     ((errors == 0)) || die "$name: wrk counted $errors errors or non-2xx responses: $line"
     ((field[requests] > 0)) || die "$name: wrk completed no request"
+    SENT[$name]=$((SENT[$name] + field[requests]))
 
-    REQUESTS[$name]=${field[requests]}
-    RPS[$name]=$(awk -v n="${field[requests]}" -v us="${field[duration_us]}" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
-    P50_US[$name]=${field[p50_us]}
-    P99_US[$name]=${field[p99_us]}
-    MAX_US[$name]=${field[max_us]}
-    LOAD_BUSY[$name]=$(busy_percent "$load_before" "$load_after")
-    PROXY_BUSY[$name]=$(busy_percent "$proxy_before" "$proxy_after")
-    log "$name: ${RPS[$name]} requests/s, p50 ${P50_US[$name]} us, p99 ${P99_US[$name]} us"
+    RPS[$key]=$(awk -v n="${field[requests]}" -v us="${field[duration_us]}" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
+    P50_US[$key]=${field[p50_us]}
+    P99_US[$key]=${field[p99_us]}
+    MAX_US[$key]=${field[max_us]}
+    LOAD_BUSY[$key]=$(busy_percent "$load_before" "$load_after")
+    PROXY_BUSY[$key]=$(busy_percent "$proxy_before" "$proxy_after")
+    if [[ $name == direct ]]; then
+        PROXY_CPU_US[$key]="- -"
+    else
+        PROXY_CPU_US[$key]=$(cpu_us_per_request "$process_before" "$process_after" "${field[requests]}")
+    fi
+    OTHER_BUSY[$key]=$(busy_percent "$other_before ${proxy_before#* }" "$other_after ${proxy_after#* }")
+    log "$name: ${RPS[$key]} requests/s, p50 ${P50_US[$key]} us, p99 ${P99_US[$key]} us," \
+        "other processes ${OTHER_BUSY[$key]}% of a core"
 }
 
-# Hold IDLE_CONNECTIONS idle keep-alive connections to the policy gateway and read its RSS.
-measure_idle_connections() {
-    local port=${URL[policies]#http://$HOST:} report
-    port=${port%%/*}
-    if ((IDLE_CONNECTIONS == 0)); then
-        return
+# Run measure_once NAME KEY CONNECTIONS WARMUP DURATION up to ATTEMPTS times, until other
+# processes used under 5% of a core, and store the attempt with the least other load under KEY.
+measure() {
+    local name=$1 key=$2 attempt attempt_key best="" array
+    shift 2
+    for ((attempt = 1; attempt <= ATTEMPTS; attempt++)); do
+        attempt_key="$key-$attempt"
+        measure_once "$name" "$attempt_key" "$@"
+        if [[ -z $best ]] || ((OTHER_BUSY[$attempt_key] < OTHER_BUSY[$best])); then
+            best=$attempt_key
+        fi
+        ((OTHER_BUSY[$best] < 5)) && break
+    done
+    ATTEMPTS_USED[$key]=$((attempt > ATTEMPTS ? ATTEMPTS : attempt))
+    for array in RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY PROXY_CPU_US OTHER_BUSY; do
+        declare -n values=$array
+        values["$key"]=${values[$best]}
+        unset -n values
+    done
+}
+
+# Measure target NAME under full load, then under light load (stored as NAME-light).
+measure_target() {
+    local name=$1
+    measure "$name" "$name" "$CONNECTIONS" "$WARMUP" "$DURATION"
+    if ((LIGHT_CONNECTIONS > 0)); then
+        measure "$name" "$name-light" "$LIGHT_CONNECTIONS" 1s "$LIGHT_DURATION"
     fi
-    log "policies: opening $IDLE_CONNECTIONS idle keep-alive connections"
+}
+
+# Open IDLE_CONNECTIONS idle keep-alive connections to target NAME, whose processes are
+# PROXY_PID and its children, and store their summed RSS under NAME-connections.
+measure_idle_connections() {
+    local name=$1 port report pid pid_arguments=()
+    ((IDLE_CONNECTIONS > 0)) || return 0
+    port=${URL[$name]#http://$HOST:}
+    port=${port%%/*}
+    for pid in "$PROXY_PID" $(pgrep -P "$PROXY_PID" || true); do
+        pid_arguments+=(--pid "$pid")
+    done
+    log "$name: opening $IDLE_CONNECTIONS idle keep-alive connections"
     report=$(taskset -c "$LOAD_CORE" timeout 120 python3 "$BENCH_DIR/idle_connections.py" \
         --host "$HOST" --port "$port" --path /echo/fast --header "apikey: $API_KEY" \
-        --connections "$IDLE_CONNECTIONS" --pid "$PROXY_PID" --timeout 100) ||
-        die "idle connection client failed: $report"
-    IDLE_REPORT=$report
-    RSS_KIB[connections]=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["rss_kib"])' "$report")
-    log "policies: $report"
+        --connections "$IDLE_CONNECTIONS" "${pid_arguments[@]}" --timeout 100) ||
+        die "idle connection client failed for $name: $report"
+    IDLE_REPORT[$name]=$report
+    RSS_KIB[$name-connections]=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["rss_kib"])' "$report")
+    log "$name: $report"
 }
 
 raise_open_file_limit() {
@@ -400,74 +550,151 @@ raise_open_file_limit() {
 
 run_proxy_targets() {
     start_nginx
-    measure nginx
+    RSS_KIB[nginx_idle]=$(vm_rss_kib "$PROXY_PID")
+    measure_target nginx
+    measure_idle_connections nginx
     stop_proxy
 
     start_portcullis portcullis
     RSS_KIB[portcullis_idle]=$(vm_rss_kib "$PROXY_PID")
-    measure portcullis
+    measure_target portcullis
     RSS_KIB[portcullis_loaded]=$(vm_rss_kib "$PROXY_PID")
     stop_proxy
 
     start_portcullis policies
     RSS_KIB[idle]=$(vm_rss_kib "$PROXY_PID")
-    measure policies
+    measure_target policies
     RSS_KIB[loaded]=$(vm_rss_kib "$PROXY_PID")
     ACCESS_LOG_LINES=$(wc -l <"$WORK_DIR/policies/access.log")
-    measure_idle_connections
+    measure_idle_connections policies
     stop_proxy
 }
 
-mib() {
-    awk -v kib="$1" 'BEGIN { printf "%.1f", kib / 1024 }'
+milliseconds() {
+    awk -v us="$1" 'BEGIN { printf "%.3f", us / 1000 }'
 }
 
-print_report() {
-    local name
+# Print a size given in KiB as "N MB (N MiB)". The memory target is in MB (10^6 bytes).
+megabytes() {
+    awk -v kib="$1" 'BEGIN { printf "%.1f MB (%.1f MiB)", kib * 1024 / 1e6, kib / 1024 }'
+}
+
+# Print "met" or "missed" for a condition that awk evaluates.
+verdict() {
+    awk "BEGIN { print ($1) ? \"met\" : \"missed\" }"
+}
+
+print_header() {
     printf '\n%s\n' "portcullis benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     printf 'machine: %s cores, %s, %s GiB memory, kernel %s\n' "$(nproc)" \
         "$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)" \
         "$(awk '/^MemTotal:/ { printf "%.1f", $2 / 1048576 }' /proc/meminfo)" "$(uname -r)"
-    printf 'wrk -t1 -c%s -d%s (after a %s warm-up), GET /fast of echo-upstream (13-byte body)\n' \
-        "$CONNECTIONS" "$DURATION" "$WARMUP"
-    printf 'core %s: wrk and echo-upstream (they share it); core %s: the proxy under test\n\n' \
+    printf 'request: GET /fast of echo-upstream (13-byte body), one wrk thread\n'
+    printf 'core %s: wrk and echo-upstream (they share it); core %s: the proxy under test\n' \
         "$LOAD_CORE" "$PROXY_CORE"
+}
 
-    printf '| %-10s | %10s | %8s | %8s | %8s | %10s | %11s |\n' \
-        target 'requests/s' 'p50 ms' 'p99 ms' 'max ms' "core $LOAD_CORE busy" "core $PROXY_CORE busy"
-    printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------ ------------: ----------: ----------: ----------: ------------: -------------:
+# Print the table of figures stored under NAME + SUFFIX for every target.
+print_table() {
+    local suffix=$1 name key cpu
+    printf '| %-10s | %10s | %7s | %7s | %7s | %10s | %10s | %11s | %11s | %10s |\n' target requests/s \
+        'p50 ms' 'p99 ms' 'max ms' 'user us/req' 'sys us/req' "core $LOAD_CORE busy" "core $PROXY_CORE busy" \
+        'other load'
+    printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------ -----------: --------: --------: --------: \
+        ------------: -----------: ------------: ------------: -----------:
     for name in "${TARGETS[@]}"; do
-        printf '| %-10s | %10s | %8.3f | %8.3f | %8.3f | %9s%% | %10s%% |\n' "$name" "${RPS[$name]}" \
-            "$(awk -v us="${P50_US[$name]}" 'BEGIN { print us / 1000 }')" \
-            "$(awk -v us="${P99_US[$name]}" 'BEGIN { print us / 1000 }')" \
-            "$(awk -v us="${MAX_US[$name]}" 'BEGIN { print us / 1000 }')" \
-            "${LOAD_BUSY[$name]}" "${PROXY_BUSY[$name]}"
+        key=$name$suffix
+        read -r -a cpu <<<"${PROXY_CPU_US[$key]}"
+        printf '| %-10s | %10s | %7.3f | %7.3f | %7.3f | %11s | %10s | %10s%% | %10s%% | %9s%% |\n' "$name" \
+            "${RPS[$key]}" "$(milliseconds "${P50_US[$key]}")" "$(milliseconds "${P99_US[$key]}")" \
+            "$(milliseconds "${MAX_US[$key]}")" "${cpu[0]}" "${cpu[1]}" "${LOAD_BUSY[$key]}" \
+            "${PROXY_BUSY[$key]}" "${OTHER_BUSY[$key]}"
     done
+}
 
-    local ratio added_p99
-    ratio=$(awk -v a="${RPS[policies]}" -v b="${RPS[nginx]}" 'BEGIN { printf "%.2f", a / b }')
-    added_p99=$(awk -v a="${P99_US[policies]}" -v b="${P99_US[direct]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }')
-    printf '\nportcullis (policies) / nginx throughput: %sx (target >= 1.0x)\n' "$ratio"
-    printf 'portcullis (no policies) / nginx throughput: %sx\n' \
-        "$(awk -v a="${RPS[portcullis]}" -v b="${RPS[nginx]}" 'BEGIN { printf "%.2f", a / b }')"
-    printf 'added p99, portcullis (policies) over direct: %s ms (target <= 1 ms)\n' "$added_p99"
-    printf 'access log lines written by portcullis (policies): %s for %s requests (2 checks, warm-up, measured run)\n' \
-        "$ACCESS_LOG_LINES" "$((2 + WARMUP_REQUESTS[policies] + REQUESTS[policies]))"
+# Print the p99 of KEY minus the p99 of BASE_KEY, in milliseconds.
+added_p99() {
+    awk -v a="${P99_US[$1]}" -v b="${P99_US[$2]}" 'BEGIN { printf "%.3f", (a - b) / 1000 }'
+}
 
-    printf '\nportcullis RSS (VmRSS):\n'
-    printf '  no policies: %s MiB idle after start, %s MiB after the load run\n' \
-        "$(mib "${RSS_KIB[portcullis_idle]}")" "$(mib "${RSS_KIB[portcullis_loaded]}")"
-    printf '  policies:    %s MiB idle after start (target < 30 MB), %s MiB after the load run\n' \
-        "$(mib "${RSS_KIB[idle]}")" "$(mib "${RSS_KIB[loaded]}")"
-    if ((IDLE_CONNECTIONS > 0)); then
-        printf '  policies:    %s MiB with %s idle keep-alive connections open\n' \
-            "$(mib "${RSS_KIB[connections]}")" "$IDLE_CONNECTIONS"
-        printf '  idle connection client: %s\n' "$IDLE_REPORT"
+throughput_ratio() {
+    awk -v a="${RPS[$1]}" -v b="${RPS[$2]}" 'BEGIN { printf "%.2f", a / b }'
+}
+
+print_ratios() {
+    local ratio added
+    ratio=$(throughput_ratio policies nginx)
+    added=$(added_p99 policies direct)
+    printf 'portcullis (policies) / nginx throughput: %sx (target >= 1.0x: %s)\n' "$ratio" "$(verdict "$ratio >= 1.0")"
+    printf 'portcullis (no policies) / nginx throughput: %sx\n' "$(throughput_ratio portcullis nginx)"
+    printf 'added p99 over direct, full load: portcullis (policies) %s ms (target <= 1 ms: %s);' \
+        "$added" "$(verdict "$added <= 1.0")"
+    printf ' portcullis (no policies) %s ms; nginx %s ms\n' "$(added_p99 portcullis direct)" \
+        "$(added_p99 nginx direct)"
+    if ((LIGHT_CONNECTIONS > 0)); then
+        printf 'added p99 over direct, light load: portcullis (policies) %s ms;' \
+            "$(added_p99 policies-light direct-light)"
+        printf ' portcullis (no policies) %s ms; nginx %s ms\n' "$(added_p99 portcullis-light direct-light)" \
+            "$(added_p99 nginx-light direct-light)"
     fi
+    # wrk leaves out of its count the requests in flight when a run stops, up to one per
+    # connection, so the log may have a few lines per connection and run more than this sum.
+    printf 'access log lines written by portcullis (policies): %s; requests counted by wrk: %s, plus 2 checks\n' \
+        "$ACCESS_LOG_LINES" "${SENT[policies]}"
+}
+
+print_memory() {
+    printf 'resident memory (VmRSS):\n'
+    printf '  %-45s %s\n' 'nginx master and worker, idle after start:' "$(megabytes "${RSS_KIB[nginx_idle]}")"
+    printf '  %-45s %s\n' 'portcullis (no policies), idle after start:' "$(megabytes "${RSS_KIB[portcullis_idle]}")"
+    printf '  %-45s %s\n' 'portcullis (no policies), after the load runs:' \
+        "$(megabytes "${RSS_KIB[portcullis_loaded]}")"
+    printf '  %-45s %s (target < 30 MB: %s)\n' 'portcullis (policies), idle after start:' \
+        "$(megabytes "${RSS_KIB[idle]}")" "$(verdict "${RSS_KIB[idle]} * 1024 < 30e6")"
+    printf '  %-45s %s\n' 'portcullis (policies), after the load runs:' "$(megabytes "${RSS_KIB[loaded]}")"
+    if ((IDLE_CONNECTIONS > 0)); then
+        printf '  %-45s %s\n' "nginx, $IDLE_CONNECTIONS idle connections:" \
+            "$(megabytes "${RSS_KIB[nginx-connections]}")"
+        printf '  %-45s %s\n' "portcullis (policies), $IDLE_CONNECTIONS idle connections:" \
+            "$(megabytes "${RSS_KIB[policies-connections]}")"
+        printf '  idle connection client, nginx: %s\n' "${IDLE_REPORT[nginx]}"
+        printf '  idle connection client, portcullis (policies): %s\n' "${IDLE_REPORT[policies]}"
+    fi
+}
+
+print_warnings() {
+    local key
+    for key in "${!OTHER_BUSY[@]}"; do
+        if [[ -n ${ATTEMPTS_USED[$key]:-} ]] && ((OTHER_BUSY[$key] >= 5)); then
+            printf 'warning: other processes used %s%% of a core during the least disturbed of %s %s runs,' \
+                "${OTHER_BUSY[$key]}" "${ATTEMPTS_USED[$key]}" "$key"
+            printf ' so its figures are skewed\n'
+        fi
+    done
+}
+
+print_report() {
+    print_header
+    printf '\nfull load: wrk -c%s -d%s after a %s warm-up\n\n' "$CONNECTIONS" "$DURATION" "$WARMUP"
+    print_table ""
+    if ((LIGHT_CONNECTIONS > 0)); then
+        printf '\nlight load: wrk -c%s -d%s after a 1s warm-up\n\n' "$LIGHT_CONNECTIONS" "$LIGHT_DURATION"
+        print_table -light
+    fi
+    printf '\n(user and sys us/req: CPU time of the proxy process per request, in microseconds; busy:\n'
+    printf 'share of the core not idle during the measured run; other load: CPU used by processes\n'
+    printf 'outside this benchmark, in %% of one core)\n\n'
+    print_ratios
+    printf '\n'
+    print_memory
+    print_warnings
 }
 
 main() {
     trap cleanup EXIT
+    # The EXIT trap runs on these signals only when the shell handles them.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     install_tools
     check_machine
     build_binaries
@@ -475,7 +702,7 @@ main() {
     WORK_DIR=$(mktemp -d -t portcullis-bench.XXXXXX)
 
     start_upstream
-    measure direct
+    measure_target direct
     run_proxy_targets
     print_report
 }

@@ -164,7 +164,8 @@ fn build() -> Value {
             "summary": "Readiness probe with the config version in service",
             "operationId": "ready",
             "security": [],
-            "responses": { "200": json_response("Ready", schema_ref("Health")), "503": json_response("Degraded: serving the last good snapshot", schema_ref("Health")) }
+            "parameters": [{ "name": "strict", "in": "query", "required": false, "description": "Answer 503 instead of 200 while the node is degraded", "schema": { "type": "boolean", "default": false } }],
+            "responses": { "200": json_response("Ready, or degraded (`status` says which) while serving the last good snapshot", schema_ref("Health")), "503": json_response("Degraded, with `strict=true` only", schema_ref("Health")) }
         }}),
     );
     paths.insert(

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -15,18 +15,45 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "live" }))
 }
 
-/// Returns 200 while the node serves a snapshot in sync with the store, 503 with the reason
-/// while it serves its last good snapshot because the store cannot be read.
-pub async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+/// Query of `GET /health/ready`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct ReadyQuery {
+    /// Whether to return 503 instead of 200 while degraded, for probes that should take a node out of
+    /// service when its snapshot may be stale.
+    strict: bool,
+}
+
+/// Reports whether the node serves a snapshot in sync with the store.
+///
+/// A degraded node (the store cannot be read, or the stored entities do not compile) still
+/// serves traffic with its last good snapshot, so it answers 200 with `"status": "degraded"`
+/// and the reason. Answering 503 there would make every node of a cluster fail its readiness
+/// probe during a store outage, and a load balancer would then drop traffic that the nodes can
+/// serve. `?strict=true` answers 503 while degraded, for operators who prefer that.
+pub async fn ready(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<ReadyQuery>,
+) -> Response {
     let health = state.control.health();
     let backend = state.control.store().backend();
     match health.degraded {
-        None => Json(json!({ "status": "ready", "config_version": health.version, "store": backend })).into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "degraded", "config_version": health.version, "store": backend, "reason": reason })),
-        )
-            .into_response(),
+        None => {
+            Json(json!({ "status": "ready", "config_version": health.version, "store": backend }))
+                .into_response()
+        }
+        Some(reason) => {
+            let status = if query.strict {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            (
+                status,
+                Json(json!({ "status": "degraded", "config_version": health.version, "store": backend, "reason": reason })),
+            )
+                .into_response()
+        }
     }
 }
 

@@ -279,12 +279,72 @@ async fn killed_node_catches_up_and_others_lose_nothing() {
     traffic.stop().await;
 }
 
+/// Starts the local PostgreSQL cluster again when dropped, so that a failing assertion during
+/// an outage leaves the server running for the tests after it.
+struct StoppedPostgres {
+    cluster: String,
+}
+
+impl StoppedPostgres {
+    fn stop(cluster: &str) -> StoppedPostgres {
+        pg_ctlcluster(cluster, "stop");
+        StoppedPostgres {
+            cluster: cluster.to_string(),
+        }
+    }
+
+    async fn start(self) {
+        pg_ctlcluster(&self.cluster, "start");
+        std::mem::forget(self);
+        wait_for_postgres(Duration::from_secs(30)).await;
+    }
+}
+
+impl Drop for StoppedPostgres {
+    fn drop(&mut self) {
+        pg_ctlcluster(&self.cluster, "start");
+    }
+}
+
+fn pg_ctlcluster(cluster: &str, action: &str) {
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", cluster, "main", action])
+        .status()
+        .expect("run pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster {action} failed");
+}
+
+/// Polls `/health/ready` on `node` until its `status` field is `expected`, and returns the body.
+async fn wait_for_readiness(node: &Gateway, expected: &str, limit: Duration) -> serde_json::Value {
+    let client = client();
+    let deadline = Instant::now() + limit;
+    loop {
+        let response = client
+            .get(node.admin_url("/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        if body["status"] == expected {
+            assert_eq!(status, 200, "readiness answers 200 unless strict: {body}");
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not report {expected} within {limit:?}: {body}",
+            node.admin
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn postgres_restart_fails_no_request() {
+async fn postgres_outage_fails_no_request() {
     let _exclusive = POSTGRES_RESTART.write().await;
     let Some(cluster) = local_cluster() else {
         eprintln!(
-            "skipped: no local PostgreSQL cluster to restart (needs pg_ctlcluster and /etc/postgresql)"
+            "skipped: no local PostgreSQL cluster to stop and start (needs pg_ctlcluster and /etc/postgresql)"
         );
         return;
     };
@@ -301,17 +361,57 @@ async fn postgres_restart_fails_no_request() {
         .await;
     }
     let nodes = Arc::new([a, b, c]);
-    let traffic = spawn_traffic(nodes.clone(), Duration::from_secs(40));
-
-    let status = std::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &cluster, "main", "restart"])
-        .status()
-        .expect("run pg_ctlcluster");
-    assert!(status.success(), "pg_ctlcluster restart failed");
-    wait_for_postgres(Duration::from_secs(30)).await;
-
-    // The nodes reconnect on their own: a write through one reaches the others.
+    let traffic = spawn_traffic(nodes.clone(), Duration::from_secs(60));
     let client = client();
+
+    // While PostgreSQL is down, every node reports itself degraded with the reason, keeps
+    // serving its snapshot, and rejects admin writes whole.
+    let outage = StoppedPostgres::stop(&cluster);
+    for node in nodes.iter() {
+        let ready = wait_for_readiness(node, "degraded", Duration::from_secs(10)).await;
+        assert!(
+            ready["reason"]
+                .as_str()
+                .is_some_and(|reason| !reason.is_empty()),
+            "degraded readiness names no reason: {ready}"
+        );
+        let strict = client
+            .get(node.admin_url("/health/ready?strict=true"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(strict.status(), 503, "strict readiness while degraded");
+    }
+    let rejected = admin(&client, Method::POST, &nodes[1], "/routes")
+        .json(&json!({ "name": "during-outage", "service": "echo", "paths": ["/during-outage"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected.status(),
+        503,
+        "admin write while the store is down"
+    );
+    let body: serde_json::Value = rejected.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    for node in nodes.iter() {
+        wait_for_status(
+            node,
+            "/echo/during-outage",
+            common::ALICE_KEY,
+            200,
+            Duration::from_secs(2),
+        )
+        .await;
+    }
+
+    outage.start().await;
+
+    // The nodes reconnect on their own: readiness recovers, the write made during the outage
+    // did not land, and a new write through one node reaches the others.
+    for node in nodes.iter() {
+        wait_for_readiness(node, "ready", Duration::from_secs(15)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let response = admin(&client, Method::POST, &nodes[0], "/routes")
@@ -340,17 +440,11 @@ async fn postgres_restart_fails_no_request() {
             Duration::from_secs(2),
         )
         .await;
-    }
-    for node in nodes.iter() {
-        let ready: serde_json::Value = client
-            .get(node.admin_url("/health/ready"))
+        let missing = admin(&client, Method::GET, node, "/routes/during-outage")
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        assert_eq!(ready["status"], "ready", "{ready}");
+        assert_eq!(missing.status(), 404, "the rejected write must not land");
     }
     traffic.stop().await;
 }

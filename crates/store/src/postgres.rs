@@ -16,8 +16,11 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// Connections in the pool of one node.
 const MAX_CONNECTIONS: u32 = 5;
 
-/// Time to wait for a pooled connection, which includes opening a new one.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to wait for a pooled connection, which includes opening a new one. sqlx retries a
+/// refused connection until this runs out, so it bounds how long the version check and an
+/// admin write take to fail while PostgreSQL is down, and so how soon a node reports itself
+/// degraded.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Maximum length of a PostgreSQL identifier, in bytes.
 const MAX_IDENTIFIER_BYTES: usize = 63;

@@ -134,7 +134,9 @@ pub async fn create_key(
         (None, None) => None,
     };
     if expires_at.is_some_and(|at| at <= now) {
-        return Err(ApiError::bad_request("the expiry lies in the past"));
+        return Err(ApiError::bad_request(
+            "the key would expire before it is issued: `expires_at` must be in the future and `expires_in` positive",
+        ));
     }
     // A missing consumer is a 404 for this path, not a conflict.
     state.control.store().list_keys(&consumer).await?;

@@ -160,7 +160,24 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
+/// Parses a request body that must be one JSON object.
+///
+/// The object check comes first because serde reads a JSON array into a struct field by field,
+/// so `["a", ["http://..."]]` would otherwise create a service.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
+    if first.is_some_and(|byte| *byte != b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(error) => {
+                    ApiError::bad_request(format!("the request body is not valid JSON: {error}"))
+                }
+                Ok(_) => ApiError::bad_request(
+                    "the request body must be a JSON object, not an array, string, number or null",
+                ),
+            },
+        );
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let key = error.path().to_string();

@@ -94,6 +94,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    #[serde(deserialize_with = "socket_address")]
     pub address: SocketAddr,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -120,21 +121,66 @@ pub struct CertificateConfig {
     pub key_file: PathBuf,
 }
 
+/// Reads a listen address, with an error that shows the value and the expected form.
+fn socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid address `{text}`: expected an IP address and a port, such as 127.0.0.1:8000 or [::1]:8000 (host names are not accepted)"
+        ))
+    })
+}
+
 /// The lowest TLS version a listener accepts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TlsVersion {
-    #[serde(rename = "1.2")]
     #[default]
     Tls12,
-    #[serde(rename = "1.3")]
     Tls13,
+}
+
+/// Reads `"1.2"` or `"1.3"`, and also the unquoted `1.2` and `1.3` that YAML parses as numbers.
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = TlsVersion;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("\"1.2\" or \"1.3\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<TlsVersion, E> {
+                match value {
+                    "1.2" => Ok(TlsVersion::Tls12),
+                    "1.3" => Ok(TlsVersion::Tls13),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<TlsVersion, E> {
+                if value == 1.2 {
+                    Ok(TlsVersion::Tls12)
+                } else if value == 1.3 {
+                    Ok(TlsVersion::Tls13)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Float(value), &self))
+                }
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// The admin API listener.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    #[serde(default = "default_admin_address")]
+    #[serde(default = "default_admin_address", deserialize_with = "socket_address")]
     pub address: SocketAddr,
     /// Bearer token for every admin call; generated on first start when absent.
     #[serde(default)]

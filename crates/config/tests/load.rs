@@ -351,3 +351,50 @@ fn target_port_must_fit() {
         );
     }
 }
+
+#[test]
+fn tls_version_may_be_unquoted() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificates(dir.path());
+    let path = dir.path().join("gateway.yaml");
+    for (written, expected) in [
+        ("\"1.3\"", Some(TlsVersion::Tls13)),
+        ("1.3", Some(TlsVersion::Tls13)),
+        ("1.2", Some(TlsVersion::Tls12)),
+        ("\"1.2\"", Some(TlsVersion::Tls12)),
+        ("1.1", None),
+        ("\"tls13\"", None),
+    ] {
+        let source =
+            ISSUE_EXAMPLE.replace("min_version: \"1.3\"", &format!("min_version: {written}"));
+        match (load_str(&source, Some(&path), &env), expected) {
+            (Ok(config), Some(expected)) => {
+                let tls = config.listeners[1].tls.as_ref().unwrap();
+                assert_eq!(tls.min_version, expected, "min_version: {written}");
+            }
+            (Err(errors), None) => {
+                let text = errors.to_string();
+                assert!(
+                    text.contains("listeners[1].tls.min_version"),
+                    "min_version: {written}: {text}"
+                );
+                assert!(
+                    text.contains("\"1.2\" or \"1.3\""),
+                    "min_version: {written}: {text}"
+                );
+            }
+            (Ok(_), None) => panic!("min_version: {written} was accepted"),
+            (Err(errors), Some(_)) => panic!("min_version: {written} was rejected: {errors}"),
+        }
+    }
+}
+
+#[test]
+fn host_name_address_is_explained() {
+    let source =
+        ISSUE_EXAMPLE.replace("  - address: 127.0.0.1:8000", "  - address: localhost:8000");
+    let errors = load_str(&source, None, &env).unwrap_err().to_string();
+    assert!(errors.contains("listeners[0].address"), "{errors}");
+    assert!(errors.contains("`localhost:8000`"), "{errors}");
+    assert!(errors.contains("host names are not accepted"), "{errors}");
+}

@@ -38,11 +38,14 @@ enum Command {
     },
     /// Check a configuration file and exit 0 when it is valid.
     Validate {
+        /// YAML configuration file to check.
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Apply pending store migrations and exit.
     Migrate {
+        /// YAML configuration file that names the store; without it, the embedded default
+        /// (SQLite file portcullis.db in the working directory).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -142,8 +145,22 @@ fn run_to_status(
     match runtime.block_on(future) {
         Ok(status) => status,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             on_error
         }
     }
+}
+
+/// Joins an error and its causes with `: `, leaving out a cause whose text the message before
+/// it already contains, because many error types repeat their source in their own message.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

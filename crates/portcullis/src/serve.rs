@@ -36,8 +36,17 @@ fn init_logging(config: &Config) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // PostgreSQL notices such as "relation _sqlx_migrations already exists, skipping" arrive at
+    // info on every start, and an operator has nothing to do about them.
+    let filter = match "sqlx::postgres::notice=warn".parse() {
+        Ok(directive) if std::env::var_os("RUST_LOG").is_none() => filter.add_directive(directive),
+        _ => filter,
+    };
+    // Colour codes only help a terminal, and stderr is often a file or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match config.log.format {
         LogFormat::Json => builder
@@ -146,13 +155,15 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     });
     let admin_router = portcullis_admin::router(admin_state);
     let mut admin_shutdown = shutdown_rx.clone();
+    let admin_header_read = config.timeouts.header_read;
     let admin_task = tokio::spawn(async move {
-        let server = axum::serve(admin_listener, admin_router).with_graceful_shutdown(async move {
-            let _ = admin_shutdown.wait_for(|stop| *stop).await;
-        });
-        if let Err(error) = server.await {
-            tracing::error!(%error, "admin listener failed");
-        }
+        serve_admin(
+            admin_listener,
+            admin_router,
+            admin_header_read,
+            &mut admin_shutdown,
+        )
+        .await;
     });
 
     match &token_source {
@@ -321,4 +332,52 @@ fn spawn_certificate_poll(
             }
         }
     });
+}
+
+/// Serves the admin API until `shutdown` turns true, then lets open requests finish.
+///
+/// The admin listener closes a connection whose request head does not arrive within
+/// `header_read`, as the proxy listeners do, so that slow clients cannot hold connections open.
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_read: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Running out of file descriptors is the usual cause; retrying at once
+                    // would spin.
+                    tracing::warn!(%error, "admin listener failed to accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            // The borrow that `wait_for` returns is not `Send`, so it is dropped at once.
+            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, client.addr = %peer, "admin connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }

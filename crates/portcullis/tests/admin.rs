@@ -195,6 +195,46 @@ async fn invalid_writes_are_rejected_whole() {
         "invalid_request"
     );
 
+    // serde reads an array into a struct field by field, so each of these would otherwise
+    // create an entity or issue a key.
+    for (path, body) in [
+        ("/services", r#"["array-service", ["http://127.0.0.1:1"]]"#),
+        ("/routes", r#"["array-route", "echo", ["/array-route"]]"#),
+        ("/consumers", r#"["array-consumer"]"#),
+        ("/consumers/alice/keys", r#"["2030-01-01T00:00:00Z"]"#),
+        ("/services", "[]"),
+        ("/services", "42"),
+        ("/services", "null"),
+        ("/services", r#""a string""#),
+    ] {
+        let response = admin(&client, Method::POST, &gateway, path)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let error = error_body(response, 400).await;
+        assert_eq!(error["error"]["code"], "invalid_request", "{path} {body}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be a JSON object"),
+            "{path} {body}: {error}"
+        );
+    }
+    for path in [
+        "/services/array-service",
+        "/routes/array-route",
+        "/consumers/array-consumer",
+    ] {
+        let response = admin(&client, Method::GET, &gateway, path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path} was created from an array");
+    }
+
     let response = admin(&client, Method::GET, &gateway, "/no/such/endpoint")
         .send()
         .await

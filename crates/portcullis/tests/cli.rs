@@ -19,15 +19,29 @@ fn portcullis(args: &[&str]) -> std::process::Output {
 fn validate_accepts_the_examples() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut checked = 0;
-    for entry in std::fs::read_dir(&examples).unwrap() {
-        let path = entry.unwrap().path().join("gateway.yaml");
-        if !path.exists() {
-            continue;
-        }
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&examples)
+        .unwrap()
+        .flat_map(|entry| std::fs::read_dir(entry.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "yaml")
+        })
+        .collect();
+    paths.sort();
+    for path in paths {
         let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["validate", "--config"])
             .arg(&path)
             .env("PORTCULLIS_ADMIN_TOKEN", "example-admin-token-0000000001")
+            .env(
+                "PORTCULLIS_KEY_HASH_SECRET",
+                "example-key-hash-secret-00000000001",
+            )
+            .env(
+                "PORTCULLIS_POSTGRES_URL",
+                "postgres://postgres@127.0.0.1:5432/portcullis",
+            )
             .output()
             .unwrap();
         // TLS examples reference certificates that their run script generates.

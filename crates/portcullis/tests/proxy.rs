@@ -864,6 +864,23 @@ async fn idle_and_slow_header_connections_are_closed() {
         waited < Duration::from_secs(4),
         "the slow client held the connection for {waited:?}"
     );
+
+    // The admin listener applies the same header-read timeout.
+    let mut slow_admin = std::net::TcpStream::connect(gateway.admin).unwrap();
+    slow_admin
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    slow_admin
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: local")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let _ = slow_admin.read_to_end(&mut received);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "the slow client held the admin connection for {waited:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

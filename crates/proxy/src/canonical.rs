@@ -113,6 +113,17 @@ pub fn normalize_path(raw: &str) -> Result<String, Rejection> {
             "the request path must not contain `;` parameters",
         ));
     }
+    // A decoded `%` comes only from `%25`. When it starts a percent-encoding again, as in
+    // `%25%32%66`, a second decode by the upstream would give another path than this one.
+    let decodes_again = decoded
+        .windows(3)
+        .any(|window| window[0] == b'%' && window[1..].iter().all(u8::is_ascii_hexdigit));
+    if decodes_again {
+        return Err(Rejection::bad_request(
+            "invalid_path",
+            "the request path is double-encoded",
+        ));
+    }
     if decoded.iter().any(|b| b.is_ascii_control()) {
         return Err(Rejection::bad_request(
             "invalid_path",
@@ -412,6 +423,9 @@ mod tests {
             "/admin;jsessionid=1",
             "/admin%3bx",
             "/%252e%252e/admin",
+            "/%25%32%66admin",
+            "/%25%32%65%25%32%65/admin",
+            "/%252f",
             "/..",
             "/../admin",
             "/%2e%2e",

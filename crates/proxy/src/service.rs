@@ -343,7 +343,10 @@ fn check_limits(parts: &request::Parts, snapshot: &Snapshot) -> Result<(), Rejec
         return Err(Rejection::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            "the request has too many header fields",
+            format!(
+                "the request has more than {} header fields",
+                limits.max_headers
+            ),
         ));
     }
     let header_bytes: usize = parts
@@ -355,7 +358,10 @@ fn check_limits(parts: &request::Parts, snapshot: &Snapshot) -> Result<(), Rejec
         return Err(Rejection::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            "the request header fields are too large",
+            format!(
+                "the request header fields are larger than {} bytes",
+                limits.max_header_bytes
+            ),
         ));
     }
     let lengths: Vec<&HeaderValue> = parts
@@ -387,7 +393,10 @@ fn check_limits(parts: &request::Parts, snapshot: &Snapshot) -> Result<(), Rejec
             return Err(Rejection::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                "the request body is larger than the gateway accepts",
+                format!(
+                    "the request body is larger than {} bytes",
+                    limits.max_body_bytes
+                ),
             ));
         }
     }

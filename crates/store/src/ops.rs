@@ -415,7 +415,7 @@ async fn sync_declared_rows<T: Tx>(
         changed_entities,
         inserted_keys,
         revoked_keys,
-        "synced declared entities into the store"
+        "declared entities changed the store"
     );
     Ok(Outcome::Changed)
 }

@@ -35,6 +35,19 @@ impl SqliteStore {
     /// Opens the database at `path`, creating the file when missing, in WAL journal mode with
     /// foreign keys enforced. Migrations are applied by [`Store::migrate`].
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        // SQLite reports a missing folder only as "unable to open database file".
+        if let Some(folder) = path
+            .parent()
+            .filter(|folder| !folder.as_os_str().is_empty())
+        {
+            if !folder.is_dir() {
+                return Err(StoreError::Invalid(format!(
+                    "cannot open the SQLite database {}: the folder {} does not exist; create it or change `store.sqlite`",
+                    path.display(),
+                    folder.display()
+                )));
+            }
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

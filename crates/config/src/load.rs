@@ -850,15 +850,8 @@ fn validate_jwt(key: &str, spec: &JwtSpec) -> Vec<KeyError> {
 fn check_fetch_url(url: &str) -> Result<(), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("invalid URL `{url}`"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        // NOTE: fetching keys over https needs a TLS client with trust roots. The gateway has
-        // none yet, so JWK Sets must be served over http on a trusted network.
-        Some("https") => {
-            return Err(format!(
-                "`{url}`: https key URLs are not supported yet; use http:// on a trusted network, or static `keys`"
-            ));
-        }
-        _ => return Err(format!("`{url}` must start with http://")),
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("`{url}` must start with https:// or http://")),
     }
     if uri.host().is_none() {
         return Err(format!("`{url}` has no host"));

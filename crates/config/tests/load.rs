@@ -394,7 +394,7 @@ fn jwt_errors_name_line_and_key() {
         (
             "jwks_uri: http://127.0.0.1:9400/jwks.json",
             "jwks_uri: ftp://idp.test/jwks.json",
-            "jwt.jwks_uri`: `ftp://idp.test/jwks.json` must start with http://",
+            "jwt.jwks_uri`: `ftp://idp.test/jwks.json` must start with https:// or http://",
         ),
         (
             "jwks_uri: http://127.0.0.1:9400/jwks.json",

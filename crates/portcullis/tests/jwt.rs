@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{ADMIN_TOKEN, Gateway, client, error_body, upstream};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const ISSUER: &str = "https://idp.test";
 const SECRET_ENV: &str = "PORTCULLIS_TEST_JWT_SECRET";
@@ -147,9 +147,10 @@ fn claims_with(changes: Value) -> Value {
     claims
 }
 
-/// An HTTP server for JWK Sets and discovery documents that counts requests by path.
+/// An HTTP or HTTPS server for JWK Sets and discovery documents that counts requests by path.
 struct KeyServer {
     addr: SocketAddr,
+    scheme: &'static str,
     documents: Arc<Mutex<HashMap<String, String>>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
     total: Arc<AtomicUsize>,
@@ -158,51 +159,56 @@ struct KeyServer {
 
 impl KeyServer {
     async fn start() -> KeyServer {
+        KeyServer::start_with(None).await
+    }
+
+    /// Starts the server over TLS with the certificate chain and key of `certified`.
+    async fn start_tls(certified: &rcgen::CertifiedKey) -> KeyServer {
+        let chain = vec![certified.cert.der().clone()];
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der()).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        KeyServer::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> KeyServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let documents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let total = Arc::new(AtomicUsize::new(0));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = {
             let (documents, hits, total) = (documents.clone(), hits.clone(), total.clone());
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut stream, _)) = listener.accept().await else {
+                    let Ok((stream, _)) = listener.accept().await else {
                         return;
                     };
                     let (documents, hits, total) = (documents.clone(), hits.clone(), total.clone());
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        let mut request = Vec::new();
-                        let mut buffer = [0u8; 1024];
-                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut buffer).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => request.extend_from_slice(&buffer[..n]),
-                            }
-                            if request.len() > 16 * 1024 {
-                                return;
+                        match tls {
+                            None => answer(stream, &documents, &hits, &total).await,
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    answer(stream, &documents, &hits, &total).await;
+                                }
                             }
                         }
-                        let text = String::from_utf8_lossy(&request);
-                        let path = text.split(' ').nth(1).unwrap_or("").to_string();
-                        total.fetch_add(1, Ordering::SeqCst);
-                        *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-                        let document = documents.lock().unwrap().get(&path).cloned();
-                        let response = match document {
-                            Some(body) => format!(
-                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                                body.len()
-                            ),
-                            None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
-                        };
-                        let _ = stream.write_all(response.as_bytes()).await;
-                        let _ = stream.shutdown().await;
                     });
                 }
             })
         };
         KeyServer {
             addr,
+            scheme,
             documents,
             hits,
             total,
@@ -211,7 +217,7 @@ impl KeyServer {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     fn serve(&self, path: &str, body: String) {
@@ -234,6 +240,42 @@ impl KeyServer {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// Reads one request from `stream` and responds with the document served at its path.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    documents: &Mutex<HashMap<String, String>>,
+    hits: &Mutex<HashMap<String, usize>>,
+    total: &AtomicUsize,
+) {
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buffer[..n]),
+        }
+        if request.len() > 16 * 1024 {
+            return;
+        }
+    }
+    let text = String::from_utf8_lossy(&request);
+    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+    total.fetch_add(1, Ordering::SeqCst);
+    *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let document = documents.lock().unwrap().get(&path).cloned();
+    let response = match document {
+        Some(body) => format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        None => {
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+        }
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Sends a GET with an optional bearer token and returns the response.
@@ -936,4 +978,58 @@ async fn discovery_static_keys_and_anonymous() {
     assert_eq!(response.status().as_u16(), 200, "anonymous consumer");
     let echo: Value = response.json().await.unwrap();
     assert_eq!(echo["headers"]["x-consumer-name"], "mallory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_over_https_uses_system_trust() {
+    // The gateway trusts the system store, which `SSL_CERT_FILE` replaces with this test's CA.
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let keys = KeyServer::start_tls(&certified).await;
+    let minted = mint(&json!({
+        "keys": {"a": "P-256"},
+        "secret": SECRET,
+        "tokens": {
+            "a": {"key": "a", "alg": "ES256", "headers": {"kid": "a"}, "claims": good_claims()},
+        },
+    }));
+    keys.serve("/jwks.json", minted.jwks(&["a"]));
+    let upstream = upstream().await;
+    let policies = format!(
+        r#"      - jwt:
+          issuer: {ISSUER}
+          audiences: [orders]
+          jwks_uri: {}
+          algorithms: [ES256]"#,
+        keys.url("/jwks.json")
+    );
+    assert!(keys.url("").starts_with("https://"));
+    let routes = "  - name: r\n    service: orders\n    paths: [/r]\n";
+    let config = base_config(upstream, &policies, routes);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, certified.cert.pem()).unwrap();
+    let gateway = Gateway::start_in_with_env(
+        dir,
+        &config,
+        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
+    );
+    let response = get(&gateway, "/r", Some(minted.token("a"))).await;
+    assert_eq!(response.status().as_u16(), 200, "{}", gateway.stderr());
+    assert_eq!(keys.hits("/jwks.json"), 1);
+
+    // Without that CA the certificate is not trusted: the fetch fails and tokens get 401.
+    let other_dir = tempfile::tempdir().unwrap();
+    let empty_ca = other_dir.path().join("empty.pem");
+    std::fs::write(&empty_ca, "").unwrap();
+    let untrusting = Gateway::start_in_with_env(
+        other_dir,
+        &config,
+        &[("SSL_CERT_FILE", empty_ca.to_str().unwrap())],
+    );
+    let response = get(&untrusting, "/r", Some(minted.token("a"))).await;
+    expect_401(response, minted.token("a"), "untrusted JWKS certificate").await;
+    let stderr = untrusting.stderr();
+    assert!(stderr.contains("JWK Set fetch failed"), "{stderr}");
+    assert!(stderr.contains(&keys.url("/jwks.json")), "{stderr}");
 }

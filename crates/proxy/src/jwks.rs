@@ -7,6 +7,10 @@
 //! request whose `kid` is unknown waits up to `jwks_timeout` for a refresh that it triggered or
 //! that is already running.
 //!
+//! Fetches use HTTP/1.1 over plain TCP or TLS. TLS trusts the operating system's certificate
+//! store, read once per process by `rustls-native-certs`, which honours `SSL_CERT_FILE` and
+//! `SSL_CERT_DIR`. Redirects are not followed.
+//!
 //! Failure policy: a failed fetch (connection error, timeout, non-200 status, invalid document)
 //! is logged at warn with the URL. The last good key set stays in use with no time limit, so an
 //! IdP outage does not reject tokens whose keys are cached. Retries back off from 1s, doubling, up to
@@ -21,6 +25,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -30,10 +35,10 @@ use tokio::sync::{Notify, watch};
 /// Largest JWK Set or discovery document accepted, in bytes.
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
-/// First retry delay after a failed fetch; it doubles up to the refresh interval.
+/// First retry delay after a failed fetch. It doubles up to the refresh interval.
 const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-type FetchClient = Client<HttpConnector, Empty<Bytes>>;
+type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// The location of a source's keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,7 +50,7 @@ pub enum KeyLocation {
     },
 }
 
-/// The settings that identify a source; policies with equal settings share one.
+/// The settings that identify a source. Policies with equal settings share one source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SourceSettings {
     pub location: KeyLocation,
@@ -57,19 +62,25 @@ pub struct SourceSettings {
 /// The JWK Set sources alive in this process.
 pub struct JwksRegistry {
     sources: Mutex<HashMap<SourceSettings, Weak<JwksHandle>>>,
-    client: FetchClient,
+    /// Built when the first source is created, so a gateway without `jwt` policies never reads
+    /// the system's certificate store.
+    client: OnceLock<FetchClient>,
 }
 
 impl Default for JwksRegistry {
     fn default() -> Self {
-        JwksRegistry {
-            sources: Mutex::new(HashMap::new()),
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        JwksRegistry::new()
     }
 }
 
 impl JwksRegistry {
+    pub fn new() -> Self {
+        JwksRegistry {
+            sources: Mutex::new(HashMap::new()),
+            client: OnceLock::new(),
+        }
+    }
+
     /// Returns the source for `settings`, creating it (and starting its fetch task when a tokio
     /// runtime is running) if no live policy uses it yet.
     pub fn source(&self, settings: SourceSettings) -> Arc<JwksHandle> {
@@ -90,7 +101,7 @@ impl JwksRegistry {
             stop: Notify::new(),
             last_triggered: Mutex::new(None),
             started: OnceLock::new(),
-            client: self.client.clone(),
+            client: self.client.get_or_init(fetch_client).clone(),
         });
         let handle = Arc::new(JwksHandle { source });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -135,7 +146,7 @@ impl JwksHandle {
 pub struct JwksSource {
     settings: SourceSettings,
     keys: ArcSwap<KeySet>,
-    /// Number of finished fetch attempts, successful or not; waiters watch it change.
+    /// Number of finished fetch attempts, successful or not. Waiters watch it change.
     attempts: watch::Sender<u64>,
     refresh: Notify,
     stop: Notify,
@@ -229,9 +240,9 @@ impl JwksSource {
             .get("jwks_uri")
             .and_then(|value| value.as_str())
             .ok_or_else(|| format!("{url}: the discovery document has no `jwks_uri`"))?;
-        if !jwks_uri.starts_with("http://") {
+        if !jwks_uri.starts_with("https://") && !jwks_uri.starts_with("http://") {
             return Err(format!(
-                "{url}: `jwks_uri` {jwks_uri} is not an http:// URL, the only scheme fetched"
+                "{url}: `jwks_uri` {jwks_uri} is not an http:// or https:// URL"
             ));
         }
         Ok(jwks_uri.to_string())
@@ -262,6 +273,38 @@ impl JwksSource {
             .await
             .map_err(|_| format!("timed out after {:?}", self.settings.timeout))?
     }
+}
+
+/// Builds the HTTP and HTTPS client for key fetches.
+fn fetch_client() -> FetchClient {
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config())
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Builds the TLS settings for key fetches: rustls with `ring`, trusting the system's roots.
+/// Certificates that fail to load are logged and skipped, so one bad file in the store does not
+/// stop fetches from other issuers.
+fn tls_config() -> rustls::ClientConfig {
+    let loaded = rustls_native_certs::load_native_certs();
+    for error in &loaded.errors {
+        tracing::warn!(%error, "cannot load a certificate from the system store for JWK Set fetches");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
+    if ignored > 0 {
+        tracing::warn!(ignored, "skipped system certificates that do not parse");
+    }
+    tracing::debug!(roots = added, "loaded trust roots for JWK Set fetches");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// Fetches on start, on schedule and on request until every handle is dropped.

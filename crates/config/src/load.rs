@@ -137,11 +137,45 @@ pub fn load_str(
     let mut errors: Vec<KeyError> = validate_node(&config);
     errors.extend(validate_entities(&config.entities));
     errors.extend(validate_policies("policies", &config.policies));
+    errors.extend(check_secret_variables(&config, env));
     if errors.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(errors.into_iter().map(locate).collect()))
     }
+}
+
+/// Checks that every `secret_env` of a `jwt` key names a set variable, so a missing secret
+/// stops the start with the file and line instead of failing the snapshot build.
+fn check_secret_variables(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<KeyError> {
+    let entities = &config.entities;
+    let mut levels: Vec<(String, &[PolicySpec])> = vec![("policies".into(), &config.policies)];
+    for (i, service) in entities.services.iter().enumerate() {
+        levels.push((format!("services[{i}].policies"), &service.policies));
+    }
+    for (i, route) in entities.routes.iter().enumerate() {
+        levels.push((format!("routes[{i}].policies"), &route.policies));
+    }
+    let mut errors = Vec::new();
+    for (at, policies) in levels {
+        for (i, policy) in policies.iter().enumerate() {
+            let PolicySpec::Jwt(spec) = policy else {
+                continue;
+            };
+            for (j, key) in spec.keys.iter().enumerate() {
+                let Some(name) = &key.secret_env else {
+                    continue;
+                };
+                if env(name).is_none() {
+                    errors.push(KeyError::new(
+                        format!("{at}[{i}].jwt.keys[{j}].secret_env"),
+                        format!("environment variable `{name}` with the HMAC secret is not set"),
+                    ));
+                }
+            }
+        }
+    }
+    errors
 }
 
 /// Returns the configuration used when no file is given.

@@ -453,3 +453,19 @@ fn rate_limit_by_claim_needs_claim() {
     assert_eq!(spec.by, LimitKey::Claim);
     assert_eq!(spec.claim.as_deref(), Some("tenant"));
 }
+
+#[test]
+fn jwt_secret_variable_must_be_set() {
+    let source = JWT_AS_DOCUMENTED
+        .replace("[RS256, ES256, EdDSA]", "[HS256]")
+        .replace(
+            "consumer_claim: sub",
+            "consumer_claim: sub\n          keys: [{ secret_env: PORTCULLIS_TEST_UNSET_SECRET }]",
+        );
+    let message = first_error(&source);
+    assert!(
+        message.contains(":12: key `services[0].policies[0].jwt.keys[0].secret_env`"),
+        "{message}"
+    );
+    assert!(message.contains("is not set"), "{message}");
+}

@@ -271,7 +271,11 @@ fn strip_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
 
 /// Rejects RSA moduli outside 2048 to 8192 bits, the range `ring` verifies.
 fn check_rsa_modulus(n: &[u8]) -> Result<(), KeyError> {
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    // `n` has no leading zero bytes, so only the first byte can have leading zero bits.
+    let bits = match n.first() {
+        Some(first) => n.len() * 8 - first.leading_zeros() as usize,
+        None => 0,
+    };
     if !(2048..=8192).contains(&bits) {
         return Err(key_error(format!(
             "RSA modulus is {bits} bits; use 2048 to 8192"

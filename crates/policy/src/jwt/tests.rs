@@ -285,3 +285,47 @@ fn pem_keys_parse() {
     assert!(VerifyingKey::from_pem(None, "not pem", None).is_err());
     assert!(VerifyingKey::hmac(None, b"short", None).is_err());
 }
+
+#[test]
+fn key_parsers_never_panic_on_noise() {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // DER-like input: mostly SEQUENCE, INTEGER, BIT STRING and OID tags with random lengths.
+    let tags = [0x30u8, 0x02, 0x03, 0x06, 0x81, 0x82, 0x00, 0xff];
+    for _ in 0..5_000 {
+        let length = (next() % 96) as usize;
+        let der: Vec<u8> = (0..length)
+            .map(|i| {
+                let value = next();
+                if i % 3 == 0 {
+                    tags[(value % tags.len() as u64) as usize]
+                } else {
+                    value as u8
+                }
+            })
+            .collect();
+        for label in ["PUBLIC KEY", "RSA PUBLIC KEY"] {
+            let pem = format!(
+                "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+                base64::engine::general_purpose::STANDARD.encode(&der)
+            );
+            let _ = VerifyingKey::from_pem(None, &pem, None);
+        }
+        let _ = KeySet::from_jwks(&der);
+    }
+    let odd_jwks = [
+        json!({"keys": [{"kty": "RSA", "n": "", "e": ""}]}),
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}),
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519"}]}),
+        json!({"keys": [{"kty": 5}, null, [], "x"]}),
+        json!({"keys": {}}),
+    ];
+    for document in odd_jwks {
+        let _ = KeySet::from_jwks(document.to_string().as_bytes());
+    }
+}

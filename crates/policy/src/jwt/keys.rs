@@ -62,8 +62,8 @@ impl VerifyingKey {
         &self.algorithms
     }
 
-    /// Builds an HMAC key from a shared secret. `algorithm` pins one HS algorithm; `None` allows
-    /// all three.
+    /// Builds an HMAC key from a shared secret. `algorithm` pins one HS algorithm, and `None`
+    /// allows all three.
     pub fn hmac(
         kid: Option<String>,
         secret: &[u8],
@@ -107,9 +107,9 @@ impl VerifyingKey {
         })
     }
 
-    /// Parses one JWK. A symmetric (`oct`) key is accepted only when `allow_secret` is set, which
-    /// callers set for keys from the configuration and never for a fetched JWK Set.
-    pub fn from_jwk(jwk: &Value, allow_secret: bool) -> Result<Self, KeyError> {
+    /// Parses one public JWK. A symmetric (`oct`) key is rejected, so an HMAC secret never comes
+    /// from a JWK Set or from a JWK that the store and admin API would show.
+    pub fn from_jwk(jwk: &Value) -> Result<Self, KeyError> {
         let object = jwk
             .as_object()
             .ok_or_else(|| key_error("a JWK must be a JSON object"))?;
@@ -184,12 +184,9 @@ impl VerifyingKey {
                 }
                 (&[Algorithm::EdDSA], Material::Ed25519(x))
             }
-            "oct" if allow_secret => {
-                return VerifyingKey::hmac(kid, &bytes("k")?, algorithm);
-            }
             "oct" => {
                 return Err(key_error(
-                    "symmetric JWKs are accepted only from the configuration",
+                    "symmetric (`oct`) JWKs are not accepted; configure HMAC secrets with `secret_env`",
                 ));
             }
             other => return Err(key_error(format!("JWK `kty` `{other}` is not supported"))),
@@ -356,7 +353,7 @@ impl KeySet {
         let mut skipped = Vec::new();
         let mut seen = HashSet::new();
         for entry in entries {
-            match VerifyingKey::from_jwk(entry, false) {
+            match VerifyingKey::from_jwk(entry) {
                 Ok(key) => {
                     if let Some(kid) = &key.kid {
                         if !seen.insert(kid.clone()) {

@@ -109,7 +109,7 @@ fn key_type_fixes_algorithm() {
         "kty": "OKP", "crv": "Ed25519", "kid": "ed",
         "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
     });
-    let key = VerifyingKey::from_jwk(&jwk, false).unwrap();
+    let key = VerifyingKey::from_jwk(&jwk).unwrap();
     assert_eq!(key.algorithms(), &[Algorithm::EdDSA]);
     let set = KeySet::new(vec![key]);
 

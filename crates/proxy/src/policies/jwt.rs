@@ -222,7 +222,7 @@ fn static_key(spec: &portcullis_config::JwtKeySpec) -> Result<VerifyingKey, Stri
         return VerifyingKey::from_pem(spec.kid.clone(), pem, algorithm).map_err(|e| e.0);
     }
     if let Some(jwk) = &spec.jwk {
-        let key = VerifyingKey::from_jwk(jwk, false).map_err(|e| e.0)?;
+        let key = VerifyingKey::from_jwk(jwk).map_err(|e| e.0)?;
         if spec.kid.is_some() || algorithm.is_some() {
             return Err("set `kid` and `alg` inside the JWK, not beside it".into());
         }

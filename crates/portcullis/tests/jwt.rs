@@ -1033,3 +1033,77 @@ async fn jwks_over_https_uses_system_trust() {
     assert!(stderr.contains("JWK Set fetch failed"), "{stderr}");
     assert!(stderr.contains(&keys.url("/jwks.json")), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_policy_through_admin_api() {
+    let keys = KeyServer::start().await;
+    let minted = mint(&json!({
+        "keys": {"a": "Ed25519"},
+        "secret": SECRET,
+        "tokens": {
+            "a": {"key": "a", "alg": "EdDSA", "headers": {"kid": "a"}, "claims": good_claims()},
+        },
+    }));
+    keys.serve("/jwks.json", minted.jwks(&["a"]));
+    let upstream = upstream().await;
+    let gateway = Gateway::start(&base_config(upstream, "      []", "  []"));
+    let client = client();
+    let admin = |method: reqwest::Method, path: &str| {
+        client
+            .request(method, gateway.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+
+    // An invalid policy is rejected whole, with the key path of each problem.
+    let response = admin(reqwest::Method::POST, "/routes")
+        .json(&json!({
+            "name": "bad", "service": "orders", "paths": ["/bad"],
+            "policies": [{"jwt": {"algorithms": ["none"], "jwks_uri": "ftp://x/jwks.json"}}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 400).await;
+    let details = body["error"]["details"].to_string();
+    assert!(details.contains("policies[0].jwt.algorithms[0]"), "{body}");
+    assert!(details.contains("policies[0].jwt.jwks_uri"), "{body}");
+
+    // A valid one applies without a restart and fetches its keys.
+    let response = admin(reqwest::Method::POST, "/routes")
+        .json(&json!({
+            "name": "live", "service": "orders", "paths": ["/live"],
+            "policies": [{"jwt": {
+                "issuer": ISSUER, "audiences": ["orders"], "algorithms": ["EdDSA"],
+                "jwks_uri": keys.url("/jwks.json"),
+            }}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{}",
+        response.text().await.unwrap()
+    );
+    let response = get(&gateway, "/live", Some(minted.token("a"))).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let response = get(&gateway, "/live", None).await;
+    assert_eq!(response.status().as_u16(), 401);
+
+    // The stored policy reads back in the shape it was written in, with defaults filled in.
+    let route: Value = admin(reqwest::Method::GET, "/routes/live")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let policy = &route["policies"][0]["jwt"];
+    assert_eq!(
+        policy["jwks_uri"],
+        keys.url("/jwks.json").as_str(),
+        "{route}"
+    );
+    assert_eq!(policy["consumer_claim"], "sub", "{route}");
+}

@@ -253,7 +253,8 @@ fn schemas() -> Value {
                 { "type": "object", "required": ["key-auth"], "additionalProperties": false, "properties": { "key-auth": schema_ref("KeyAuth") } },
                 { "type": "object", "required": ["acl"], "additionalProperties": false, "properties": { "acl": schema_ref("Acl") } },
                 { "type": "object", "required": ["ip-restriction"], "additionalProperties": false, "properties": { "ip-restriction": schema_ref("IpRestriction") } },
-                { "type": "object", "required": ["rate-limit"], "additionalProperties": false, "properties": { "rate-limit": schema_ref("RateLimit") } }
+                { "type": "object", "required": ["rate-limit"], "additionalProperties": false, "properties": { "rate-limit": schema_ref("RateLimit") } },
+                { "type": "object", "required": ["jwt"], "additionalProperties": false, "properties": { "jwt": schema_ref("Jwt") } }
             ]
         },
         "KeyAuth": {
@@ -273,7 +274,44 @@ fn schemas() -> Value {
                 "deny_roles": { "type": "array", "items": { "type": "string" } },
                 "allow_consumers": { "type": "array", "items": { "type": "string" } },
                 "deny_consumers": { "type": "array", "items": { "type": "string" } },
-                "scopes": { "type": "array", "items": { "type": "string" }, "description": "The credential needs all of these scopes" }
+                "scopes": { "type": "array", "items": { "type": "string" }, "description": "The credential needs all of these scopes" },
+                "all_roles": { "type": "array", "items": { "type": "string" }, "description": "The caller needs all of these roles" },
+                "any_scopes": { "type": "array", "items": { "type": "string" }, "description": "The credential needs one of these scopes" }
+            }
+        },
+        "Jwt": {
+            "type": "object",
+            "description": "JWT bearer-token authentication for one issuer; see docs/configuration.md",
+            "required": ["algorithms"],
+            "properties": {
+                "issuer": { "type": "string" },
+                "audiences": { "type": "array", "items": { "type": "string" } },
+                "jwks_uri": { "type": "string" },
+                "discovery": { "type": "boolean", "default": false },
+                "keys": { "type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "kid": { "type": "string" },
+                        "alg": { "type": "string" },
+                        "pem": { "type": "string" },
+                        "jwk": { "type": "object" },
+                        "secret_env": { "type": "string", "description": "Name of the environment variable with the HMAC secret" }
+                    }
+                } },
+                "algorithms": { "type": "array", "items": { "type": "string", "enum": ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512"] } },
+                "consumer_claim": { "type": "string", "default": "sub" },
+                "unknown_consumer": { "type": "string", "enum": ["reject", "anonymous"], "default": "reject" },
+                "roles_claim": { "type": "string" },
+                "scopes_claim": { "type": "string", "default": "scope" },
+                "required_claims": { "type": "array", "items": { "type": "string" } },
+                "leeway": duration,
+                "require_exp": { "type": "boolean", "default": true },
+                "max_token_bytes": { "type": "integer", "default": 8192 },
+                "forward_claims": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Claim name to upstream header name" },
+                "hide_credentials": { "type": "boolean", "default": true },
+                "jwks_refresh_interval": duration,
+                "jwks_min_refresh_interval": duration,
+                "jwks_timeout": duration
             }
         },
         "IpRestriction": {
@@ -292,8 +330,9 @@ fn schemas() -> Value {
                 "limit": { "type": "integer", "minimum": 1 },
                 "window": duration,
                 "burst": { "type": "integer", "minimum": 1 },
-                "by": { "type": "string", "enum": ["consumer", "route", "service", "ip", "header"], "default": "consumer" },
+                "by": { "type": "string", "enum": ["consumer", "route", "service", "ip", "header", "claim"], "default": "consumer" },
                 "header": { "type": "string" },
+                "claim": { "type": "string" },
                 "legacy_headers": { "type": "boolean", "default": false }
             }
         },

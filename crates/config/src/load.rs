@@ -5,7 +5,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    Config, DeclaredKey, Entities, HashedKey, LimitKey, PathMatch, PolicySpec, RateLimitSpec,
+    Config, DeclaredKey, Entities, HashedKey, JWT_ALGORITHMS, JwtSpec, LimitKey, PathMatch,
+    PolicySpec, RateLimitSpec,
 };
 use crate::yaml::{self, LineIndex};
 
@@ -136,11 +137,45 @@ pub fn load_str(
     let mut errors: Vec<KeyError> = validate_node(&config);
     errors.extend(validate_entities(&config.entities));
     errors.extend(validate_policies("policies", &config.policies));
+    errors.extend(check_secret_variables(&config, env));
     if errors.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(errors.into_iter().map(locate).collect()))
     }
+}
+
+/// Checks that every `secret_env` of a `jwt` key names a set variable, so a missing secret
+/// stops the start with the file and line instead of failing the snapshot build.
+fn check_secret_variables(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<KeyError> {
+    let entities = &config.entities;
+    let mut levels: Vec<(String, &[PolicySpec])> = vec![("policies".into(), &config.policies)];
+    for (i, service) in entities.services.iter().enumerate() {
+        levels.push((format!("services[{i}].policies"), &service.policies));
+    }
+    for (i, route) in entities.routes.iter().enumerate() {
+        levels.push((format!("routes[{i}].policies"), &route.policies));
+    }
+    let mut errors = Vec::new();
+    for (at, policies) in levels {
+        for (i, policy) in policies.iter().enumerate() {
+            let PolicySpec::Jwt(spec) = policy else {
+                continue;
+            };
+            for (j, key) in spec.keys.iter().enumerate() {
+                let Some(name) = &key.secret_env else {
+                    continue;
+                };
+                if env(name).is_none() {
+                    errors.push(KeyError::new(
+                        format!("{at}[{i}].jwt.keys[{j}].secret_env"),
+                        format!("environment variable `{name}` with the HMAC secret is not set"),
+                    ));
+                }
+            }
+        }
+    }
+    errors
 }
 
 /// Returns the configuration used when no file is given.
@@ -591,14 +626,17 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
                 }
             }
             PolicySpec::RateLimit(spec) => errors.extend(validate_rate_limit(&key, spec)),
+            PolicySpec::Jwt(spec) => errors.extend(validate_jwt(&key, spec)),
             PolicySpec::Acl(spec) => {
                 let empty = spec.roles.is_empty()
                     && spec.deny_roles.is_empty()
                     && spec.allow_consumers.is_empty()
                     && spec.deny_consumers.is_empty()
-                    && spec.scopes.is_empty();
+                    && spec.scopes.is_empty()
+                    && spec.all_roles.is_empty()
+                    && spec.any_scopes.is_empty();
                 if empty {
-                    errors.push(KeyError::new(key, "acl needs at least one of roles, deny_roles, allow_consumers, deny_consumers, scopes"));
+                    errors.push(KeyError::new(key, "acl needs at least one of roles, all_roles, deny_roles, allow_consumers, deny_consumers, scopes, any_scopes"));
                 }
             }
             PolicySpec::IpRestriction(spec) => {
@@ -668,7 +706,191 @@ fn validate_rate_limit(key: &str, spec: &RateLimitSpec) -> Vec<KeyError> {
         )),
         (_, None) => {}
     }
+    match (spec.by, &spec.claim) {
+        (LimitKey::Claim, None) => errors.push(KeyError::new(
+            format!("{key}.claim"),
+            "`by: claim` needs the claim name in `claim`",
+        )),
+        (LimitKey::Claim, Some(_)) | (_, None) => {}
+        (_, Some(_)) => errors.push(KeyError::new(
+            format!("{key}.claim"),
+            "`claim` is only read with `by: claim`",
+        )),
+    }
     errors
+}
+
+/// Largest `max_token_bytes`: the whole header block is limited to 32 KiB by default.
+pub const MAX_JWT_TOKEN_BYTES: usize = 64 * 1024;
+
+fn validate_jwt(key: &str, spec: &JwtSpec) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    let mut push = |field: &str, message: String| {
+        let at = if field.is_empty() {
+            key.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+        errors.push(KeyError::new(at, message));
+    };
+
+    if spec.algorithms.is_empty() {
+        push(
+            "algorithms",
+            "list at least one algorithm, such as `RS256`".into(),
+        );
+    }
+    for (i, name) in spec.algorithms.iter().enumerate() {
+        if !JWT_ALGORITHMS.contains(&name.as_str()) {
+            push(
+                &format!("algorithms[{i}]"),
+                format!(
+                    "unsupported algorithm `{name}`; use one of {}",
+                    JWT_ALGORITHMS.join(", ")
+                ),
+            );
+        }
+    }
+    let hmac_listed = spec.algorithms.iter().any(|name| name.starts_with("HS"));
+    let has_secret = spec.keys.iter().any(|k| k.secret_env.is_some());
+    if hmac_listed && !has_secret {
+        push(
+            "algorithms",
+            "HS256, HS384 and HS512 need a key with `secret_env` in `keys`".into(),
+        );
+    }
+    if has_secret && !hmac_listed {
+        push(
+            "keys",
+            "a `secret_env` key needs HS256, HS384 or HS512 in `algorithms`".into(),
+        );
+    }
+
+    if spec.jwks_uri.is_none() && !spec.discovery && spec.keys.is_empty() {
+        push(
+            "",
+            "jwt needs a key source: `jwks_uri`, `discovery: true` or `keys`".into(),
+        );
+    }
+    if spec.jwks_uri.is_some() && spec.discovery {
+        push(
+            "discovery",
+            "set either `jwks_uri` or `discovery: true`, not both".into(),
+        );
+    }
+    if let Some(uri) = &spec.jwks_uri {
+        if let Err(message) = check_fetch_url(uri) {
+            push("jwks_uri", message);
+        }
+    }
+    match (&spec.issuer, spec.discovery) {
+        (None, true) => push("issuer", "`discovery: true` needs `issuer`".into()),
+        (Some(issuer), true) => {
+            if let Err(message) = check_fetch_url(issuer) {
+                push("issuer", message);
+            }
+        }
+        (Some(issuer), false) if issuer.is_empty() => {
+            push("issuer", "must not be empty".into());
+        }
+        _ => {}
+    }
+    for (i, audience) in spec.audiences.iter().enumerate() {
+        if audience.is_empty() {
+            push(&format!("audiences[{i}]"), "must not be empty".into());
+        }
+    }
+
+    for (i, entry) in spec.keys.iter().enumerate() {
+        let sources = [
+            entry.pem.is_some(),
+            entry.jwk.is_some(),
+            entry.secret_env.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() != 1 {
+            push(
+                &format!("keys[{i}]"),
+                "set exactly one of `pem`, `jwk` and `secret_env`".into(),
+            );
+        }
+        if let Some(alg) = &entry.alg {
+            if !JWT_ALGORITHMS.contains(&alg.as_str()) {
+                push(
+                    &format!("keys[{i}].alg"),
+                    format!("unsupported algorithm `{alg}`"),
+                );
+            }
+        }
+        if let Some(name) = &entry.secret_env {
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                push(
+                    &format!("keys[{i}].secret_env"),
+                    format!(
+                        "`{name}` is not an environment variable name; write the name, not `${{{name}}}`"
+                    ),
+                );
+            }
+        }
+    }
+
+    for (field, name) in [
+        ("consumer_claim", Some(&spec.consumer_claim)),
+        ("scopes_claim", Some(&spec.scopes_claim)),
+        ("roles_claim", spec.roles_claim.as_ref()),
+    ] {
+        if name.is_some_and(|name| name.is_empty()) {
+            push(field, "must not be empty".into());
+        }
+    }
+    for (i, claim) in spec.required_claims.iter().enumerate() {
+        if claim.is_empty() {
+            push(&format!("required_claims[{i}]"), "must not be empty".into());
+        }
+    }
+    for (claim, header) in &spec.forward_claims {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            push(
+                &format!("forward_claims.{claim}"),
+                format!("invalid header name `{header}`"),
+            );
+        }
+    }
+    if spec.max_token_bytes == 0 || spec.max_token_bytes > MAX_JWT_TOKEN_BYTES {
+        push(
+            "max_token_bytes",
+            format!("must be between 1 and {MAX_JWT_TOKEN_BYTES}"),
+        );
+    }
+    if spec.leeway > std::time::Duration::from_secs(600) {
+        push("leeway", "must be at most 10m".into());
+    }
+    if spec.jwks_refresh_interval < std::time::Duration::from_secs(1) {
+        push("jwks_refresh_interval", "must be at least 1s".into());
+    }
+    if spec.jwks_min_refresh_interval < std::time::Duration::from_millis(100) {
+        push("jwks_min_refresh_interval", "must be at least 100ms".into());
+    }
+    if spec.jwks_timeout < std::time::Duration::from_millis(100)
+        || spec.jwks_timeout > std::time::Duration::from_secs(60)
+    {
+        push("jwks_timeout", "must be between 100ms and 60s".into());
+    }
+    errors
+}
+
+/// Checks a URL that the gateway fetches keys from.
+fn check_fetch_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("invalid URL `{url}`"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("`{url}` must start with https:// or http://")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
 }
 
 fn check_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {

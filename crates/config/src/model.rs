@@ -550,6 +550,7 @@ pub enum PolicySpec {
     Acl(AclSpec),
     IpRestriction(IpRestrictionSpec),
     RateLimit(RateLimitSpec),
+    Jwt(JwtSpec),
 }
 
 impl PolicySpec {
@@ -560,6 +561,7 @@ impl PolicySpec {
             PolicySpec::Acl(_) => "acl",
             PolicySpec::IpRestriction(_) => "ip-restriction",
             PolicySpec::RateLimit(_) => "rate-limit",
+            PolicySpec::Jwt(_) => "jwt",
         }
     }
 
@@ -604,8 +606,10 @@ impl Default for KeyAuthSpec {
 /// Access control by consumer, role and credential scope, for authenticated requests.
 ///
 /// A request passes when its consumer is not denied, is allowed (or `allow_consumers` is empty),
-/// has one of `roles` (or `roles` is empty), has none of `deny_roles`, and its credential carries
-/// every scope in `scopes`. A request without an authenticated consumer is rejected.
+/// has one of `roles` (or `roles` is empty), every role in `all_roles` and none of `deny_roles`,
+/// and its credential carries every scope in `scopes` and one of `any_scopes` (or `any_scopes` is
+/// empty). The caller's roles are the consumer's configured roles plus the roles its credential
+/// carries, such as a JWT roles claim. A request without an authenticated consumer is rejected.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AclSpec {
@@ -619,6 +623,12 @@ pub struct AclSpec {
     pub deny_consumers: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// Roles that the caller must all have, on top of one of `roles`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub all_roles: Vec<String>,
+    /// Scopes of which the credential must carry at least one, on top of every one of `scopes`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub any_scopes: Vec<String>,
 }
 
 /// Access control by canonical client IP.
@@ -654,6 +664,9 @@ pub struct RateLimitSpec {
     /// Header whose value keys the limit when `by: header`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Verified JWT claim whose value keys the limit when `by: claim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
     /// Also send the older `X-RateLimit-*` headers.
     #[serde(default)]
     pub legacy_headers: bool,
@@ -670,6 +683,138 @@ pub enum LimitKey {
     Service,
     Ip,
     Header,
+    /// A claim of the verified JWT; requests without it are keyed by client IP.
+    Claim,
+}
+
+/// JWT bearer-token authentication for one issuer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    /// Expected `iss` claim, and the base URL for OIDC discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; a token must name at least one. Empty skips the check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// URL of the issuer's JWK Set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Find `jwks_uri` in `{issuer}/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Keys written in the configuration: PEM public keys, JWKs or HMAC secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<JwtKeySpec>,
+    /// Accepted `alg` values, such as `RS256`.
+    pub algorithms: Vec<String>,
+    /// Claim whose value names the consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// The action when the consumer claim names no configured consumer.
+    #[serde(default)]
+    pub unknown_consumer: UnknownConsumer,
+    /// Claim with the caller's roles: a space-separated string or an array of strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_claim: Option<String>,
+    /// Claim with the token's scopes: a space-separated string or an array of strings.
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// Claims that every token must carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_jwt_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// Reject tokens without an `exp` claim.
+    #[serde(default = "default_true")]
+    pub require_exp: bool,
+    /// Largest token accepted, in bytes.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Claims sent to the upstream as request headers, as claim name to header name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+    /// Remove the `Authorization` header before forwarding.
+    #[serde(default = "default_true")]
+    pub hide_credentials: bool,
+    /// Time between scheduled JWK Set refreshes.
+    #[serde(default = "default_jwks_refresh_interval", with = "duration")]
+    pub jwks_refresh_interval: Duration,
+    /// Shortest time between two refreshes that tokens with an unknown `kid` trigger.
+    #[serde(default = "default_jwks_min_refresh_interval", with = "duration")]
+    pub jwks_min_refresh_interval: Duration,
+    /// Time limit of one JWK Set or discovery fetch.
+    #[serde(default = "default_jwks_timeout", with = "duration")]
+    pub jwks_timeout: Duration,
+}
+
+/// A verification key written in the configuration. Exactly one of `pem`, `jwk` and
+/// `secret_env` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeySpec {
+    /// Key id that tokens name in their `kid` header; a key without one matches tokens without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Pins the key to one algorithm; by default the key type decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// A PEM public key (`PUBLIC KEY` or `RSA PUBLIC KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
+    /// A public JWK as a mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwk: Option<serde_json::Value>,
+    /// Name of the environment variable that contains an HMAC secret for HS256, HS384 or HS512.
+    /// Only the name is stored, so the secret never reaches the store or the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+}
+
+/// The action of a `jwt` policy on a valid token whose consumer claim names no consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownConsumer {
+    /// Answer 401.
+    #[default]
+    Reject,
+    /// Continue as a consumer named by the claim value, with no roles or policies of its own.
+    Anonymous,
+}
+
+/// The `alg` values a `jwt` policy accepts.
+pub const JWT_ALGORITHMS: [&str; 12] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+    "HS384", "HS512",
+];
+
+fn default_consumer_claim() -> String {
+    "sub".into()
+}
+
+fn default_scopes_claim() -> String {
+    "scope".into()
+}
+
+fn default_jwt_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_token_bytes() -> usize {
+    8 * 1024
+}
+
+fn default_jwks_refresh_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_jwks_min_refresh_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_true() -> bool {

@@ -398,3 +398,121 @@ fn host_name_address_is_explained() {
     assert!(errors.contains("`localhost:8000`"), "{errors}");
     assert!(errors.contains("host names are not accepted"), "{errors}");
 }
+
+const JWT_AS_DOCUMENTED: &str = r#"
+services:
+  - name: orders
+    targets: [http://127.0.0.1:9000]
+    policies:
+      - jwt:
+          issuer: https://idp.test
+          audiences: [orders]
+          jwks_uri: http://127.0.0.1:9400/jwks.json
+          algorithms: [RS256, ES256, EdDSA]
+          consumer_claim: sub
+"#;
+
+#[test]
+fn jwt_policy_as_documented_loads() {
+    let config = load_str(JWT_AS_DOCUMENTED, None, &env).unwrap();
+    let PolicySpec::Jwt(spec) = &config.entities.services[0].policies[0] else {
+        panic!("not a jwt policy");
+    };
+    assert_eq!(spec.issuer.as_deref(), Some("https://idp.test"));
+    assert_eq!(spec.algorithms, ["RS256", "ES256", "EdDSA"]);
+    assert_eq!(spec.consumer_claim, "sub");
+    assert!(spec.hide_credentials);
+    assert_eq!(spec.leeway, std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn jwt_errors_name_line_and_key() {
+    let cases = [
+        (
+            "algorithms: [RS256, ES256, EdDSA]",
+            "algorithms: [RS256, none]",
+            "jwt.algorithms[1]`: unsupported algorithm `none`",
+        ),
+        (
+            "algorithms: [RS256, ES256, EdDSA]",
+            "algorithms: [HS256]",
+            "jwt.algorithms`: HS256, HS384 and HS512 need a key with `secret_env`",
+        ),
+        (
+            "jwks_uri: http://127.0.0.1:9400/jwks.json",
+            "jwks_uri: ftp://idp.test/jwks.json",
+            "jwt.jwks_uri`: `ftp://idp.test/jwks.json` must start with https:// or http://",
+        ),
+        (
+            "jwks_uri: http://127.0.0.1:9400/jwks.json",
+            "discovery: true\n          jwks_uri: http://127.0.0.1:9400/jwks.json",
+            "jwt.discovery`: set either `jwks_uri` or `discovery: true`",
+        ),
+        (
+            "consumer_claim: sub",
+            "consumer_claim: sub\n          keys: [{ secret_env: \"${X}\" }]",
+            "jwt.keys[0].secret_env`: `${X}` is not an environment variable name",
+        ),
+        (
+            "consumer_claim: sub",
+            "consumer_claim: sub\n          forward_claims: { sub: \"bad header\" }",
+            "jwt.forward_claims.sub`: invalid header name `bad header`",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        // `$${` keeps the loader from reading `${X}` as an environment variable.
+        let source = JWT_AS_DOCUMENTED.replace(from, &to.replace("${", "$${"));
+        let errors = load_str(
+            &source,
+            Some(Path::new("/etc/portcullis/gateway.yaml")),
+            &env,
+        )
+        .unwrap_err();
+        let message = errors.to_string();
+        assert!(
+            message.starts_with("/etc/portcullis/gateway.yaml:"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("services[0].policies[0].{expected}")),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn rate_limit_by_claim_needs_claim() {
+    let source = "policies:\n  - rate-limit: { limit: 1, window: 1s, by: claim }\n";
+    let message = first_error(source);
+    assert!(
+        message.contains(":2: key `policies[0].rate-limit.claim`"),
+        "{message}"
+    );
+    let config = load_str(
+        "policies:\n  - rate-limit: { limit: 1, window: 1s, by: claim, claim: tenant }\n",
+        None,
+        &env,
+    )
+    .unwrap();
+    let PolicySpec::RateLimit(spec) = &config.policies[0] else {
+        panic!("not a rate limit");
+    };
+    assert_eq!(spec.by, LimitKey::Claim);
+    assert_eq!(spec.claim.as_deref(), Some("tenant"));
+}
+
+#[test]
+fn jwt_secret_variable_must_be_set() {
+    let source = JWT_AS_DOCUMENTED
+        .replace("[RS256, ES256, EdDSA]", "[HS256]")
+        .replace(
+            "consumer_claim: sub",
+            "consumer_claim: sub\n          keys: [{ secret_env: PORTCULLIS_TEST_UNSET_SECRET }]",
+        );
+    let message = first_error(&source);
+    assert!(
+        message.contains(":12: key `services[0].policies[0].jwt.keys[0].secret_env`"),
+        "{message}"
+    );
+    assert!(message.contains("is not set"), "{message}");
+}

@@ -6,4 +6,5 @@
 //! can be tested with fixed inputs and a fake clock.
 
 pub mod api_key;
+pub mod jwt;
 pub mod rate_limit;

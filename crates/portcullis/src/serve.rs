@@ -90,6 +90,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     let policy = PolicyContext {
         counters: MemoryCounters::new(),
         clock: Arc::new(MonotonicClock::default()),
+        jwks: Arc::default(),
     };
     let control = ControlPlane::start(config.clone(), store, metrics.clone(), policy)
         .await

@@ -16,6 +16,7 @@
 //! replaces a less specific one with the same override key) and sorted by phase. Once a
 //! consumer is known, that consumer's own policies replace or join the remaining phases.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,7 +49,12 @@ pub struct Exchange<'r> {
     /// Id of the credential that authenticated the caller, for logs.
     pub credential_id: Option<Arc<str>>,
     /// Scopes granted to that credential.
-    pub scopes: &'r [String],
+    pub scopes: Cow<'r, [String]>,
+    /// Roles that the credential carries on top of the consumer's configured roles, such as the
+    /// roles claim of a JWT.
+    pub credential_roles: Vec<String>,
+    /// Claims of the verified JWT, for later phases such as `rate-limit` with `by: claim`.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Headers to add to the response, such as rate-limit state.
     pub response_headers: HeaderMap,
 }

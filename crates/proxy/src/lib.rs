@@ -13,6 +13,7 @@ pub mod body;
 pub mod canonical;
 pub mod chain;
 pub mod error;
+pub mod jwks;
 pub mod metrics;
 pub mod policies;
 pub mod router;

@@ -223,7 +223,9 @@ impl Proxy {
             canonical: &mut canonical,
             consumer: None,
             credential_id: None,
-            scopes: &[],
+            scopes: std::borrow::Cow::Borrowed(&[]),
+            credential_roles: Vec::new(),
+            claims: None,
             response_headers: HeaderMap::new(),
         };
         let chain_result = chain::run(&mut exchange).await;

@@ -103,7 +103,8 @@ pub fn compile<'k>(
     version: u64,
     context: &CompileContext,
 ) -> Result<Snapshot, SnapshotError> {
-    let global = policies::build(&config.policies, "global", &context.policy);
+    let global =
+        policies::build(&config.policies, "global", &context.policy).map_err(SnapshotError)?;
 
     let mut services: HashMap<&str, (Arc<CompiledService>, Vec<ChainEntry>)> = HashMap::new();
     for spec in &entities.services {
@@ -112,7 +113,8 @@ pub fn compile<'k>(
             &spec.policies,
             &format!("service:{}", spec.name),
             &context.policy,
-        );
+        )
+        .map_err(SnapshotError)?;
         services.insert(spec.name.as_str(), (Arc::new(service), chain));
     }
 
@@ -132,7 +134,8 @@ pub fn compile<'k>(
             &spec.policies,
             &format!("route:{}", spec.name),
             &context.policy,
-        );
+        )
+        .map_err(SnapshotError)?;
         let chain = chain::merge(&[&global, service_chain, &route_chain]);
         let methods = spec
             .methods
@@ -169,12 +172,10 @@ pub fn compile<'k>(
         .consumers
         .iter()
         .map(|spec| {
-            (
-                spec.name.clone(),
-                Arc::new(compile_consumer(spec, &context.policy)),
-            )
+            let consumer = compile_consumer(spec, &context.policy)?;
+            Ok((spec.name.clone(), Arc::new(consumer)))
         })
-        .collect::<HashMap<_, _>>();
+        .collect::<Result<HashMap<_, _>, SnapshotError>>()?;
 
     let mut table = KeyTable::default();
     for key in keys {
@@ -239,13 +240,17 @@ fn compile_service(
     })
 }
 
-fn compile_consumer(spec: &ConsumerSpec, context: &PolicyContext) -> ConsumerInfo {
+fn compile_consumer(
+    spec: &ConsumerSpec,
+    context: &PolicyContext,
+) -> Result<ConsumerInfo, SnapshotError> {
     let post_auth: Vec<PolicySpec> = spec.policies.clone();
-    ConsumerInfo {
+    Ok(ConsumerInfo {
         name: spec.name.as_str().into(),
         roles: spec.roles.clone(),
-        policies: policies::build(&post_auth, &format!("consumer:{}", spec.name), context),
-    }
+        policies: policies::build(&post_auth, &format!("consumer:{}", spec.name), context)
+            .map_err(SnapshotError)?,
+    })
 }
 
 /// The atomically swapped current snapshot.

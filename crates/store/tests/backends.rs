@@ -309,6 +309,7 @@ fn service(name: &str, target: &str) -> ServiceSpec {
             burst: Some(20),
             by: LimitKey::Consumer,
             header: None,
+            claim: None,
             legacy_headers: true,
         })],
     }

@@ -118,7 +118,7 @@ impl KeyAuth {
 }
 
 /// Returns the token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive.
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -156,7 +156,7 @@ impl Policy for KeyAuth {
                 return Err(self.unauthorized("invalid_api_key", "the API key is invalid"));
             };
             exchange.consumer = Some(consumer.clone());
-            exchange.scopes = &entry.scopes;
+            exchange.scopes = std::borrow::Cow::Borrowed(&entry.scopes);
             exchange.credential_id = Some(Arc::from(entry.id.as_str()));
             if entry.note_use(now) {
                 snapshot.key_usage.record(&entry.id, now);

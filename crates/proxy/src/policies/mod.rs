@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod ip_restriction;
+pub mod jwt;
 pub mod key_auth;
 pub mod rate_limit;
 
@@ -11,12 +12,15 @@ use portcullis_config::PolicySpec;
 use portcullis_policy::rate_limit::Counters;
 
 use crate::chain::ChainEntry;
+use crate::jwks::JwksRegistry;
 
 /// What an adapter needs from outside its spec when it is built.
 #[derive(Clone)]
 pub struct PolicyContext {
     pub counters: Arc<dyn Counters>,
     pub clock: Arc<dyn Clock>,
+    /// JWK Set sources, kept across snapshots so that reloads keep the cached keys.
+    pub jwks: Arc<JwksRegistry>,
 }
 
 /// Monotonic time for policies, injectable in tests.
@@ -42,8 +46,14 @@ impl Clock for MonotonicClock {
 }
 
 /// Builds the chain entries for the policies attached at one level. `scope` names the level,
-/// such as `service:echo`, and keeps the counters of different attachments apart.
-pub fn build(specs: &[PolicySpec], scope: &str, context: &PolicyContext) -> Vec<ChainEntry> {
+/// such as `service:echo`, and keeps the counters of different attachments apart. Fails with a
+/// message that names the level when a policy cannot be built, such as a `jwt` key that does not
+/// parse.
+pub fn build(
+    specs: &[PolicySpec],
+    scope: &str,
+    context: &PolicyContext,
+) -> Result<Vec<ChainEntry>, String> {
     specs
         .iter()
         .map(|spec| {
@@ -56,11 +66,15 @@ pub fn build(specs: &[PolicySpec], scope: &str, context: &PolicyContext) -> Vec<
                 PolicySpec::RateLimit(spec) => {
                     Arc::new(rate_limit::RateLimit::new(spec, scope, context))
                 }
+                PolicySpec::Jwt(spec) => Arc::new(
+                    jwt::Jwt::new(spec, context)
+                        .map_err(|message| format!("{scope}: jwt policy: {message}"))?,
+                ),
             };
-            ChainEntry {
+            Ok(ChainEntry {
                 override_key: spec.override_key().into(),
                 policy,
-            }
+            })
         })
         .collect()
 }

@@ -1,5 +1,5 @@
-//! `rate-limit`: GCRA limits keyed by consumer, route, service, client IP or a header. Runs in
-//! [`Phase::Limit`].
+//! `rate-limit`: GCRA limits keyed by consumer, route, service, client IP, a header or a verified
+//! JWT claim. Runs in [`Phase::Limit`].
 //!
 //! Admitted and rejected responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
 //! `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers-07) and `RateLimit-Policy` with
@@ -21,6 +21,7 @@ pub struct RateLimit {
     gcra: Gcra,
     by: LimitKey,
     header: Option<HeaderName>,
+    claim: Option<String>,
     /// Prefix of every counter key: the attachment scope and the instance name.
     key_prefix: String,
     policy_name: String,
@@ -40,6 +41,7 @@ impl RateLimit {
                 .header
                 .as_deref()
                 .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+            claim: spec.claim.clone(),
             key_prefix: format!("{scope}|{instance}|"),
             policy_name: instance.to_string(),
             legacy_headers: spec.legacy_headers,
@@ -75,6 +77,24 @@ impl RateLimit {
                     .as_ref()
                     .and_then(|name| exchange.headers.get(name));
                 key.push_str(value.and_then(|v| v.to_str().ok()).unwrap_or(""));
+            }
+            LimitKey::Claim => {
+                let value = match (&exchange.claims, &self.claim) {
+                    (Some(claims), Some(name)) => portcullis_policy::jwt::claim_at(claims, name)
+                        .and_then(|value| match value {
+                            serde_json::Value::String(text) => Some(text.clone()),
+                            serde_json::Value::Number(number) => Some(number.to_string()),
+                            _ => None,
+                        }),
+                    _ => None,
+                };
+                match value {
+                    Some(value) => {
+                        key.push_str("claim:");
+                        key.push_str(&value);
+                    }
+                    None => key.push_str(&client_ip()),
+                }
             }
         }
         key

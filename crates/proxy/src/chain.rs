@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
+use portcullis_policy::rate_limit::Lease;
+
 use crate::canonical::CanonicalRequest;
 use crate::error::Rejection;
 use crate::snapshot::{CompiledRoute, ConsumerInfo, Snapshot};
@@ -51,6 +53,12 @@ pub struct Exchange<'r> {
     pub scopes: &'r [String],
     /// Headers to add to the response, such as rate-limit state.
     pub response_headers: HeaderMap,
+    /// Verified JWT claims of the caller, which `rate-limit` with `by: claim` reads. No policy
+    /// sets them yet, so they are empty.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Concurrency-limit slots held by this request, returned when the response body ends or
+    /// the client goes away.
+    pub leases: Vec<Lease>,
 }
 
 /// A boxed future returned by [`Policy::on_request`].

@@ -9,13 +9,14 @@
 //! matters, so Redis drops idle keys on its own.
 //!
 //! Scripts run with `EVALSHA`; the `redis` crate loads a script with `SCRIPT LOAD` and retries
-//! when the server answers `NOSCRIPT`, such as after a restart. The connection is a
+//! when the server replies `NOSCRIPT`, such as after a restart. The connection is a
 //! [`ConnectionManager`], which reconnects on its own after a failure. When Redis cannot be
 //! reached at start, the first connection is retried on later requests, at most once per
 //! [`RECONNECT_INTERVAL`]. Each operation is bounded by [`RedisSettings::timeout`], after which it
-//! fails and the limit's `on_backend_error` applies. After a failure, operations fail at once for
-//! [`RETRY_AFTER_FAILURE`], so an outage costs requests no waiting, and the first operation after
-//! that pause probes Redis again.
+//! fails and the limit's `on_backend_error` applies. After [`PAUSE_AFTER_FAILURES`] failures in a
+//! row, operations fail at once for [`RETRY_AFTER_FAILURE`], so an outage costs requests no
+//! waiting, and the first operation after that pause tries Redis again. A single slow operation
+//! under load does not start a pause.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -28,9 +29,12 @@ use super::{Algorithm, Concurrency, CounterError, CounterFuture, Counters, Decis
 
 /// Minimum time between two attempts to open the first connection.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
-/// Time after a failed operation during which further operations fail at once instead of
-/// waiting on Redis, so that an outage does not add the timeout to every limited request.
+/// Time after [`PAUSE_AFTER_FAILURES`] failed operations in a row during which further operations
+/// fail at once instead of waiting on Redis, so that an outage does not add the timeout to every
+/// limited request.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
+/// Failed operations in a row that start a pause of [`RETRY_AFTER_FAILURE`].
+pub const PAUSE_AFTER_FAILURES: u64 = 3;
 /// Minimum time between two warnings about failed Redis operations.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -62,15 +66,17 @@ pub struct RedisCounters {
     health: Health,
 }
 
-/// Failure bookkeeping for rate-limited warnings.
+/// Failure state: the counts behind rate-limited warnings and the pause after failures.
 #[derive(Default)]
 struct Health {
     /// Failed operations since the last warning.
     failures_since_warning: AtomicU64,
     /// Whether the last operation failed, so that a success can log the recovery once.
     failing: std::sync::atomic::AtomicBool,
+    /// Failed operations since the last success.
+    consecutive_failures: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
-    /// Until when operations fail at once, after a failure.
+    /// Until when operations fail at once, after [`PAUSE_AFTER_FAILURES`] failures.
     paused_until: Mutex<Option<Instant>>,
 }
 
@@ -165,18 +171,25 @@ impl RedisCounters {
         if paused.is_some_and(|until| Instant::now() < until) {
             return Err(self.error("unavailable after a recent failure; retrying shortly"));
         }
-        let result = async {
+        // One bound for the whole operation, including the wait for a first connection.
+        let operation = async {
             let mut connection = self.connection().await?;
             let mut invocation = script.key(format!("{}{key}", self.key_prefix));
             for arg in args {
                 invocation.arg(arg);
             }
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection))
+            invocation
+                .invoke_async(&mut connection)
                 .await
-                .map_err(|_| self.error("operation timed out"))?
                 .map_err(|error| self.error(&error.to_string()))
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(self.timeout, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(self.error(&format!(
+                "operation timed out after {} ms",
+                self.timeout.as_millis()
+            ))),
+        };
         self.record(result.as_ref().err());
         result
     }
@@ -185,17 +198,21 @@ impl RedisCounters {
     fn record(&self, error: Option<&CounterError>) {
         let health = &self.health;
         let Some(error) = error else {
+            health.consecutive_failures.store(0, Ordering::Relaxed);
             if health.failing.swap(false, Ordering::Relaxed) {
                 tracing::info!(redis.addr = %self.address, "Redis rate-limit counters recovered");
             }
             return;
         };
         health.failing.store(true, Ordering::Relaxed);
-        *health
-            .paused_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(Instant::now() + RETRY_AFTER_FAILURE);
+        let in_a_row = health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row >= PAUSE_AFTER_FAILURES {
+            *health
+                .paused_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(Instant::now() + RETRY_AFTER_FAILURE);
+        }
         let failures = health
             .failures_since_warning
             .fetch_add(1, Ordering::Relaxed)

@@ -734,3 +734,31 @@ async fn start_with_redis_down_then_connects() {
         "the limit of one applies once connected"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_headers_follow_binding_limit() {
+    let _shared = EXCLUSIVE.read().await;
+    let upstream = upstream().await;
+    // Only the loose limit asks for the `X-` forms, but the tight one binds.
+    let entities = r#"
+services:
+  - name: echo
+    targets: ["http://UPSTREAM"]
+routes:
+  - name: echo
+    service: echo
+    paths: [/echo]
+    policies:
+      - rate-limit: { name: tight, limit: 2, window: 1m, by: route }
+      - rate-limit: { name: loose, limit: 100, window: 1m, by: route, legacy_headers: true }
+"#;
+    let gateway = Gateway::start(&config(upstream, None, entities));
+    let response = client().get(gateway.url("/echo")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["ratelimit-limit"], "2");
+    assert_eq!(headers["ratelimit-remaining"], "1");
+    assert_eq!(headers["x-ratelimit-limit"], "2");
+    assert_eq!(headers["x-ratelimit-remaining"], "1");
+    assert_eq!(headers["x-ratelimit-reset"], headers["ratelimit-reset"]);
+}

@@ -402,6 +402,8 @@ return {1 + more, remaining, final - now, -1, span}
 "#;
 
 /// Sliding window. ARGV: window (us), limit, count.
+// NOTE: The script weighs the previous window with floating point where the Rust version uses
+// integers, so at the exact instant where one more request starts to fit the two can differ by one.
 /// Returns {granted, remaining, reset_after_us, retry_after_us or -1, valid_for_us}.
 const WINDOW_SCRIPT: &str = r#"
 local w = tonumber(ARGV[1])
@@ -501,6 +503,8 @@ return {granted, limit - used, until_end, -1, until_end}
 "#;
 
 /// Concurrency slot. A sorted set of lease ids scored by their expiry (us).
+// NOTE: A lease is not renewed, so a response that streams for longer than `lease_ttl` loses its
+// slot in Redis before it ends, and the limit can then admit one request too many.
 /// ARGV: limit, lease TTL (us), lease id. Returns {admitted (0 or 1), remaining}.
 const ACQUIRE_SLOT_SCRIPT: &str = r#"
 local limit = tonumber(ARGV[1])

@@ -31,6 +31,14 @@ use crate::policies::{Clock, PolicyContext};
 
 /// Default time after which Redis drops a concurrency slot that was never released.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
+/// The single-valued fields that describe the binding limit, and their older `X-` forms.
+const CURRENT_NAMES: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
+const LEGACY_NAMES: [&str; 3] = [
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+];
+
 /// Poll interval of a delayed request under a concurrency limit, which has no retry time.
 const CONCURRENCY_POLL: Duration = Duration::from_millis(5);
 
@@ -293,30 +301,32 @@ impl RateLimit {
             .get("ratelimit-remaining")
             .and_then(|value| value.to_str().ok())
             .and_then(|text| text.parse::<u64>().ok());
-        if !binding && binding_remaining.is_some_and(|remaining| remaining <= decision.remaining) {
-            return;
-        }
-        let mut names = vec![("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")];
-        if self.legacy_headers {
-            names.push((
-                "x-ratelimit-limit",
-                "x-ratelimit-remaining",
-                "x-ratelimit-reset",
-            ));
-        }
-        for (limit_name, remaining, reset_name) in names {
-            headers.insert(
-                HeaderName::from_static(limit_name),
+        let binds =
+            binding || binding_remaining.is_none_or(|remaining| decision.remaining < remaining);
+        // The `X-` forms mirror the binding limit as soon as any limit that ran sets
+        // `legacy_headers`.
+        let legacy = self.legacy_headers || headers.contains_key(LEGACY_NAMES[0]);
+        if binds {
+            let values = [
                 HeaderValue::from(limit),
-            );
-            headers.insert(
-                HeaderName::from_static(remaining),
                 HeaderValue::from(decision.remaining),
-            );
-            headers.insert(
-                HeaderName::from_static(reset_name),
                 HeaderValue::from(reset),
-            );
+            ];
+            for ((name, legacy_name), value) in
+                CURRENT_NAMES.into_iter().zip(LEGACY_NAMES).zip(values)
+            {
+                if legacy {
+                    headers.insert(HeaderName::from_static(legacy_name), value.clone());
+                }
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        } else if legacy && !headers.contains_key(LEGACY_NAMES[0]) {
+            // Another limit binds: copy its values into the `X-` forms.
+            for (name, legacy_name) in CURRENT_NAMES.into_iter().zip(LEGACY_NAMES) {
+                if let Some(value) = headers.get(name).cloned() {
+                    headers.insert(HeaderName::from_static(legacy_name), value);
+                }
+            }
         }
     }
 
@@ -427,9 +437,7 @@ impl Policy for RateLimit {
                 };
                 match attempt {
                     Attempt::Admitted(decision, lease) => {
-                        let mut headers = std::mem::take(&mut exchange.response_headers);
-                        self.write_headers(&mut headers, &decision, false);
-                        exchange.response_headers = headers;
+                        self.write_headers(&mut exchange.response_headers, &decision, false);
                         exchange.leases.extend(lease);
                         return Ok(());
                     }

@@ -739,7 +739,7 @@ async fn start_with_redis_down_then_connects() {
 async fn legacy_headers_follow_binding_limit() {
     let _shared = EXCLUSIVE.read().await;
     let upstream = upstream().await;
-    // Only the loose limit asks for the `X-` forms, but the tight one binds.
+    // Only the loose limit sets `legacy_headers`, but the tight one binds.
     let entities = r#"
 services:
   - name: echo
@@ -761,4 +761,39 @@ routes:
     assert_eq!(headers["x-ratelimit-limit"], "2");
     assert_eq!(headers["x-ratelimit-remaining"], "1");
     assert_eq!(headers["x-ratelimit-reset"], headers["ratelimit-reset"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_concurrency_slots_across_nodes() {
+    let _shared = EXCLUSIVE.read().await;
+    let upstream = upstream().await;
+    let redis = redis_url();
+    let prefix = unique_prefix();
+    let entities = limited_route("{ algorithm: concurrency, limit: 2, by: route, backend: redis }");
+    let a = Gateway::start(&config(upstream, Some((&redis, &prefix)), &entities));
+    let b = Gateway::start(&config(upstream, Some((&redis, &prefix)), &entities));
+    let client = protocol_client(false);
+
+    // One ten-second stream on each node takes both slots of the shared limit.
+    let on_a = client
+        .get(a.url("/echo/stream/100/100"))
+        .send()
+        .await
+        .unwrap();
+    let on_b = client
+        .get(b.url("/echo/stream/100/100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_a.status(), 200);
+    assert_eq!(on_b.status(), 200);
+    for node in [&a, &b] {
+        let response = client.get(node.url("/echo/x")).send().await.unwrap();
+        assert_eq!(response.status(), 429, "both shared slots are taken");
+    }
+
+    // Node A returns its slot in Redis when its client goes away, and node B can use it.
+    drop(on_a);
+    assert_eq!(poll_status(&client, &b.url("/echo/x"), 200).await, 200);
+    drop(on_b);
 }

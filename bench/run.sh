@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Measure portcullis against nginx proxy_pass and against the bare upstream, on loopback.
 #
-# Usage: bench/run.sh
+# Usage: bench/run.sh          the proxy comparison: direct, nginx, portcullis, policies
+#        bench/run.sh limits   the cost of one rate limit: portcullis, limit-local, limit-redis
 #
 # Targets, each measured with wrk against GET /fast of tools/echo-upstream, once with
 # BENCH_CONNECTIONS connections (full load) and once with BENCH_LIGHT_CONNECTIONS:
-#   direct      wrk -> echo-upstream
-#   nginx       wrk -> nginx proxy_pass (keep-alive upstream pool) -> echo-upstream
-#   portcullis  wrk -> portcullis, no policies, no access log -> echo-upstream
-#   policies    wrk -> portcullis, key-auth + rate limit + JSON access log file -> echo-upstream
+#   direct       wrk -> echo-upstream
+#   nginx        wrk -> nginx proxy_pass (keep-alive upstream pool) -> echo-upstream
+#   portcullis   wrk -> portcullis, no policies, no access log -> echo-upstream
+#   policies     wrk -> portcullis, key-auth + rate limit + JSON access log file -> echo-upstream
+#   limit-local  wrk -> portcullis, one rate limit with in-memory counters -> echo-upstream
+#   limit-redis  wrk -> portcullis, one rate limit with Redis counters -> echo-upstream
+#
+# The limits run compares the last two with portcullis: the difference in CPU time and
+# latency per request is the cost of a limit. Its Redis is a private redis-server on a free
+# port, pinned to BENCH_LOAD_CORE, so the proxy core measures only the gateway. The limit
+# admits 100,000,000 requests per second, so it never rejects.
 #
 # wrk and echo-upstream share BENCH_LOAD_CORE; the proxy under test runs alone on
 # BENCH_PROXY_CORE. The script also reads the resident memory (VmRSS) of the policy
@@ -59,8 +67,10 @@ readonly HOST=127.0.0.1
 readonly API_KEY=alice-demo-key-0001
 readonly ADMIN_TOKEN=bench-admin-token-000000000001
 readonly TARGETS=(direct nginx portcullis policies)
+readonly LIMIT_TARGETS=(portcullis limit-local limit-redis)
 
 WORK_DIR=""
+REDIS_URL=""
 PIDS=()
 declare -A IDLE_REPORT URL SENT ATTEMPTS_USED RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY OTHER_BUSY PROXY_CPU_US RSS_KIB
 
@@ -99,12 +109,19 @@ stop_process() {
     wait "$pid" 2>/dev/null || true
 }
 
+# Install the commands that MODE (proxies or limits) needs.
 install_tools() {
-    local missing=() command package
-    for command in nginx wrk taskset python3 curl; do
+    local mode=$1 missing=() command package commands=(wrk taskset python3 curl)
+    if [[ $mode == limits ]]; then
+        commands+=(redis-server redis-cli)
+    else
+        commands+=(nginx)
+    fi
+    for command in "${commands[@]}"; do
         if ! command -v "$command" >/dev/null; then
             case $command in
                 taskset) package=util-linux ;;
+                redis-server | redis-cli) package=redis-server ;;
                 *) package=$command ;;
             esac
             missing+=("$package")
@@ -245,9 +262,24 @@ start_nginx() {
     log "nginx $(nginx -v 2>&1 | sed 's|.*/||') on $HOST:$port, pinned to core $PROXY_CORE"
 }
 
-# Write a portcullis config to DIR/portcullis.yaml. WITH_POLICIES is 1 or 0.
+# Start a private redis-server on a free port, pinned to the load core, and set REDIS_URL.
+start_redis() {
+    local port dir=$WORK_DIR/redis pid
+    port=$(free_port)
+    mkdir -p "$dir"
+    taskset -c "$LOAD_CORE" redis-server --bind "$HOST" --port "$port" --save "" --appendonly no \
+        --dir "$dir" >"$dir/redis.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_until redis-server "$pid" 10 "$dir/redis.log" redis-cli -h "$HOST" -p "$port" ping
+    REDIS_URL="redis://$HOST:$port"
+    log "redis-server $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p') on $HOST:$port, pinned to core $LOAD_CORE"
+}
+
+# Write a portcullis config for target NAME to DIR/portcullis.yaml.
 write_portcullis_config() {
-    local dir=$1 with_policies=$2
+    local dir=$1 name=$2 with_policies=0 backend
+    [[ $name == policies ]] && with_policies=1
     mkdir -p "$dir"
     {
         cat <<EOF
@@ -261,7 +293,20 @@ store:
 log:
   level: warn
 EOF
-        if ((with_policies)); then
+        if [[ $name == limit-* ]]; then
+            backend=${name#limit-}
+            if [[ $backend == redis ]]; then
+                printf 'redis: { url: "%s", key_prefix: "bench:" }\n' "$REDIS_URL"
+            fi
+            cat <<EOF
+access_log: off
+services:
+  - name: echo
+    targets: [http://$UPSTREAM_ADDRESS]
+    policies:
+      - rate-limit: { limit: 100000000, window: 1s, by: ip, backend: $backend }
+EOF
+        elif ((with_policies)); then
             cat <<EOF
 access_log: access.log
 services:
@@ -292,11 +337,12 @@ EOF
     } >"$dir/portcullis.yaml"
 }
 
-# Start portcullis for target NAME (portcullis or policies) and check that it proxies.
+# Start portcullis for target NAME (portcullis, policies, limit-local or limit-redis) and
+# check that it proxies.
 start_portcullis() {
     local name=$1 with_policies=0 dir=$WORK_DIR/$1 proxy_address admin_address
     [[ $name == policies ]] && with_policies=1
-    write_portcullis_config "$dir" "$with_policies"
+    write_portcullis_config "$dir" "$name"
     taskset -c "$PROXY_CORE" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
         --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
     PROXY_PID=$!
@@ -312,6 +358,11 @@ start_portcullis() {
     if ((with_policies)); then
         # Without the key the request must be rejected, or the policy chain is not active.
         expect_status "${URL[$name]}" 401
+    fi
+    if [[ $name == limit-* ]]; then
+        # The limit must be in the chain, or the run would measure a gateway without it.
+        curl --silent --max-time 5 --include "${URL[$name]}" | grep -qi '^ratelimit-policy:' ||
+            die "portcullis ($name) sent no RateLimit-Policy header, so its limit is not active"
     fi
     log "portcullis ($name) on $proxy_address, admin on $admin_address, pinned to core $PROXY_CORE"
 }
@@ -594,18 +645,19 @@ print_header() {
         "$LOAD_CORE" "$PROXY_CORE"
 }
 
-# Print the table of figures stored under NAME + SUFFIX for every target.
+# Print the table of figures stored under NAME + SUFFIX for every target NAME given.
 print_table() {
     local suffix=$1 name key cpu
-    printf '| %-10s | %10s | %7s | %7s | %7s | %10s | %10s | %11s | %11s | %10s |\n' target requests/s \
+    shift
+    printf '| %-11s | %10s | %7s | %7s | %7s | %10s | %10s | %11s | %11s | %10s |\n' target requests/s \
         'p50 ms' 'p99 ms' 'max ms' 'user us/req' 'sys us/req' "core $LOAD_CORE busy" "core $PROXY_CORE busy" \
         'other load'
-    printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------ -----------: --------: --------: --------: \
+    printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------- -----------: --------: --------: --------: \
         ------------: -----------: ------------: ------------: -----------:
-    for name in "${TARGETS[@]}"; do
+    for name in "$@"; do
         key=$name$suffix
         read -r -a cpu <<<"${PROXY_CPU_US[$key]}"
-        printf '| %-10s | %10s | %7.3f | %7.3f | %7.3f | %11s | %10s | %10s%% | %10s%% | %9s%% |\n' "$name" \
+        printf '| %-11s | %10s | %7.3f | %7.3f | %7.3f | %11s | %10s | %10s%% | %10s%% | %9s%% |\n' "$name" \
             "${RPS[$key]}" "$(milliseconds "${P50_US[$key]}")" "$(milliseconds "${P99_US[$key]}")" \
             "$(milliseconds "${MAX_US[$key]}")" "${cpu[0]}" "${cpu[1]}" "${LOAD_BUSY[$key]}" \
             "${PROXY_BUSY[$key]}" "${OTHER_BUSY[$key]}"
@@ -676,32 +728,88 @@ print_warnings() {
 print_report() {
     print_header
     printf '\nfull load: wrk -c%s -d%s after a %s warm-up\n\n' "$CONNECTIONS" "$DURATION" "$WARMUP"
-    print_table ""
+    print_table "" "${TARGETS[@]}"
     if ((LIGHT_CONNECTIONS > 0)); then
         printf '\nlight load: wrk -c%s -d%s after a 1s warm-up\n\n' "$LIGHT_CONNECTIONS" "$LIGHT_DURATION"
-        print_table -light
+        print_table -light "${TARGETS[@]}"
     fi
-    printf '\n(user and sys us/req: CPU time of the proxy process per request, in microseconds; busy:\n'
-    printf 'share of the core not idle during the measured run; other load: CPU used by processes\n'
-    printf 'outside this benchmark, in %% of one core)\n\n'
+    print_table_legend
     print_ratios
     printf '\n'
     print_memory
     print_warnings
 }
 
+print_table_legend() {
+    printf '\n(user and sys us/req: CPU time of the proxy process per request, in microseconds; busy:\n'
+    printf 'share of the core not idle during the measured run; other load: CPU used by processes\n'
+    printf 'outside this benchmark, in %% of one core)\n\n'
+}
+
+# Print the CPU time, p50 and p99 per request that target KEY adds over BASE_KEY.
+added_cost() {
+    local key=$1 base=$2 cpu base_cpu
+    read -r -a cpu <<<"${PROXY_CPU_US[$key]}"
+    read -r -a base_cpu <<<"${PROXY_CPU_US[$base]}"
+    awk -v c="${cpu[0]}" -v s="${cpu[1]}" -v bc="${base_cpu[0]}" -v bs="${base_cpu[1]}" \
+        -v p50="${P50_US[$key]}" -v bp50="${P50_US[$base]}" -v p99="${P99_US[$key]}" -v bp99="${P99_US[$base]}" \
+        'BEGIN { printf "%+.1f us CPU, p50 %+.3f ms, p99 %+.3f ms", (c + s) - (bc + bs), (p50 - bp50) / 1000, (p99 - bp99) / 1000 }'
+}
+
+print_limit_report() {
+    local name
+    print_header
+    printf 'redis: a private redis-server on core %s at %s\n' "$LOAD_CORE" "$REDIS_URL"
+    printf '\nfull load: wrk -c%s -d%s after a %s warm-up\n\n' "$CONNECTIONS" "$DURATION" "$WARMUP"
+    print_table "" "${LIMIT_TARGETS[@]}"
+    if ((LIGHT_CONNECTIONS > 0)); then
+        printf '\nlight load: wrk -c%s -d%s after a 1s warm-up\n\n' "$LIGHT_CONNECTIONS" "$LIGHT_DURATION"
+        print_table -light "${LIMIT_TARGETS[@]}"
+    fi
+    print_table_legend
+    printf 'cost of one rate limit per request, over portcullis without policies:\n'
+    for name in limit-local limit-redis; do
+        printf '  %-12s full load: %s\n' "$name" "$(added_cost "$name" portcullis)"
+        if ((LIGHT_CONNECTIONS > 0)); then
+            printf '  %-12s light load: %s\n' "$name" "$(added_cost "$name-light" portcullis-light)"
+        fi
+    done
+    print_warnings
+}
+
+run_limit_targets() {
+    local name
+    start_redis
+    for name in "${LIMIT_TARGETS[@]}"; do
+        start_portcullis "$name"
+        measure_target "$name"
+        stop_proxy
+    done
+}
+
 main() {
+    local mode=proxies
+    case ${1:-} in
+        "") ;;
+        limits) mode=limits ;;
+        *) die "unknown argument '$1'; usage: bench/run.sh [limits]" ;;
+    esac
     trap cleanup EXIT
     # The EXIT trap runs on these signals only when the shell handles them.
     trap 'exit 130' INT
     trap 'exit 143' TERM
-    install_tools
+    install_tools "$mode"
     check_machine
     build_binaries
-    raise_open_file_limit
     WORK_DIR=$(mktemp -d -t portcullis-bench.XXXXXX)
 
     start_upstream
+    if [[ $mode == limits ]]; then
+        run_limit_targets
+        print_limit_report
+        return
+    fi
+    raise_open_file_limit
     measure_target direct
     run_proxy_targets
     print_report

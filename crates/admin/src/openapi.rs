@@ -324,15 +324,24 @@ fn schemas() -> Value {
         },
         "RateLimit": {
             "type": "object",
-            "required": ["limit", "window"],
+            "description": "A rate limit, calendar quota or concurrency limit; which fields apply depends on `algorithm`",
+            "required": ["limit"],
             "properties": {
                 "name": { "type": "string" },
-                "limit": { "type": "integer", "minimum": 1 },
+                "algorithm": { "type": "string", "enum": ["gcra", "sliding-window", "quota", "concurrency"], "default": "gcra" },
+                "limit": { "type": "integer", "minimum": 1, "description": "Requests per window or period, or requests in flight for `concurrency`" },
                 "window": duration,
+                "period": { "type": "string", "enum": ["day", "month"], "description": "Calendar period (UTC) of a `quota`" },
                 "burst": { "type": "integer", "minimum": 1 },
-                "by": { "type": "string", "enum": ["consumer", "route", "service", "ip", "header", "claim"], "default": "consumer" },
+                "by": { "type": "string", "enum": ["consumer", "role", "route", "service", "ip", "header", "claim"], "default": "consumer" },
                 "header": { "type": "string" },
-                "claim": { "type": "string" },
+                "claim": { "type": "string", "description": "JWT claim that keys the limit with `by: claim`" },
+                "roles": { "type": "array", "items": { "type": "string" }, "description": "Consumer roles the limit applies to; empty means every request" },
+                "delay": { "type": "object", "required": ["max"], "properties": { "max": duration } },
+                "backend": { "type": "string", "enum": ["local", "redis"], "default": "local" },
+                "batch": { "type": "integer", "minimum": 1, "description": "Requests a node takes from Redis at once" },
+                "on_backend_error": { "type": "string", "enum": ["allow", "deny"], "default": "allow" },
+                "lease_ttl": duration,
                 "legacy_headers": { "type": "boolean", "default": false }
             }
         },

@@ -5,8 +5,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    Config, DeclaredKey, Entities, HashedKey, JWT_ALGORITHMS, JwtSpec, LimitKey, PathMatch,
-    PolicySpec, RateLimitSpec,
+    Config, CounterBackend, DeclaredKey, Entities, HashedKey, JWT_ALGORITHMS, JwtSpec,
+    LimitAlgorithm, LimitKey, PathMatch, PolicySpec, RateLimitSpec,
 };
 use crate::yaml::{self, LineIndex};
 
@@ -138,6 +138,7 @@ pub fn load_str(
     errors.extend(validate_entities(&config.entities));
     errors.extend(validate_policies("policies", &config.policies));
     errors.extend(check_secret_variables(&config, env));
+    errors.extend(validate_redis_backends(&config));
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -296,6 +297,9 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
         }
         if redis.channel.is_empty() {
             errors.push(KeyError::new("redis.channel", "must not be empty"));
+        }
+        if redis.timeout < std::time::Duration::from_millis(1) {
+            errors.push(KeyError::new("redis.timeout", "must be at least 1ms"));
         }
     }
     if let Some(secret) = &config.key_hash_secret {
@@ -659,63 +663,180 @@ pub const MAX_RATE_LIMIT_COUNT: u64 = 999_999_999_999;
 pub const MAX_RATE_LIMIT_WINDOW: std::time::Duration =
     std::time::Duration::from_secs(366 * 24 * 3600);
 
+/// Maximum `delay.max`, because a throttled request keeps its connection open while it waits.
+pub const MAX_RATE_LIMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn validate_rate_limit(key: &str, spec: &RateLimitSpec) -> Vec<KeyError> {
     let mut errors = Vec::new();
+    let mut reject = |field: &str, message: String| {
+        errors.push(KeyError::new(format!("{key}.{field}"), message));
+    };
+    let algorithm = match spec.algorithm {
+        LimitAlgorithm::Gcra => "gcra",
+        LimitAlgorithm::SlidingWindow => "sliding-window",
+        LimitAlgorithm::Quota => "quota",
+        LimitAlgorithm::Concurrency => "concurrency",
+    };
     let counts = [("limit", Some(spec.limit)), ("burst", spec.burst)];
     for (field, value) in counts {
         match value {
-            Some(0) => errors.push(KeyError::new(
-                format!("{key}.{field}"),
-                "must be greater than 0",
-            )),
-            Some(value) if value > MAX_RATE_LIMIT_COUNT => errors.push(KeyError::new(
-                format!("{key}.{field}"),
-                format!("must be at most {MAX_RATE_LIMIT_COUNT}"),
-            )),
+            Some(0) => reject(field, "must be greater than 0".into()),
+            Some(value) if value > MAX_RATE_LIMIT_COUNT => {
+                reject(field, format!("must be at most {MAX_RATE_LIMIT_COUNT}"))
+            }
             _ => {}
         }
     }
-    if spec.window < std::time::Duration::from_millis(1) {
-        errors.push(KeyError::new(
-            format!("{key}.window"),
-            "must be at least 1ms",
-        ));
-    } else if spec.window > MAX_RATE_LIMIT_WINDOW {
-        errors.push(KeyError::new(
-            format!("{key}.window"),
-            "must be at most 366 days",
-        ));
+
+    // Which of window, period and burst the algorithm reads.
+    let uses_window = matches!(
+        spec.algorithm,
+        LimitAlgorithm::Gcra | LimitAlgorithm::SlidingWindow
+    );
+    match (uses_window, spec.window) {
+        (true, None) => reject(
+            "window",
+            format!("`algorithm: {algorithm}` needs a `window`, such as `1s`"),
+        ),
+        (true, Some(window)) if window < std::time::Duration::from_millis(1) => {
+            reject("window", "must be at least 1ms".into())
+        }
+        (true, Some(window)) if window > MAX_RATE_LIMIT_WINDOW => reject(
+            "window",
+            "must be at most 366 days; use `algorithm: quota` with `period: month` for longer \
+             quotas"
+                .into(),
+        ),
+        (false, Some(_)) => reject(
+            "window",
+            format!("`window` is not read by `algorithm: {algorithm}`"),
+        ),
+        _ => {}
     }
+    match (spec.algorithm, spec.period) {
+        (LimitAlgorithm::Quota, None) => reject(
+            "period",
+            "`algorithm: quota` needs a `period`: day or month".into(),
+        ),
+        (LimitAlgorithm::Quota, Some(_)) | (_, None) => {}
+        (_, Some(_)) => reject(
+            "period",
+            "`period` is only read with `algorithm: quota`".into(),
+        ),
+    }
+    if spec.burst.is_some() && spec.algorithm != LimitAlgorithm::Gcra {
+        reject(
+            "burst",
+            "`burst` is only read with `algorithm: gcra`".into(),
+        );
+    }
+    match (spec.algorithm, spec.lease_ttl) {
+        (LimitAlgorithm::Concurrency, Some(ttl)) if ttl < std::time::Duration::from_secs(1) => {
+            reject("lease_ttl", "must be at least 1s".into())
+        }
+        (LimitAlgorithm::Concurrency, _) | (_, None) => {}
+        (_, Some(_)) => reject(
+            "lease_ttl",
+            "`lease_ttl` is only read with `algorithm: concurrency`".into(),
+        ),
+    }
+
+    // What the limit is keyed by.
     match (spec.by, &spec.header) {
-        (LimitKey::Header, None) => errors.push(KeyError::new(
-            format!("{key}.header"),
-            "`by: header` needs the header name in `header`",
-        )),
+        (LimitKey::Header, None) => reject(
+            "header",
+            "`by: header` needs the header name in `header`".into(),
+        ),
         (LimitKey::Header, Some(name))
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() =>
         {
-            errors.push(KeyError::new(
-                format!("{key}.header"),
-                format!("invalid header name `{name}`"),
-            ))
+            reject("header", format!("invalid header name `{name}`"))
         }
-        (LimitKey::Header, Some(_)) => {}
-        (_, Some(_)) => errors.push(KeyError::new(
-            format!("{key}.header"),
-            "`header` is only read with `by: header`",
-        )),
-        (_, None) => {}
+        (LimitKey::Header, Some(_)) | (_, None) => {}
+        (_, Some(_)) => reject("header", "`header` is only read with `by: header`".into()),
     }
     match (spec.by, &spec.claim) {
-        (LimitKey::Claim, None) => errors.push(KeyError::new(
-            format!("{key}.claim"),
-            "`by: claim` needs the claim name in `claim`",
-        )),
+        (LimitKey::Claim, None) => reject(
+            "claim",
+            "`by: claim` needs the claim name in `claim`, such as `sub`".into(),
+        ),
+        (LimitKey::Claim, Some(claim)) if claim.is_empty() => {
+            reject("claim", "must not be empty".into())
+        }
         (LimitKey::Claim, Some(_)) | (_, None) => {}
-        (_, Some(_)) => errors.push(KeyError::new(
-            format!("{key}.claim"),
-            "`claim` is only read with `by: claim`",
+        (_, Some(_)) => reject("claim", "`claim` is only read with `by: claim`".into()),
+    }
+    for (j, role) in spec.roles.iter().enumerate() {
+        check_name(&mut errors, &format!("{key}.roles[{j}]"), role);
+    }
+
+    // Throttling and the counter backend.
+    if let Some(delay) = &spec.delay {
+        if delay.max.is_zero() {
+            errors.push(KeyError::new(
+                format!("{key}.delay.max"),
+                "must be greater than 0; remove `delay` to reject at once",
+            ));
+        } else if delay.max > MAX_RATE_LIMIT_DELAY {
+            errors.push(KeyError::new(
+                format!("{key}.delay.max"),
+                "must be at most 60s, because a delayed request holds its connection",
+            ));
+        }
+    }
+    match spec.batch {
+        Some(0) => errors.push(KeyError::new(
+            format!("{key}.batch"),
+            "must be greater than 0",
         )),
+        Some(batch) if batch > 1 && spec.backend != CounterBackend::Redis => {
+            errors.push(KeyError::new(
+                format!("{key}.batch"),
+                "`batch` applies to `backend: redis` only",
+            ))
+        }
+        Some(batch) if batch > 1 && spec.algorithm == LimitAlgorithm::Concurrency => {
+            errors.push(KeyError::new(
+                format!("{key}.batch"),
+                "`batch` does not apply to `algorithm: concurrency`, whose slots are returned one by one",
+            ))
+        }
+        Some(batch) if batch > spec.limit => errors.push(KeyError::new(
+            format!("{key}.batch"),
+            format!("must be at most `limit` ({})", spec.limit),
+        )),
+        _ => {}
+    }
+    errors
+}
+
+/// Checks that every limit with `backend: redis` has a Redis server to use.
+fn validate_redis_backends(config: &Config) -> Vec<KeyError> {
+    if config.redis.is_some() {
+        return Vec::new();
+    }
+    let mut levels: Vec<(String, &[PolicySpec])> = vec![("policies".into(), &config.policies)];
+    for (i, service) in config.entities.services.iter().enumerate() {
+        levels.push((format!("services[{i}].policies"), &service.policies));
+    }
+    for (i, route) in config.entities.routes.iter().enumerate() {
+        levels.push((format!("routes[{i}].policies"), &route.policies));
+    }
+    for (i, consumer) in config.entities.consumers.iter().enumerate() {
+        levels.push((format!("consumers[{i}].policies"), &consumer.policies));
+    }
+    let mut errors = Vec::new();
+    for (at, policies) in levels {
+        for (i, policy) in policies.iter().enumerate() {
+            if let PolicySpec::RateLimit(spec) = policy {
+                if spec.backend == CounterBackend::Redis {
+                    errors.push(KeyError::new(
+                        format!("{at}[{i}].rate-limit.backend"),
+                        "`backend: redis` needs the top-level `redis` key with the server URL",
+                    ));
+                }
+            }
+        }
     }
     errors
 }

@@ -229,6 +229,20 @@ pub struct RedisConfig {
     /// Pub/sub channel on which nodes announce config versions.
     #[serde(default = "default_redis_channel")]
     pub channel: String,
+    /// Prefix of the rate-limit counter keys; nodes that enforce limits together share it.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+    /// Time one counter operation may take before the limit's `on_backend_error` applies.
+    #[serde(default = "default_redis_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_redis_key_prefix() -> String {
+    "portcullis:rl:".into()
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(250)
 }
 
 fn default_redis_channel() -> String {
@@ -644,18 +658,28 @@ pub struct IpRestrictionSpec {
     pub deny: Vec<Cidr>,
 }
 
-/// A rate limit with a burst (GCRA).
+/// A rate limit, quota or concurrency limit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// Instance name; limits with different names apply together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Requests admitted per window.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: LimitAlgorithm,
+    /// Requests admitted per window or period, or requests in flight for `concurrency`.
     pub limit: u64,
-    #[serde(with = "duration")]
-    pub window: Duration,
-    /// Requests that may arrive at once; defaults to `limit`.
+    /// The window of `gcra` and `sliding-window`.
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
+    /// The calendar period of a `quota`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<QuotaPeriod>,
+    /// Requests that may arrive at once under `gcra`; defaults to `limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
     /// What the limit counts by.
@@ -664,12 +688,93 @@ pub struct RateLimitSpec {
     /// Header whose value keys the limit when `by: header`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
-    /// Verified JWT claim whose value keys the limit when `by: claim`.
+    /// JWT claim whose value keys the limit when `by: claim`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+    /// Consumer roles (or plans) the limit applies to; empty means every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Delay a request that is over the limit instead of rejecting it, up to a bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelaySpec>,
+    /// The store of the counters.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub backend: CounterBackend,
+    /// Requests a node takes from Redis at once and then admits locally. With 1, every request
+    /// calls Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u64>,
+    /// The action on a request when the counter backend fails.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_backend_error: BackendErrorAction,
+    /// Time after which Redis drops a concurrency slot that was never released.
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease_ttl: Option<Duration>,
     /// Also send the older `X-RateLimit-*` headers.
     #[serde(default)]
     pub legacy_headers: bool,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// The algorithm of a `rate-limit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitAlgorithm {
+    /// A rate with a burst (generic cell rate algorithm, a token bucket).
+    #[default]
+    Gcra,
+    /// At most `limit` requests in any `window`.
+    SlidingWindow,
+    /// At most `limit` requests per calendar day or month, in UTC.
+    Quota,
+    /// At most `limit` requests in flight.
+    Concurrency,
+}
+
+/// The calendar period of a quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+/// Throttling: how long a request over the limit may wait for capacity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelaySpec {
+    /// Maximum wait. A request that would wait longer is rejected at once.
+    #[serde(with = "duration")]
+    pub max: Duration,
+}
+
+/// The store of a limit's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CounterBackend {
+    /// In this process; each node counts on its own.
+    #[default]
+    Local,
+    /// In the Redis server of the top-level `redis` key, shared by every node.
+    Redis,
+}
+
+/// The action a limit takes on a request when its counter backend fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendErrorAction {
+    /// Admit the request (fail open).
+    #[default]
+    Allow,
+    /// Reject the request with 503 (fail closed).
+    Deny,
 }
 
 /// The quantity a rate limit is keyed by.
@@ -679,6 +784,8 @@ pub enum LimitKey {
     /// The authenticated consumer; requests without one are keyed by client IP.
     #[default]
     Consumer,
+    /// The consumer's role (or plan): all consumers with that role share one counter.
+    Role,
     Route,
     Service,
     Ip,

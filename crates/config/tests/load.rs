@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use portcullis_config::{
-    DeclaredKey, HashedKey, LimitKey, PolicySpec, StoreConfig, TlsVersion, load_str,
+    BackendErrorAction, CounterBackend, DeclaredKey, HashedKey, LimitAlgorithm, LimitKey,
+    PolicySpec, StoreConfig, TlsVersion, load_str,
 };
 
 const ISSUE_EXAMPLE: &str = r#"
@@ -75,7 +76,7 @@ fn documented_example_loads() {
     match &service.policies[1] {
         PolicySpec::RateLimit(limit) => {
             assert_eq!(limit.limit, 5);
-            assert_eq!(limit.window, std::time::Duration::from_secs(1));
+            assert_eq!(limit.window, Some(std::time::Duration::from_secs(1)));
             assert_eq!(limit.by, LimitKey::Consumer);
         }
         other => panic!("expected a rate limit, got {other:?}"),
@@ -515,4 +516,133 @@ fn jwt_secret_variable_must_be_set() {
         "{message}"
     );
     assert!(message.contains("is not set"), "{message}");
+}
+
+#[test]
+fn rate_limit_algorithm_fields_are_checked() {
+    for (policy, field, expected) in [
+        ("{ limit: 5 }", "window", "needs a `window`"),
+        (
+            "{ algorithm: quota, limit: 5 }",
+            "period",
+            "needs a `period`",
+        ),
+        (
+            "{ algorithm: quota, limit: 5, period: day, window: 1s }",
+            "window",
+            "not read",
+        ),
+        (
+            "{ algorithm: sliding-window, limit: 5, window: 1s, burst: 2 }",
+            "burst",
+            "only read",
+        ),
+        (
+            "{ algorithm: gcra, limit: 5, window: 1s, period: day }",
+            "period",
+            "only read",
+        ),
+        (
+            "{ algorithm: concurrency, limit: 5, window: 1s }",
+            "window",
+            "not read",
+        ),
+        (
+            "{ limit: 5, window: 1s, lease_ttl: 1m }",
+            "lease_ttl",
+            "only read",
+        ),
+        (
+            "{ algorithm: concurrency, limit: 5, lease_ttl: 10ms }",
+            "lease_ttl",
+            "at least 1s",
+        ),
+        (
+            "{ limit: 5, window: 1s, by: claim }",
+            "claim",
+            "needs the claim name",
+        ),
+        (
+            "{ limit: 5, window: 1s, claim: sub }",
+            "claim",
+            "only read with `by: claim`",
+        ),
+        (
+            "{ limit: 5, window: 1s, roles: [\"a b\"] }",
+            "roles[0]",
+            "invalid name",
+        ),
+        (
+            "{ limit: 5, window: 1s, delay: { max: 0s } }",
+            "delay.max",
+            "greater than 0",
+        ),
+        (
+            "{ limit: 5, window: 1s, delay: { max: 2m } }",
+            "delay.max",
+            "at most 60s",
+        ),
+        (
+            "{ limit: 5, window: 1s, batch: 10 }",
+            "batch",
+            "`backend: redis` only",
+        ),
+        (
+            "{ limit: 5, window: 1s, backend: redis }",
+            "backend",
+            "top-level `redis`",
+        ),
+    ] {
+        let source = format!("policies:\n  - rate-limit: {policy}\n");
+        let message = first_error(&source);
+        assert!(
+            message.contains(&format!("key `policies[0].rate-limit.{field}`")),
+            "{policy}: {message}"
+        );
+        assert!(message.contains(expected), "{policy}: {message}");
+    }
+}
+
+#[test]
+fn rate_limit_error_names_line_of_the_key() {
+    let source = "redis:\n  url: redis://127.0.0.1:6379\nservices:\n  - name: a\n    targets: [http://127.0.0.1:1]\n    policies:\n      - rate-limit:\n          limit: 10\n          window: 1s\n          backend: redis\n          batch: 20\n";
+    let message = first_error(source);
+    assert!(
+        message.starts_with(
+            "/etc/portcullis/gateway.yaml:11: key `services[0].policies[0].rate-limit.batch`"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("at most `limit` (10)"), "{message}");
+}
+
+#[test]
+fn rate_limit_full_spec_loads() {
+    let source = r#"
+redis: { url: "redis://127.0.0.1:6379", key_prefix: "gw:", timeout: 100ms }
+policies:
+  - rate-limit: { name: plan, roles: [gold], algorithm: sliding-window, limit: 100, window: 1m, by: role, backend: redis, batch: 10, on_backend_error: deny, delay: { max: 250ms } }
+  - rate-limit: { name: monthly, algorithm: quota, period: month, limit: 10000, by: claim, claim: sub }
+  - rate-limit: { name: parallel, algorithm: concurrency, limit: 8, lease_ttl: 2m, by: ip }
+"#;
+    let config = load_str(source, None, &env).unwrap();
+    let redis = config.redis.unwrap();
+    assert_eq!(redis.key_prefix, "gw:");
+    assert_eq!(redis.timeout, std::time::Duration::from_millis(100));
+    assert_eq!(config.policies.len(), 3);
+    let PolicySpec::RateLimit(plan) = &config.policies[0] else {
+        panic!("a rate-limit");
+    };
+    assert_eq!(plan.algorithm, LimitAlgorithm::SlidingWindow);
+    assert_eq!(plan.backend, CounterBackend::Redis);
+    assert_eq!(plan.on_backend_error, BackendErrorAction::Deny);
+    assert_eq!(plan.batch, Some(10));
+    assert_eq!(
+        plan.delay.as_ref().map(|delay| delay.max),
+        Some(std::time::Duration::from_millis(250))
+    );
+    // What the store keeps must read back the same.
+    let json = serde_json::to_string(&config.policies).unwrap();
+    let back: Vec<PolicySpec> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, config.policies);
 }

@@ -9,10 +9,10 @@ use anyhow::Context;
 use portcullis_admin::AdminState;
 use portcullis_config::{Config, LogFormat};
 use portcullis_control::ControlPlane;
-use portcullis_policy::rate_limit::MemoryCounters;
+use portcullis_policy::rate_limit::{Counters, MemoryCounters, RedisCounters, RedisSettings};
 use portcullis_proxy::access_log::AccessLog;
 use portcullis_proxy::metrics::Metrics;
-use portcullis_proxy::policies::{MonotonicClock, PolicyContext};
+use portcullis_proxy::policies::{PolicyContext, SystemClock};
 use portcullis_proxy::server::{self, ConnectionSettings, ConnectionTracker, Listener};
 use portcullis_proxy::service::Proxy;
 use portcullis_proxy::tls::CertificateResolver;
@@ -87,11 +87,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let policy = PolicyContext {
-        counters: MemoryCounters::new(),
-        clock: Arc::new(MonotonicClock::default()),
-        jwks: Arc::default(),
-    };
+    let policy = policy_context(&config, &metrics).await?;
     let control = ControlPlane::start(config.clone(), store, metrics.clone(), policy)
         .await
         .context("cannot load the configuration")?;
@@ -235,6 +231,32 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     control.flush_key_usage().await;
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// Builds the counters and clock that policies use: in-memory counters always, and Redis
+/// counters when the file has a `redis` key. An unreachable Redis does not stop the start.
+async fn policy_context(config: &Config, metrics: &Metrics) -> anyhow::Result<PolicyContext> {
+    let shared_counters = match &config.redis {
+        Some(redis) => {
+            let settings = RedisSettings {
+                url: redis.url.clone(),
+                key_prefix: redis.key_prefix.clone(),
+                timeout: redis.timeout,
+            };
+            let counters = RedisCounters::connect(settings)
+                .await
+                .context("cannot set up the Redis rate-limit counters")?;
+            Some(counters as Arc<dyn Counters>)
+        }
+        None => None,
+    };
+    Ok(PolicyContext {
+        counters: MemoryCounters::new(),
+        shared_counters,
+        clock: Arc::new(SystemClock::default()),
+        jwks: Arc::default(),
+        backend_errors: metrics.rate_limit_backend_errors.clone(),
+    })
 }
 
 /// Starts the feeds that tell this node about writes made through other nodes: PostgreSQL

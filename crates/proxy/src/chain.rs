@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
+use portcullis_policy::rate_limit::Lease;
+
 use crate::canonical::CanonicalRequest;
 use crate::error::Rejection;
 use crate::snapshot::{CompiledRoute, ConsumerInfo, Snapshot};
@@ -57,6 +59,9 @@ pub struct Exchange<'r> {
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Headers to add to the response, such as rate-limit state.
     pub response_headers: HeaderMap,
+    /// Concurrency-limit slots held by this request, returned when the response body ends or
+    /// the client goes away.
+    pub leases: Vec<Lease>,
 }
 
 /// A boxed future returned by [`Policy::on_request`].

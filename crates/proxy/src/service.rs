@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, request};
 use hyper::body::Incoming;
+use portcullis_policy::rate_limit::Lease;
 use rand::Rng;
 
 use crate::access_log::{AccessLog, AccessRecord};
@@ -57,6 +58,8 @@ struct Trace {
     credential_id: Option<Arc<str>>,
     upstream_addr: Option<Arc<str>>,
     upstream_latency: Option<Duration>,
+    /// Concurrency-limit slots, held until the response body ends.
+    leases: Vec<Lease>,
 }
 
 impl Proxy {
@@ -145,6 +148,7 @@ impl Proxy {
             started,
             stats,
             upstream_latency: trace.upstream_latency,
+            leases: trace.leases,
         }));
         response
     }
@@ -227,8 +231,10 @@ impl Proxy {
             credential_roles: Vec::new(),
             claims: None,
             response_headers: HeaderMap::new(),
+            leases: Vec::new(),
         };
         let chain_result = chain::run(&mut exchange).await;
+        trace.leases = std::mem::take(&mut exchange.leases);
         let consumer = exchange.consumer.take();
         let credential_id = exchange.credential_id.take();
         let response_headers = std::mem::take(&mut exchange.response_headers);
@@ -486,6 +492,8 @@ struct LogOnComplete {
     started: Instant,
     stats: Arc<BodyStats>,
     upstream_latency: Option<Duration>,
+    /// Returned to their counters when this is dropped, at the end of the response body.
+    leases: Vec<Lease>,
 }
 
 impl Completion for LogOnComplete {
@@ -496,7 +504,9 @@ impl Completion for LogOnComplete {
             started,
             stats,
             upstream_latency,
+            leases,
         } = *self;
+        drop(leases);
         let elapsed = started.elapsed();
         let route = Name(record.route.clone().unwrap_or_else(|| Arc::from("")));
         let metrics = &proxy.metrics;

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use portcullis_config::{
-    ConsumerSpec, DeclaredKey, Entities, KeyAuthSpec, LimitKey, PathMatch, PolicySpec,
-    RateLimitSpec, RouteSpec, ServiceSpec, UpstreamTimeouts,
+    BackendErrorAction, ConsumerSpec, CounterBackend, DeclaredKey, DelaySpec, Entities,
+    KeyAuthSpec, LimitAlgorithm, LimitKey, PathMatch, PolicySpec, RateLimitSpec, RouteSpec,
+    ServiceSpec, UpstreamTimeouts,
 };
 use portcullis_store::{ApiKeyRecord, PostgresStore, SqliteStore, Store, StoreError, StoreState};
 use sqlx::Connection;
@@ -304,12 +305,22 @@ fn service(name: &str, target: &str) -> ServiceSpec {
         preserve_host: false,
         policies: vec![PolicySpec::RateLimit(RateLimitSpec {
             name: Some("per-consumer".to_owned()),
+            algorithm: LimitAlgorithm::Gcra,
             limit: 10,
-            window: Duration::from_secs(1),
+            window: Some(Duration::from_secs(1)),
+            period: None,
             burst: Some(20),
             by: LimitKey::Consumer,
             header: None,
             claim: None,
+            roles: vec!["gold".to_owned()],
+            delay: Some(DelaySpec {
+                max: Duration::from_millis(500),
+            }),
+            backend: CounterBackend::Redis,
+            batch: Some(10),
+            on_backend_error: BackendErrorAction::Deny,
+            lease_ttl: None,
             legacy_headers: true,
         })],
     }

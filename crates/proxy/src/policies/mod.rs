@@ -9,39 +9,66 @@ pub mod rate_limit;
 use std::sync::Arc;
 
 use portcullis_config::PolicySpec;
-use portcullis_policy::rate_limit::Counters;
+use portcullis_policy::rate_limit::{Counters, MemoryCounters};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::chain::ChainEntry;
 use crate::jwks::JwksRegistry;
+use crate::metrics::BackendErrorLabels;
 
 /// What an adapter needs from outside its spec when it is built.
 #[derive(Clone)]
 pub struct PolicyContext {
+    /// Counters of limits with `backend: local`.
     pub counters: Arc<dyn Counters>,
+    /// Counters of limits with `backend: redis`, when the node has a `redis` key.
+    pub shared_counters: Option<Arc<dyn Counters>>,
     pub clock: Arc<dyn Clock>,
     /// JWK Set sources, kept across snapshots so that reloads keep the cached keys.
     pub jwks: Arc<JwksRegistry>,
+    /// `portcullis_rate_limit_backend_errors`, shared with the metrics registry.
+    pub backend_errors: Family<BackendErrorLabels, Counter>,
 }
 
-/// Monotonic time for policies, injectable in tests.
+impl PolicyContext {
+    /// Returns a context with in-memory counters and the system clock, and no Redis.
+    pub fn local() -> Self {
+        PolicyContext {
+            counters: MemoryCounters::new(),
+            shared_counters: None,
+            clock: Arc::new(SystemClock::default()),
+            jwks: Arc::default(),
+            backend_errors: Family::default(),
+        }
+    }
+}
+
+/// Wall-clock time for policies, injectable in tests.
 pub trait Clock: Send + Sync + 'static {
-    /// Returns nanoseconds since an arbitrary fixed origin.
+    /// Returns nanoseconds since the Unix epoch (UTC). Successive calls never go back.
     fn now_nanos(&self) -> u64;
 }
 
-/// The process clock: nanoseconds since the first call.
+/// The process clock: the system time read once, advanced by the monotonic clock, so that
+/// quotas align to the UTC calendar and a step of the system clock does not move counters.
 #[derive(Debug, Default)]
-pub struct MonotonicClock {
-    origin: std::sync::OnceLock<std::time::Instant>,
+pub struct SystemClock {
+    origin: std::sync::OnceLock<(std::time::Instant, u64)>,
 }
 
-impl Clock for MonotonicClock {
+impl Clock for SystemClock {
     fn now_nanos(&self) -> u64 {
-        let origin = self.origin.get_or_init(std::time::Instant::now);
-        // Offset by one second so that no real instant is zero.
-        u64::try_from(origin.elapsed().as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1_000_000_000)
+        let (instant, unix) = self.origin.get_or_init(|| {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+                });
+            (std::time::Instant::now(), unix)
+        });
+        let elapsed = u64::try_from(instant.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        unix.saturating_add(elapsed)
     }
 }
 

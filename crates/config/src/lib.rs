@@ -7,6 +7,7 @@
 mod duration;
 mod load;
 pub mod model;
+pub mod upstream;
 mod yaml;
 
 pub use load::{
@@ -15,4 +16,5 @@ pub use load::{
     validate_service_fields,
 };
 pub use model::*;
+pub use upstream::*;
 pub use yaml::LineIndex;

@@ -7,3 +7,4 @@
 
 pub mod api_key;
 pub mod rate_limit;
+pub mod upstream;

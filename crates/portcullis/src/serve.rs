@@ -112,6 +112,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     let settings = ConnectionSettings {
         timeouts: config.timeouts.clone(),
         limits: config.limits.clone(),
+        http2: config.http2.clone(),
     };
 
     let mut proxy_addrs: Vec<SocketAddr> = Vec::new();

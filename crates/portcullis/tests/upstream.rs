@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Gateway, TestUpstream, admin, client, error_body, metric, node_config, wait_until};
@@ -215,6 +217,27 @@ async fn stopped_target_is_taken_out_and_returns() {
             "request {sent} ({method}) failed while a target was down"
         );
     };
+    // Background load from four concurrent clients runs through the whole test, so b stops and
+    // restarts with requests in flight.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let url = gateway.url("/load");
+        let stop_load = stop_load.clone();
+        load.push(tokio::spawn(async move {
+            let client = common::client();
+            let (mut served, mut failed) = (0u64, Vec::new());
+            while !stop_load.load(Ordering::Relaxed) {
+                match client.get(&url).send().await {
+                    Ok(response) if response.status() == 200 => served += 1,
+                    Ok(response) => failed.push(response.status().to_string()),
+                    Err(error) => failed.push(error.to_string()),
+                }
+            }
+            (served, failed)
+        }));
+    }
+
     for _ in 0..10 {
         send(Method::GET).await;
     }
@@ -265,6 +288,19 @@ async fn stopped_target_is_taken_out_and_returns() {
         send(Method::GET).await;
     }
     assert!(b.hits() > stopped_at, "b got no traffic after it came back");
+
+    stop_load.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for task in load {
+        let (task_served, failed) = task.await.unwrap();
+        assert!(failed.is_empty(), "background requests failed: {failed:?}");
+        served += task_served;
+    }
+    assert!(served > 0, "the background load sent nothing");
+    eprintln!(
+        "stopped target: {served} background requests served, b got {} requests",
+        b.hits()
+    );
     let log = gateway.stderr();
     assert!(
         log.contains("upstream target taken out of service"),

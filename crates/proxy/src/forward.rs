@@ -140,6 +140,8 @@ pub(crate) async fn forward(
             request.stats,
         )
         .await;
+        // NOTE: bodies stream through unbuffered, so a PUT or DELETE whose body reached the
+        // upstream is not retried even though the method is idempotent.
         let can_retry = log.retries < service.retry_attempts && request.body.is_replayable();
         match result {
             Ok(forwarded) => {

@@ -448,6 +448,8 @@ impl TargetRegistry {
             }
         };
         // Forget targets that no snapshot uses any more, and their metric series.
+        // NOTE: this runs only while a snapshot is built, so the series of a removed target stay
+        // in `/metrics` until the next build after the last snapshot that used it is dropped.
         states.retain(|(service, url), state| {
             let alive = state.strong_count() > 0;
             if !alive {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, TestUpstream, admin, client, error_body, metric, node_config, wait_until};
+use common::{
+    Gateway, TestUpstream, admin, client, error_body, metric, metrics_text, node_config, wait_until,
+};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -546,4 +548,38 @@ async fn service_health_of_unknown_service_is_404() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401, "the endpoint needs the admin token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_target_leaves_health_and_metrics() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let two = config(&format!("    targets: [{}, {}]", a.url(), b.url()));
+    let gateway = Gateway::start(&two);
+    let series = |target: &TestUpstream| {
+        format!(
+            "portcullis_upstream_target_healthy{{service=\"api\",target=\"{}\"}}",
+            target.url()
+        )
+    };
+    let text = || metrics_text(&gateway);
+    assert!(text().await.contains(&series(&b)));
+
+    let one = config(&format!("    targets: [{}]", a.url()));
+    std::fs::write(&gateway.config_path, one).unwrap();
+    let response = admin(&client(), Method::POST, &gateway, "/config/reload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let health = service_health(&gateway).await;
+    assert_eq!(health["targets"].as_array().unwrap().len(), 1, "{health}");
+    wait_until(
+        Duration::from_secs(5),
+        "b's metric series to go",
+        || async { !text().await.contains(&series(&b)) },
+    )
+    .await;
+    assert!(text().await.contains(&series(&a)));
+    assert_eq!(count(&bodies(&gateway, "/x", 4).await, "a"), 4);
 }

@@ -119,17 +119,14 @@ impl Balancer {
     /// Starts an attempt on the next target. Targets in `tried` are skipped while any other
     /// target is available, so a retry goes elsewhere when it can.
     pub fn select(&self, hash: Option<u64>, tried: &[usize]) -> Result<Attempt, Unavailable> {
-        let healthy: Vec<bool> = self
+        let (healthy, mut available): (Vec<bool>, Vec<bool>) = self
             .targets
             .iter()
-            .map(|target| target.is_healthy())
-            .collect();
-        let mut available: Vec<bool> = self
-            .targets
-            .iter()
-            .zip(&healthy)
-            .map(|(target, healthy)| *healthy && target.circuit_allows())
-            .collect();
+            .map(|target| {
+                let (healthy, circuit_allows) = target.availability();
+                (healthy, healthy && circuit_allows)
+            })
+            .unzip();
         loop {
             let untried = |index: usize| available[index] && !tried.contains(&index);
             let any_untried = (0..self.targets.len()).any(untried);

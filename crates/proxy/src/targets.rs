@@ -66,6 +66,29 @@ pub struct TargetState {
     clock: Arc<dyn Clock>,
     healthy_gauge: Gauge,
     circuit_gauge: Gauge,
+    table: Arc<StateTable>,
+}
+
+impl Drop for TargetState {
+    /// Forgets the target and its metric series once no snapshot uses it.
+    fn drop(&mut self) {
+        let key = (self.service.to_string(), self.url.to_string());
+        let mut states = self.table.lock();
+        // A later snapshot may have created a new state for the same target after this one's
+        // last reference went away. That state owns the entry and the series now.
+        if states
+            .get(&key)
+            .is_some_and(|state| state.upgrade().is_none())
+        {
+            states.remove(&key);
+            let labels = TargetLabels {
+                service: Name(self.service.clone()),
+                target: Name(self.url.clone()),
+            };
+            self.table.metrics.target_healthy.remove(&labels);
+            self.table.metrics.target_circuit_state.remove(&labels);
+        }
+    }
 }
 
 impl TargetState {
@@ -116,32 +139,27 @@ impl TargetState {
         &self.clock
     }
 
-    /// Returns the requests sent to this target whose response has not ended yet.
+    /// Returns the number of requests sent to this target whose response has not ended yet.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Returns whether health checks keep the target in service, ending an expired passive
-    /// ejection on the way.
-    pub fn is_healthy(&self) -> bool {
+    /// Returns whether health checks keep the target in service, and whether its circuit
+    /// would let a request through now. An expired passive ejection ends here.
+    pub fn availability(&self) -> (bool, bool) {
         let now = self.clock.now_nanos();
         let mut models = self.models();
         let settings = models.settings.health;
         let (healthy, transition) = models.health.poll(&settings, now);
+        let circuit_allows = models
+            .breaker
+            .as_ref()
+            .is_none_or(|breaker| breaker.would_allow(now));
         drop(models);
         if let Some(transition) = transition {
             self.report_health(transition);
         }
-        healthy
-    }
-
-    /// Returns whether the circuit breaker would let a request through now.
-    pub fn circuit_allows(&self) -> bool {
-        let now = self.clock.now_nanos();
-        self.models()
-            .breaker
-            .as_ref()
-            .is_none_or(|breaker| breaker.would_allow(now))
+        (healthy, circuit_allows)
     }
 
     /// Starts an attempt on this target: takes a circuit-breaker slot and counts the request in
@@ -245,7 +263,7 @@ impl TargetState {
                 tracing::warn!(service.name = %self.service, upstream.target = %self.url, "circuit opened")
             }
             CircuitState::HalfOpen => {
-                tracing::info!(service.name = %self.service, upstream.target = %self.url, "circuit half-open; sending trial requests")
+                tracing::info!(service.name = %self.service, upstream.target = %self.url, "circuit half-open, sending trial requests")
             }
             CircuitState::Closed => {
                 tracing::info!(service.name = %self.service, upstream.target = %self.url, "circuit closed")
@@ -303,7 +321,7 @@ pub struct TargetReport {
     pub unhealthy_cause: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unhealthy_for_ms: Option<u64>,
-    /// `closed`, `open` or `half_open`; absent without a circuit breaker.
+    /// `closed`, `open` or `half_open`. Absent without a circuit breaker.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub circuit: Option<&'static str>,
     pub in_flight: u64,
@@ -362,9 +380,24 @@ impl Drop for InFlight {
 
 type StateKey = (String, String);
 
+/// The live target states by service and URL, shared by the registry and the states, which
+/// remove themselves when dropped.
+struct StateTable {
+    states: Mutex<HashMap<StateKey, Weak<TargetState>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl StateTable {
+    fn lock(&self) -> MutexGuard<'_, HashMap<StateKey, Weak<TargetState>>> {
+        self.states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// The target states and retry budgets of every service, kept across snapshots.
 pub struct TargetRegistry {
-    states: Mutex<HashMap<StateKey, Weak<TargetState>>>,
+    table: Arc<StateTable>,
     budgets: Mutex<HashMap<String, Weak<Mutex<RetryBudget>>>>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
@@ -382,7 +415,10 @@ impl TargetRegistry {
             .pool_max_idle_per_host(1)
             .build(connector);
         TargetRegistry {
-            states: Mutex::new(HashMap::new()),
+            table: Arc::new(StateTable {
+                states: Mutex::new(HashMap::new()),
+                metrics: metrics.clone(),
+            }),
             budgets: Mutex::new(HashMap::new()),
             metrics,
             clock,
@@ -405,10 +441,8 @@ impl TargetRegistry {
         weight: u32,
     ) -> Arc<TargetState> {
         let key = (spec.name.clone(), url.to_string());
-        let mut states = self
-            .states
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // No state is dropped while this lock is held, because its `Drop` takes the same lock.
+        let mut states = self.table.lock();
         let existing = states.get(&key).and_then(Weak::upgrade);
         let state = match existing {
             Some(state) => {
@@ -442,26 +476,12 @@ impl TargetRegistry {
                     clock: self.clock.clone(),
                     healthy_gauge,
                     circuit_gauge,
+                    table: self.table.clone(),
                 });
                 states.insert(key, Arc::downgrade(&state));
                 state
             }
         };
-        // Forget targets that no snapshot uses any more, and their metric series.
-        // NOTE: this runs only while a snapshot is built, so the series of a removed target stay
-        // in `/metrics` until the next build after the last snapshot that used it is dropped.
-        states.retain(|(service, url), state| {
-            let alive = state.strong_count() > 0;
-            if !alive {
-                let labels = TargetLabels {
-                    service: Name(service.as_str().into()),
-                    target: Name(url.as_str().into()),
-                };
-                self.metrics.target_healthy.remove(&labels);
-                self.metrics.target_circuit_state.remove(&labels);
-            }
-            alive
-        });
         drop(states);
 
         state.apply(spec);

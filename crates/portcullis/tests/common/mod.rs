@@ -407,18 +407,24 @@ async fn answer(
     Ok(response)
 }
 
-/// Returns the value of the metric sample whose line starts with `prefix`, such as
-/// `portcullis_upstream_retries_total{service="api"}`, or 0 when there is none.
-pub async fn metric(gateway: &Gateway, prefix: &str) -> f64 {
-    let text = client()
+/// Returns the text that `/metrics` serves.
+pub async fn metrics_text(gateway: &Gateway) -> String {
+    client()
         .get(gateway.admin_url("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// Returns the value of the metric sample whose line starts with `prefix`, such as
+/// `portcullis_upstream_retries_total{service="api"}`, or 0 when there is none.
+pub async fn metric(gateway: &Gateway, prefix: &str) -> f64 {
+    metrics_text(gateway)
+        .await
+        .lines()
         .find(|line| line.starts_with(prefix))
         .and_then(|line| line.rsplit(' ').next())
         .map_or(0.0, |value| value.parse().unwrap())

@@ -583,3 +583,105 @@ async fn removed_target_leaves_health_and_metrics() {
     assert!(text().await.contains(&series(&a)));
     assert_eq!(count(&bodies(&gateway, "/x", 4).await, "a"), 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_post_is_retried_with_body() {
+    let echo = common::upstream().await;
+    let closed = common::closed_port();
+    let gateway = Gateway::start(&config(&format!(
+        "    targets: [http://{closed}, http://{echo}]"
+    )));
+    // Round robin starts with the first target, whose port refuses the connection.
+    let response = client()
+        .post(gateway.url("/x"))
+        .header("x-request-id", "post-retry-1")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(echoed["body"], "payload", "the retry lost the body");
+
+    let line = gateway.access_log_line("post-retry-1");
+    assert_eq!(line["retries"], 1);
+    assert_eq!(line["upstream_addr"], echo.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_timeout_is_not_retried() {
+    let slow = TestUpstream::start("slow").await;
+    let other = TestUpstream::start("other").await;
+    let gateway = Gateway::start(&config(&format!(
+        "    targets: [{}, {}]\n    timeouts: {{ response: 300ms }}",
+        slow.url(),
+        other.url()
+    )));
+    let response = client()
+        .get(gateway.url("/slow/2000"))
+        .header("x-request-id", "timeout-1")
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 504).await;
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    assert_eq!(slow.hits(), 1);
+    assert_eq!(other.hits(), 0, "the timed-out request was sent again");
+    let line = gateway.access_log_line("timeout-1");
+    assert!(line.get("retries").is_none(), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_round_trips_upstream_settings() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let gateway = Gateway::start(&config(&format!("    targets: [{}]", a.url())));
+    let client = client();
+    let service = serde_json::json!({
+        "name": "api",
+        "targets": [a.url(), { "url": b.url(), "weight": 3 }],
+        "load_balancing": { "algorithm": "least-connections", "hash_on": "ip" },
+        "health_checks": { "passive": { "unhealthy_threshold": 2, "failure_statuses": [502], "ejection_time": "10s" } },
+        "retries": { "attempts": 1, "on_statuses": [503], "budget": { "ratio": 0.1, "min_per_second": 5, "window": "5s" } },
+        "circuit_breaker": { "consecutive_failures": 4, "min_requests": 20, "window": "10s", "cooldown": "30s", "half_open_requests": 1, "failure_statuses": [500, 502, 503, 504] }
+    });
+    let response = admin(&client, Method::PUT, &gateway, "/services/api")
+        .json(&service)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let stored: Value = admin(&client, Method::GET, &gateway, "/services/api")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for key in [
+        "targets",
+        "load_balancing",
+        "health_checks",
+        "retries",
+        "circuit_breaker",
+    ] {
+        assert_eq!(stored[key], service[key], "{key} changed: {stored}");
+    }
+    let health = service_health(&gateway).await;
+    assert_eq!(health["algorithm"], "least-connections");
+    assert_eq!(health["targets"][1]["weight"], 3);
+    assert_eq!(health["targets"][1]["circuit"], "closed");
+
+    let response = admin(&client, Method::PATCH, &gateway, "/services/api")
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"targets": [{"url": "http://127.0.0.1:1", "weight": 5000}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 400).await;
+    assert_eq!(
+        body["error"]["details"][0]["key"], "targets[0].weight",
+        "{body}"
+    );
+}

@@ -8,6 +8,7 @@ mod duration;
 mod load;
 pub mod model;
 pub mod upstream;
+mod upstream_checks;
 mod yaml;
 
 pub use load::{

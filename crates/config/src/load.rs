@@ -281,7 +281,7 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
             errors.push(KeyError::new(key, "must be greater than 0"));
         }
     }
-    errors.extend(crate::upstream::validate_http2(&config.http2));
+    errors.extend(crate::upstream_checks::validate_http2(&config.http2));
     if let Err(error) = config.log.level.parse::<LevelCheck>() {
         errors.push(KeyError::new("log.level", error));
     }
@@ -399,7 +399,10 @@ pub fn validate_service_fields(at: &str, service: &crate::model::ServiceSpec) ->
             "a service needs at least one target",
         ));
     }
-    errors.extend(crate::upstream::validate_targets(at, &service.targets));
+    errors.extend(crate::upstream_checks::validate_targets(
+        at,
+        &service.targets,
+    ));
     let timeouts = &service.timeouts;
     for (field, value) in [
         ("connect", timeouts.connect),
@@ -412,7 +415,7 @@ pub fn validate_service_fields(at: &str, service: &crate::model::ServiceSpec) ->
             ));
         }
     }
-    errors.extend(crate::upstream::validate_resilience(at, service));
+    errors.extend(crate::upstream_checks::validate_resilience(at, service));
     errors.extend(validate_policies(
         &format!("{at}.policies"),
         &service.policies,

@@ -89,7 +89,9 @@ pub(crate) async fn forward(
                         reason: Name(Arc::from(unavailable.reason())),
                     })
                     .inc();
-                tracing::warn!(service.name = %service.name, reason = unavailable.reason(), "no upstream target is available");
+                // Debug, not warn: during an outage this runs for every request, and the
+                // metric above and the target's own transitions already report it.
+                tracing::debug!(service.name = %service.name, reason = unavailable.reason(), "no upstream target is available");
                 return Err(Rejection::upstream(
                     StatusCode::SERVICE_UNAVAILABLE,
                     unavailable.code(),

@@ -15,6 +15,7 @@ pub mod canonical;
 pub mod chain;
 pub mod error;
 mod forward;
+mod health_check;
 pub mod metrics;
 pub mod policies;
 pub mod router;

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -62,7 +61,7 @@ pub struct TargetState {
     weight: AtomicU32,
     in_flight: AtomicU64,
     models: Mutex<Models>,
-    probe_running: AtomicBool,
+    pub(crate) probe_running: AtomicBool,
     clock: Arc<dyn Clock>,
     healthy_gauge: Gauge,
     circuit_gauge: Gauge,
@@ -228,7 +227,7 @@ impl TargetState {
         }
     }
 
-    fn record_probe(&self, success: bool) {
+    pub(crate) fn record_probe(&self, success: bool) {
         let now = self.clock.now_nanos();
         let mut models = self.models();
         let settings = models.settings.health;
@@ -239,7 +238,7 @@ impl TargetState {
         }
     }
 
-    fn active_check(&self) -> Option<ActiveHealthCheckSpec> {
+    pub(crate) fn active_check(&self) -> Option<ActiveHealthCheckSpec> {
         self.models().settings.active.clone()
     }
 
@@ -525,74 +524,6 @@ impl TargetRegistry {
         }
         let weak = Arc::downgrade(state);
         let client = self.probe_client.clone();
-        runtime.spawn(run_probes(weak, client));
-    }
-}
-
-/// Probes one target until its state is dropped or its service loses the active check.
-async fn run_probes(state: Weak<TargetState>, client: Client<HttpConnector, Empty<Bytes>>) {
-    loop {
-        let interval = {
-            let Some(state) = state.upgrade() else {
-                return;
-            };
-            let Some(check) = state.active_check() else {
-                state.probe_running.store(false, Ordering::Release);
-                return;
-            };
-            let success = probe(&client, &state, &check).await;
-            state.record_probe(success);
-            check.interval
-        };
-        tokio::time::sleep(interval).await;
-    }
-}
-
-/// Sends one health-check request and returns whether the target passed.
-async fn probe(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    state: &TargetState,
-    check: &ActiveHealthCheckSpec,
-) -> bool {
-    let target = &state.target;
-    let uri = match target.uri(&check.path, None) {
-        Ok(uri) => uri,
-        Err(_) => {
-            tracing::warn!(service.name = %state.service, upstream.target = %state.url, path = %check.path, "cannot build the health-check URI");
-            return false;
-        }
-    };
-    let request = Request::get(uri)
-        .header(header::HOST, target.host_header.clone())
-        .header(header::USER_AGENT, "portcullis-health-check")
-        .body(Empty::new());
-    let request = match request {
-        Ok(request) => request,
-        Err(error) => {
-            tracing::warn!(service.name = %state.service, upstream.target = %state.url, %error, "cannot build the health-check request");
-            return false;
-        }
-    };
-    match tokio::time::timeout(check.timeout, client.request(request)).await {
-        Ok(Ok(response)) => {
-            let status = response.status().as_u16();
-            let passed = if check.expected_statuses.is_empty() {
-                (200..400).contains(&status)
-            } else {
-                check.expected_statuses.contains(&status)
-            };
-            if !passed {
-                tracing::debug!(service.name = %state.service, upstream.target = %state.url, status, "health check got an unexpected status");
-            }
-            passed
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(service.name = %state.service, upstream.target = %state.url, %error, "health check failed");
-            false
-        }
-        Err(_) => {
-            tracing::debug!(service.name = %state.service, upstream.target = %state.url, timeout_ms = check.timeout.as_millis() as u64, "health check timed out");
-            false
-        }
+        runtime.spawn(crate::health_check::run_probes(weak, client));
     }
 }

@@ -14,6 +14,7 @@ mod error;
 mod keys;
 mod openapi;
 mod ops;
+mod upstreams;
 
 use std::sync::Arc;
 
@@ -57,6 +58,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/consumers/{name}/keys/{id}",
             get(keys::get_key).delete(keys::revoke_key),
         )
+        .route("/services/{name}/health", get(upstreams::service_health))
         .route("/config/reload", axum::routing::post(ops::reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -147,6 +147,22 @@ fn build() -> Value {
         }),
     );
     paths.insert(
+        "/services/{name}/health".into(),
+        json!({
+            "parameters": [name_parameter("service")],
+            "get": {
+                "summary": "Read the health of a service's targets as this node sees them",
+                "description": "Each node runs its own health checks and circuit breakers, so nodes of a cluster may differ.",
+                "operationId": "get_service_health",
+                "responses": {
+                    "200": json_response("Health, circuit state and load of each target", schema_ref("ServiceHealth")),
+                    "401": error_response("Missing or invalid admin token"),
+                    "404": error_response("No such service")
+                }
+            }
+        }),
+    );
+    paths.insert(
         "/config/reload".into(),
         json!({ "post": {
             "summary": "Re-read the configuration file, as SIGHUP does",
@@ -216,10 +232,112 @@ fn schemas() -> Value {
             "required": ["name", "targets"],
             "properties": {
                 "name": { "type": "string" },
-                "targets": { "type": "array", "items": { "type": "string", "format": "uri" }, "minItems": 1 },
+                "targets": { "type": "array", "minItems": 1, "items": { "oneOf": [
+                    { "type": "string", "format": "uri", "description": "A target with weight 1" },
+                    { "type": "object", "required": ["url"], "additionalProperties": false, "properties": {
+                        "url": { "type": "string", "format": "uri" },
+                        "weight": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 1 }
+                    } }
+                ] } },
+                "load_balancing": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "algorithm": { "type": "string", "enum": ["round-robin", "least-connections", "consistent-hash"], "default": "round-robin" },
+                        "hash_on": { "type": "string", "enum": ["ip", "header", "consumer", "path"], "default": "ip" },
+                        "hash_header": { "type": "string" }
+                    }
+                },
                 "timeouts": { "type": "object", "properties": { "connect": duration, "response": duration, "idle": duration } },
                 "preserve_host": { "type": "boolean", "default": false },
+                "health_checks": schema_ref("HealthChecks"),
+                "retries": schema_ref("Retries"),
+                "circuit_breaker": schema_ref("CircuitBreaker"),
                 "policies": { "type": "array", "items": schema_ref("Policy") }
+            }
+        },
+        "HealthChecks": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "active": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "path": { "type": "string", "default": "/" },
+                        "interval": duration,
+                        "timeout": duration,
+                        "healthy_threshold": { "type": "integer", "minimum": 1, "default": 2 },
+                        "unhealthy_threshold": { "type": "integer", "minimum": 1, "default": 3 },
+                        "expected_statuses": { "type": "array", "items": { "type": "integer" }, "description": "Empty means any 2xx or 3xx" }
+                    }
+                },
+                "passive": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "unhealthy_threshold": { "type": "integer", "minimum": 1, "default": 5 },
+                        "failure_statuses": { "type": "array", "items": { "type": "integer" }, "default": [500, 502, 503, 504] },
+                        "ejection_time": duration
+                    }
+                }
+            }
+        },
+        "Retries": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "attempts": { "type": "integer", "minimum": 0, "maximum": 10, "default": 2 },
+                "on_statuses": { "type": "array", "items": { "type": "integer" } },
+                "budget": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "ratio": { "type": "number", "minimum": 0, "maximum": 1, "default": 0.2 },
+                        "min_per_second": { "type": "integer", "minimum": 0, "default": 10 },
+                        "window": duration
+                    }
+                }
+            }
+        },
+        "CircuitBreaker": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "consecutive_failures": { "type": "integer", "minimum": 1, "default": 5 },
+                "failure_ratio": { "type": "number", "exclusiveMinimum": 0, "maximum": 1 },
+                "min_requests": { "type": "integer", "minimum": 1, "default": 20 },
+                "window": duration,
+                "cooldown": duration,
+                "half_open_requests": { "type": "integer", "minimum": 1, "default": 1 },
+                "failure_statuses": { "type": "array", "items": { "type": "integer" }, "default": [500, 502, 503, 504] }
+            }
+        },
+        "ServiceHealth": {
+            "type": "object",
+            "required": ["service", "algorithm", "healthy_targets", "targets"],
+            "properties": {
+                "service": { "type": "string" },
+                "algorithm": { "type": "string", "enum": ["round-robin", "least-connections", "consistent-hash"] },
+                "healthy_targets": { "type": "integer" },
+                "targets": { "type": "array", "items": schema_ref("TargetHealth") }
+            }
+        },
+        "TargetHealth": {
+            "type": "object",
+            "required": ["target", "address", "weight", "health", "in_flight", "probe_successes", "probe_failures", "request_failures"],
+            "properties": {
+                "target": { "type": "string", "description": "The target URL as configured" },
+                "address": { "type": "string", "description": "host:port" },
+                "weight": { "type": "integer" },
+                "health": { "type": "string", "enum": ["healthy", "unhealthy"] },
+                "unhealthy_cause": { "type": "string", "enum": ["active_check", "passive_check"] },
+                "unhealthy_for_ms": { "type": "integer" },
+                "circuit": { "type": "string", "enum": ["closed", "open", "half_open"], "description": "Absent without a circuit breaker" },
+                "in_flight": { "type": "integer", "description": "Requests whose response has not ended" },
+                "probe_successes": { "type": "integer", "description": "Consecutive successful active checks" },
+                "probe_failures": { "type": "integer", "description": "Consecutive failed active checks" },
+                "request_failures": { "type": "integer", "description": "Consecutive failed requests counted by passive checks" }
             }
         },
         "Route": {
@@ -389,9 +507,10 @@ mod tests {
     use super::build;
 
     /// Every path the router serves, in OpenAPI form.
-    const ROUTER_PATHS: [&str; 14] = [
+    const ROUTER_PATHS: [&str; 15] = [
         "/services",
         "/services/{name}",
+        "/services/{name}/health",
         "/routes",
         "/routes/{name}",
         "/consumers",

@@ -30,16 +30,18 @@ pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S:
     serializer.serialize_str(&humantime::format_duration(*duration).to_string())
 }
 
-/// The same for `Option<Duration>`, where a missing key is `None`.
+/// The same for `Option<Duration>`, where a missing key or null is `None`.
 pub mod option {
     use std::time::Duration;
 
-    use serde::{Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Duration>, D::Error> {
-        super::deserialize(deserializer).map(Some)
+        #[derive(Deserialize)]
+        struct Wrapper(#[serde(with = "super")] Duration);
+        Ok(Option::<Wrapper>::deserialize(deserializer)?.map(|Wrapper(duration)| duration))
     }
 
     pub fn serialize<S: Serializer>(

@@ -7,6 +7,8 @@
 mod duration;
 mod load;
 pub mod model;
+pub mod upstream;
+mod upstream_checks;
 mod yaml;
 
 pub use load::{
@@ -15,4 +17,5 @@ pub use load::{
     validate_service_fields,
 };
 pub use model::*;
+pub use upstream::*;
 pub use yaml::LineIndex;

@@ -60,7 +60,7 @@ pub struct KeyError {
 }
 
 impl KeyError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         KeyError {
             key: key.into(),
             message: message.into(),
@@ -320,6 +320,7 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
             errors.push(KeyError::new(key, "must be greater than 0"));
         }
     }
+    errors.extend(crate::upstream_checks::validate_http2(&config.http2));
     if let Err(error) = config.log.level.parse::<LevelCheck>() {
         errors.push(KeyError::new("log.level", error));
     }
@@ -437,11 +438,10 @@ pub fn validate_service_fields(at: &str, service: &crate::model::ServiceSpec) ->
             "a service needs at least one target",
         ));
     }
-    for (j, target) in service.targets.iter().enumerate() {
-        if let Err(message) = check_target(target) {
-            errors.push(KeyError::new(format!("{at}.targets[{j}]"), message));
-        }
-    }
+    errors.extend(crate::upstream_checks::validate_targets(
+        at,
+        &service.targets,
+    ));
     let timeouts = &service.timeouts;
     for (field, value) in [
         ("connect", timeouts.connect),
@@ -454,6 +454,7 @@ pub fn validate_service_fields(at: &str, service: &crate::model::ServiceSpec) ->
             ));
         }
     }
+    errors.extend(crate::upstream_checks::validate_resilience(at, service));
     errors.extend(validate_policies(
         &format!("{at}.policies"),
         &service.policies,
@@ -1028,7 +1029,7 @@ fn check_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
     }
 }
 
-fn check_target(target: &str) -> Result<(), String> {
+pub(crate) fn check_target(target: &str) -> Result<(), String> {
     let uri: http::Uri = target
         .parse()
         .map_err(|_| format!("invalid target URL `{target}`"))?;

@@ -14,6 +14,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::duration;
+use crate::upstream::{
+    CircuitBreakerSpec, HealthChecksSpec, Http2Settings, LoadBalancingSpec, RetrySpec, TargetSpec,
+};
 
 /// A whole configuration file after loading.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +39,8 @@ pub struct Config {
     pub limits: RequestLimits,
     #[serde(default)]
     pub timeouts: ClientTimeouts,
+    #[serde(default)]
+    pub http2: Http2Settings,
     /// How often the node compares the store's config version with the one it serves, which
     /// is how it finds writes made through other nodes when no change message arrives.
     #[serde(default = "default_version_check_interval", with = "duration")]
@@ -391,13 +396,21 @@ impl Default for ClientTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
-    /// Upstream base URLs such as `http://127.0.0.1:9000`, balanced round robin.
-    pub targets: Vec<String>,
+    /// Upstream base URLs such as `http://127.0.0.1:9000`, with optional weights.
+    pub targets: Vec<TargetSpec>,
+    #[serde(default, skip_serializing_if = "LoadBalancingSpec::is_default")]
+    pub load_balancing: LoadBalancingSpec,
     #[serde(default)]
     pub timeouts: UpstreamTimeouts,
     /// Send the client's `Host` upstream instead of the target's.
     #[serde(default)]
     pub preserve_host: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_checks: Option<HealthChecksSpec>,
+    #[serde(default, skip_serializing_if = "RetrySpec::is_default")]
+    pub retries: RetrySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
 }

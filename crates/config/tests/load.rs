@@ -646,3 +646,132 @@ policies:
     let back: Vec<PolicySpec> = serde_json::from_str(&json).unwrap();
     assert_eq!(back, config.policies);
 }
+
+#[test]
+fn upstream_settings_load() {
+    let source = r#"
+http2:
+  max_concurrent_streams: 100
+  max_header_list_size: 32768
+  keep_alive_interval: null
+services:
+  - name: api
+    targets:
+      - http://127.0.0.1:9001
+      - { url: "http://127.0.0.1:9002", weight: 5 }
+    load_balancing: { algorithm: consistent-hash, hash_on: header, hash_header: x-user }
+    health_checks:
+      active: { path: /healthz, interval: 2s, expected_statuses: [200] }
+      passive: { unhealthy_threshold: 3 }
+    retries: { attempts: 1, on_statuses: [503], budget: { ratio: 0.1 } }
+    circuit_breaker: { failure_ratio: 0.5, cooldown: 10s }
+"#;
+    let env = |_: &str| None;
+    let config = load_str(source, None, &env).unwrap();
+    assert_eq!(config.http2.max_concurrent_streams, 100);
+    assert_eq!(config.http2.max_header_list_size, Some(32768));
+    assert_eq!(config.http2.keep_alive_interval, None);
+    let service = &config.entities.services[0];
+    assert_eq!(service.targets[0].weight, 1);
+    assert_eq!(service.targets[1].weight, 5);
+    assert_eq!(
+        service.load_balancing.algorithm,
+        portcullis_config::Algorithm::ConsistentHash
+    );
+    let active = service
+        .health_checks
+        .as_ref()
+        .unwrap()
+        .active
+        .as_ref()
+        .unwrap();
+    assert_eq!(active.path, "/healthz");
+    assert_eq!(
+        active.healthy_threshold, 2,
+        "unset keys keep their defaults"
+    );
+    assert_eq!(service.retries.budget.ratio, 0.1);
+    assert_eq!(service.retries.budget.min_per_second, 10);
+    let breaker = service.circuit_breaker.as_ref().unwrap();
+    assert_eq!(breaker.failure_ratio, Some(0.5));
+    assert_eq!(breaker.consecutive_failures, 5);
+
+    // Weight 1 serialises as the plain URL, so stored services keep their shape.
+    let json = serde_json::to_value(&service.targets).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!(["http://127.0.0.1:9001", { "url": "http://127.0.0.1:9002", "weight": 5 }])
+    );
+}
+
+#[test]
+fn invalid_upstream_settings_name_file_line_and_key() {
+    let cases = [
+        (
+            "    targets: [{ url: \"http://127.0.0.1:1\", weight: 0 }]\n",
+            "gateway.yaml:3: key `services[0].targets[0].weight`",
+        ),
+        (
+            "    targets: [{ url: \"ftp://x\", weight: 2 }]\n",
+            "gateway.yaml:3: key `services[0].targets[0].url`",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1, http://127.0.0.1:1]\n",
+            "key `services[0].targets[1]`: target `http://127.0.0.1:1` is listed twice",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    load_balancing:\n      hash_on: header\n",
+            "gateway.yaml:4: key `services[0].load_balancing.hash_header`",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    load_balancing: { algorithm: random }\n",
+            "key `services[0].load_balancing.algorithm`: unknown variant `random`",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    health_checks:\n      active:\n        path: health\n",
+            "gateway.yaml:6: key `services[0].health_checks.active.path`",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    health_checks:\n      passive:\n        failure_statuses: [700]\n",
+            "key `services[0].health_checks.passive.failure_statuses[0]`: invalid status 700",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    retries:\n      budget:\n        ratio: 1.5\n",
+            "gateway.yaml:6: key `services[0].retries.budget.ratio`",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    retries: { attempts: 11 }\n",
+            "key `services[0].retries.attempts`: must be at most 10",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    circuit_breaker:\n      half_open_requests: 0\n",
+            "gateway.yaml:5: key `services[0].circuit_breaker.half_open_requests`",
+        ),
+        (
+            "    targets: [http://127.0.0.1:1]\n    circuit_breaker: { failure_ratio: 0 }\n",
+            "key `services[0].circuit_breaker.failure_ratio`",
+        ),
+    ];
+    let env = |_: &str| None;
+    for (service, expected) in cases {
+        let source = format!("services:\n  - name: a\n{service}");
+        let errors = load_str(&source, Some(Path::new("gateway.yaml")), &env)
+            .expect_err(&source)
+            .to_string();
+        assert!(errors.contains(expected), "{source}\n{errors}");
+    }
+
+    let source = "http2:\n  max_concurrent_streams: 0\n  max_header_list_size: 10\n";
+    let errors = load_str(source, Some(Path::new("gateway.yaml")), &env)
+        .expect_err(source)
+        .to_string();
+    assert!(
+        errors
+            .contains("gateway.yaml:2: key `http2.max_concurrent_streams`: must be greater than 0"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("gateway.yaml:3: key `http2.max_header_list_size`: must be at least 1024"),
+        "{errors}"
+    );
+}

@@ -21,6 +21,7 @@ use portcullis_policy::api_key::KeyHasher;
 use portcullis_proxy::metrics::Metrics;
 use portcullis_proxy::policies::PolicyContext;
 use portcullis_proxy::snapshot::{self, CompileContext, KeyInput, Snapshot, SnapshotHandle};
+use portcullis_proxy::targets::TargetRegistry;
 use portcullis_proxy::upstream::ClientPool;
 use portcullis_proxy::usage::KeyUsage;
 use portcullis_store::{Store, StoreError, StoreState};
@@ -85,11 +86,13 @@ impl ControlPlane {
             "synced declared entities into the store"
         );
 
+        let targets = Arc::new(TargetRegistry::new(metrics.clone(), policy.clock.clone()));
         let context = CompileContext {
             policy,
             clients: Arc::new(ClientPool::default()),
             key_usage: Arc::new(KeyUsage::default()),
             hasher,
+            targets,
         };
         let state = store.load().await?;
         let first = compile(&config, &state, &context)?;
@@ -236,6 +239,7 @@ impl ControlPlane {
             ("access_log", next.access_log != current.access_log),
             ("log", next.log != current.log),
             ("timeouts", next.timeouts != current.timeouts),
+            ("http2", next.http2 != current.http2),
             ("redis", next.redis != current.redis),
             (
                 "version_check_interval",
@@ -256,6 +260,7 @@ impl ControlPlane {
         next.access_log = current.access_log.clone();
         next.log = current.log.clone();
         next.timeouts = current.timeouts.clone();
+        next.http2 = current.http2.clone();
         next.redis = current.redis.clone();
         next.version_check_interval = current.version_check_interval;
         if next.key_hash_secret != current.key_hash_secret {

@@ -8,3 +8,4 @@
 pub mod api_key;
 pub mod jwt;
 pub mod rate_limit;
+pub mod upstream;

@@ -118,6 +118,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     let settings = ConnectionSettings {
         timeouts: config.timeouts.clone(),
         limits: config.limits.clone(),
+        http2: config.http2.clone(),
     };
 
     let mut proxy_addrs: Vec<SocketAddr> = Vec::new();
@@ -180,10 +181,12 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
             tracing::info!(admin.addr = %admin_addr, token.file = %path.display(), "admin API started; token from the token file")
         }
     }
-    let snapshot = control.snapshot().load();
+    // Only the version is kept, because holding the snapshot would keep its services and target
+    // states alive for as long as the process runs.
+    let version = control.snapshot().load().version;
     tracing::info!(
         config.source = %config.source.as_ref().map_or("embedded default".to_string(), |path| path.display().to_string()),
-        config.version = snapshot.version,
+        config.version = version,
         store.backend = control.store().backend(),
         routes = ?control.config().entities.routes.iter().map(|route| route.name.as_str()).collect::<Vec<_>>(),
         global_policies = ?config.policies.iter().map(|policy| policy.kind()).collect::<Vec<_>>(),

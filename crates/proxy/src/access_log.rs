@@ -38,8 +38,12 @@ pub struct AccessRecord {
     /// Milliseconds waiting for the upstream's response headers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<f64>,
+    /// Address of the last target tried.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_addr: Option<Arc<str>>,
+    /// Upstream attempts after the first.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,6 +59,10 @@ pub struct AccessRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
     pub outcome: Outcome,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// The access-log sink.

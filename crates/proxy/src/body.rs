@@ -7,8 +7,8 @@
 //! access log line is written: only then are the status, the size and the outcome all known.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -109,6 +109,99 @@ impl Body for RequestBody {
             .as_ref()
             .map(Body::size_hint)
             .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// A request body offered to successive upstream attempts until one of them starts sending it.
+///
+/// Each attempt gets an [`AttemptBody`] that takes the client's body out of a shared slot on its
+/// first poll. An attempt that fails before its body was polled (a refused connection, for one)
+/// leaves the body in the slot, so a retry can still send it. A body that was empty from the
+/// start can be sent any number of times.
+pub struct ReplayableBody {
+    slot: Arc<Mutex<Option<RequestBody>>>,
+    empty: bool,
+}
+
+impl ReplayableBody {
+    pub fn new(body: RequestBody) -> Self {
+        let empty = body.is_end_stream();
+        ReplayableBody {
+            slot: Arc::new(Mutex::new(Some(body))),
+            empty,
+        }
+    }
+
+    /// Returns whether another attempt could still send the whole body.
+    pub fn is_replayable(&self) -> bool {
+        self.empty || lock(&self.slot).is_some()
+    }
+
+    /// Returns the body for the next attempt, or `None` when an earlier attempt has started
+    /// sending it.
+    pub fn attempt(&self) -> Option<AttemptBody> {
+        if self.empty {
+            return Some(AttemptBody {
+                slot: None,
+                polled_body: None,
+            });
+        }
+        if lock(&self.slot).is_none() {
+            return None;
+        }
+        Some(AttemptBody {
+            slot: Some(self.slot.clone()),
+            polled_body: None,
+        })
+    }
+}
+
+fn lock(slot: &Mutex<Option<RequestBody>>) -> std::sync::MutexGuard<'_, Option<RequestBody>> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The request body of one upstream attempt, described at [`ReplayableBody`].
+pub struct AttemptBody {
+    /// `None` for a body that was empty from the start.
+    slot: Option<Arc<Mutex<Option<RequestBody>>>>,
+    /// The client's body, which the first poll of this attempt takes out of the slot.
+    polled_body: Option<RequestBody>,
+}
+
+impl Body for AttemptBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.polled_body.is_none() {
+            this.polled_body = this.slot.as_ref().and_then(|slot| lock(slot).take());
+        }
+        match this.polled_body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match (&self.polled_body, &self.slot) {
+            (Some(body), _) => body.is_end_stream(),
+            (None, Some(slot)) => lock(slot).as_ref().is_none_or(Body::is_end_stream),
+            (None, None) => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.polled_body, &self.slot) {
+            (Some(body), _) => body.size_hint(),
+            (None, Some(slot)) => lock(slot)
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
+            (None, None) => SizeHint::with_exact(0),
+        }
     }
 }
 

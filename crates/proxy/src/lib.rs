@@ -9,10 +9,13 @@
 //! control plane, and never calls the store on a request.
 
 pub mod access_log;
+pub mod balancer;
 pub mod body;
 pub mod canonical;
 pub mod chain;
 pub mod error;
+mod forward;
+mod health_check;
 pub mod jwks;
 pub mod metrics;
 pub mod policies;
@@ -20,6 +23,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod snapshot;
+pub mod targets;
 pub mod tls;
 pub mod upstream;
 pub mod usage;

@@ -46,6 +46,25 @@ pub struct BackendErrorLabels {
     pub action: Name,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub service: Name,
+    /// The target URL as configured.
+    pub target: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UnavailableLabels {
+    pub service: Name,
+    /// `unhealthy` or `circuit_open`.
+    pub reason: Name,
+}
+
 /// Latency buckets in seconds, from 100 microseconds to 30 seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -67,6 +86,13 @@ pub struct Metrics {
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
     pub rate_limit_backend_errors: Family<BackendErrorLabels, Counter>,
+    /// 1 while a target is in service, 0 while health checks keep it out.
+    pub target_healthy: Family<TargetLabels, Gauge>,
+    /// 0 closed, 1 half-open, 2 open.
+    pub target_circuit_state: Family<TargetLabels, Gauge>,
+    pub upstream_retries: Family<ServiceLabels, Counter>,
+    pub upstream_retries_denied: Family<ServiceLabels, Counter>,
+    pub upstream_unavailable: Family<UnavailableLabels, Counter>,
 }
 
 impl Metrics {
@@ -82,6 +108,11 @@ impl Metrics {
             config_version: Gauge::default(),
             access_log_dropped: Counter::default(),
             rate_limit_backend_errors: Family::default(),
+            target_healthy: Family::default(),
+            target_circuit_state: Family::default(),
+            upstream_retries: Family::default(),
+            upstream_retries_denied: Family::default(),
+            upstream_unavailable: Family::default(),
         };
         registry.register(
             "portcullis_requests",
@@ -127,6 +158,32 @@ impl Metrics {
             "portcullis_rate_limit_backend_errors",
             "Rate-limit checks whose counter backend failed, by limit name, backend and the action taken",
             metrics.rate_limit_backend_errors.clone(),
+        );
+        registry.register(
+            "portcullis_upstream_target_healthy",
+            "1 while a target is in service, 0 while health checks keep it out",
+            metrics.target_healthy.clone(),
+        );
+        registry.register(
+            "portcullis_upstream_circuit_state",
+            "Circuit state of a target: 0 closed, 1 half-open, 2 open; updated when a request \
+             or probe reaches the target",
+            metrics.target_circuit_state.clone(),
+        );
+        registry.register(
+            "portcullis_upstream_retries",
+            "Upstream attempts that were retries of a failed attempt",
+            metrics.upstream_retries.clone(),
+        );
+        registry.register(
+            "portcullis_upstream_retries_denied",
+            "Retries not made because the service's retry budget was spent",
+            metrics.upstream_retries_denied.clone(),
+        );
+        registry.register(
+            "portcullis_upstream_unavailable",
+            "Requests answered 503 because no target was available, by reason",
+            metrics.upstream_unavailable.clone(),
         );
         Arc::new(metrics)
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use portcullis_config::{ClientTimeouts, ListenerConfig, RequestLimits};
+use portcullis_config::{ClientTimeouts, Http2Settings, ListenerConfig, RequestLimits};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -152,6 +152,7 @@ impl Drop for OpenConnection {
 pub struct ConnectionSettings {
     pub timeouts: ClientTimeouts,
     pub limits: RequestLimits,
+    pub http2: Http2Settings,
 }
 
 /// Accepts connections on `listener` until `shutdown` turns true.
@@ -247,15 +248,26 @@ fn connection_builder(settings: &ConnectionSettings) -> auto::Builder<TokioExecu
         .keep_alive(true)
         .max_buf_size(buffer)
         .max_headers(settings.limits.max_headers * 2);
+    // These limits bound what one HTTP/2 connection can cost. h2 sends GOAWAY(ENHANCE_YOUR_CALM)
+    // to a client that resets more than `max_pending_accept_reset_streams` streams before they
+    // are accepted (rapid reset, CVE-2023-44487), or that provokes more than
+    // `max_local_error_reset_streams` stream errors (CVE-2025-8671). A header block across CONTINUATION frames
+    // (CVE-2024-27316) is refused past `max_header_list_size`, and h2 (0.4.15 and later) closes
+    // the connection once the block grows past four times that size.
+    let http2 = &settings.http2;
+    let header_list_size = http2
+        .max_header_list_size
+        .unwrap_or_else(|| u32::try_from(buffer).unwrap_or(u32::MAX));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_pending_accept_reset_streams(Some(64))
-        .max_local_error_reset_streams(Some(256))
-        .max_header_list_size(u32::try_from(buffer).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(http2.max_pending_accept_reset_streams))
+        .max_local_error_reset_streams(Some(http2.max_local_error_reset_streams))
+        .max_header_list_size(header_list_size)
+        .max_send_buf_size(http2.max_send_buf_size)
+        .keep_alive_interval(http2.keep_alive_interval)
+        .keep_alive_timeout(http2.keep_alive_timeout);
     builder
 }
 

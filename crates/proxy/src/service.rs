@@ -12,13 +12,16 @@ use portcullis_policy::rate_limit::Lease;
 use rand::Rng;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::body::{BodyStats, Completion, Outcome, RequestBody, ResponseBody};
+use crate::balancer::HashInput;
+use crate::body::{BodyStats, Completion, Outcome, ReplayableBody, RequestBody, ResponseBody};
 use crate::canonical::{self, CanonicalRequest};
 use crate::chain::{self, Exchange};
 use crate::error::{Rejection, Side};
+use crate::forward::{self, Answered, AttemptLog, Outgoing};
 use crate::metrics::{Metrics, Name, RejectionLabels, RequestLabels, RouteLabels};
 use crate::router::{self, NoMatch};
 use crate::snapshot::{CompiledRoute, Snapshot, SnapshotHandle};
+use crate::targets::InFlight;
 use crate::upstream;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -60,6 +63,9 @@ struct Trace {
     upstream_latency: Option<Duration>,
     /// Concurrency-limit slots, held until the response body ends.
     leases: Vec<Lease>,
+    retries: u32,
+    /// Counts the request on its target until the response body ends.
+    in_flight: Option<InFlight>,
 }
 
 impl Proxy {
@@ -134,6 +140,7 @@ impl Proxy {
                 .upstream_latency
                 .map(|latency| latency.as_secs_f64() * 1000.0),
             upstream_addr: trace.upstream_addr,
+            retries: trace.retries,
             route: trace.route,
             service: trace.service,
             consumer: trace.consumer,
@@ -149,6 +156,7 @@ impl Proxy {
             stats,
             upstream_latency: trace.upstream_latency,
             leases: trace.leases,
+            _in_flight: trace.in_flight,
         }));
         response
     }
@@ -247,14 +255,11 @@ impl Proxy {
 
         // Forward.
         let service = &route.service;
-        let target = service.next_target();
-        trace.upstream_addr = Some(target.address.clone());
         let upstream_path = if route.strip_prefix {
             router::strip_prefix(&canonical.path, &matched)
         } else {
             canonical.path.clone()
         };
-        let uri = target.uri(&upstream_path, canonical.query.as_deref())?;
 
         let mut headers = std::mem::take(&mut parts.headers);
         let original_host = headers.get(header::HOST).cloned().or_else(|| {
@@ -291,38 +296,41 @@ impl Proxy {
                 headers.insert(X_CREDENTIAL_ID, value);
             }
         }
-        let host = match (&original_host, service.preserve_host) {
-            (Some(host), true) => host.clone(),
-            _ => target.host_header.clone(),
-        };
-        headers.insert(header::HOST, host);
+        headers.remove(header::HOST);
 
-        let mut upstream_request = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .body(RequestBody::new(
+        let hash = service.balancer.hash(&HashInput {
+            client_ip: canonical.client_ip,
+            headers: &headers,
+            consumer: consumer.as_ref().map(|consumer| &*consumer.name),
+            path: &canonical.path,
+        });
+        let outgoing = Outgoing {
+            method: &parts.method,
+            path: &upstream_path,
+            query: canonical.query.as_deref(),
+            headers,
+            original_host,
+            body: ReplayableBody::new(RequestBody::new(
                 body,
                 snapshot.limits.max_body_bytes,
                 stats.clone(),
-            ))
-            .map_err(|_| {
-                Rejection::bad_request("invalid_request", "the request could not be forwarded")
-            })?;
-        *upstream_request.headers_mut() = headers;
-
-        let forwarded = upstream::send(
-            &service.client,
-            upstream_request,
-            service.response_timeout,
-            target,
+            )),
             stats,
-        )
-        .await
-        .map_err(|mut rejection| {
+            hash,
+        };
+        let mut attempts = AttemptLog::default();
+        let result = forward::forward(service, outgoing, &self.metrics, &mut attempts).await;
+        trace.upstream_addr = attempts.upstream_addr;
+        trace.retries = attempts.retries;
+        let Answered {
+            forwarded,
+            in_flight,
+        } = result.map_err(|mut rejection| {
             rejection.add_missing_headers(&response_headers);
             rejection
         })?;
         trace.upstream_latency = Some(forwarded.upstream_latency);
+        trace.in_flight = Some(in_flight);
 
         let (mut response_parts, upstream_body) = forwarded.response.into_parts();
         upstream::remove_hop_by_hop(&mut response_parts.headers);
@@ -494,6 +502,8 @@ struct LogOnComplete {
     upstream_latency: Option<Duration>,
     /// Returned to their counters when this is dropped, at the end of the response body.
     leases: Vec<Lease>,
+    /// Dropped with this hook, which ends the request's in-flight count on its target.
+    _in_flight: Option<InFlight>,
 }
 
 impl Completion for LogOnComplete {
@@ -505,6 +515,7 @@ impl Completion for LogOnComplete {
             stats,
             upstream_latency,
             leases,
+            _in_flight,
         } = *self;
         drop(leases);
         let elapsed = started.elapsed();

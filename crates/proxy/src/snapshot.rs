@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use http::Method;
@@ -16,10 +15,12 @@ use portcullis_config::{
 };
 use portcullis_policy::api_key::{KeyHasher, KeyTable};
 
+use crate::balancer::Balancer;
 use crate::canonical::ClientIpResolver;
 use crate::chain::{self, ChainEntry};
 use crate::policies::{self, PolicyContext};
 use crate::router::{HostRule, PathRule, RouteDefinition, Router};
+use crate::targets::TargetRegistry;
 use crate::upstream::{ClientPool, Target, UpstreamClient};
 use crate::usage::KeyUsage;
 
@@ -28,6 +29,8 @@ pub struct Snapshot {
     /// Store config version this snapshot was built from.
     pub version: u64,
     pub router: Router<CompiledRoute>,
+    /// Every service by name, including services no route uses.
+    pub services: HashMap<String, Arc<CompiledService>>,
     pub consumers: HashMap<String, Arc<ConsumerInfo>>,
     pub keys: KeyTable,
     pub hasher: KeyHasher,
@@ -47,19 +50,14 @@ pub struct CompiledRoute {
 /// A service with its upstream targets and pooled client.
 pub struct CompiledService {
     pub name: Arc<str>,
-    pub targets: Vec<Target>,
+    pub balancer: Balancer,
     pub preserve_host: bool,
     pub client: UpstreamClient,
     pub response_timeout: std::time::Duration,
-    next_target: AtomicUsize,
-}
-
-impl CompiledService {
-    /// Picks the next target round robin.
-    pub fn next_target(&self) -> &Target {
-        let index = self.next_target.fetch_add(1, Ordering::Relaxed) % self.targets.len();
-        &self.targets[index]
-    }
+    /// Retries after the first attempt.
+    pub retry_attempts: u32,
+    /// Statuses retried for idempotent requests.
+    pub retry_statuses: Vec<u16>,
 }
 
 /// A consumer as the data plane sees it.
@@ -93,6 +91,7 @@ pub struct CompileContext {
     pub clients: Arc<ClientPool>,
     pub key_usage: Arc<KeyUsage>,
     pub hasher: KeyHasher,
+    pub targets: Arc<TargetRegistry>,
 }
 
 /// Compiles a snapshot. `entities` are the store's, which already include the file's.
@@ -199,6 +198,10 @@ pub fn compile<'k>(
     Ok(Snapshot {
         version,
         router: Router::build(definitions),
+        services: services
+            .into_iter()
+            .map(|(name, (service, _))| (name.to_string(), service))
+            .collect(),
         consumers,
         keys: table,
         hasher: context.hasher.clone(),
@@ -218,7 +221,7 @@ fn compile_service(
         .targets
         .iter()
         .map(|target| {
-            Target::parse(target)
+            Target::parse(&target.url)
                 .map_err(|message| SnapshotError(format!("service `{}`: {message}", spec.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -230,13 +233,14 @@ fn compile_service(
     }
     Ok(CompiledService {
         name: spec.name.as_str().into(),
-        targets,
+        balancer: Balancer::new(spec, targets, &context.targets),
         preserve_host: spec.preserve_host,
         client: context
             .clients
             .client(spec.timeouts.connect, spec.timeouts.idle),
         response_timeout: spec.timeouts.response,
-        next_target: AtomicUsize::new(0),
+        retry_attempts: spec.retries.attempts,
+        retry_statuses: spec.retries.on_statuses.clone(),
     })
 }
 

@@ -18,11 +18,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use std::sync::atomic::Ordering;
 
-use crate::body::{BodyStats, RequestBody};
+use crate::body::{AttemptBody, BodyStats};
 use crate::error::Rejection;
 
 /// A pooled HTTP/1.1 client for upstream requests.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+pub type UpstreamClient = Client<HttpConnector, AttemptBody>;
 
 /// One upstream base URL.
 #[derive(Debug, Clone)]
@@ -173,14 +173,34 @@ pub struct Forwarded {
     pub upstream_latency: Duration,
 }
 
+/// How an upstream attempt failed, which decides whether a retry may follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No connection was made, so the upstream saw nothing of the request.
+    Connect,
+    /// No response headers arrived within the response timeout.
+    Timeout,
+    /// The connection closed or the response was invalid.
+    Transport,
+    /// The client's body was too large or could not be read; the upstream is not at fault.
+    Client,
+}
+
+/// A failed upstream attempt.
+#[derive(Debug)]
+pub struct SendError {
+    pub rejection: Rejection,
+    pub kind: FailureKind,
+}
+
 /// Sends `request` to the upstream and waits for its response headers.
 pub async fn send(
     client: &UpstreamClient,
-    mut request: Request<RequestBody>,
+    mut request: Request<AttemptBody>,
     response_timeout: Duration,
     target: &Target,
     body: &BodyStats,
-) -> Result<Forwarded, Rejection> {
+) -> Result<Forwarded, SendError> {
     *request.version_mut() = Version::HTTP_11;
     let started = Instant::now();
     let result = tokio::time::timeout(response_timeout, client.request(request)).await;
@@ -192,34 +212,43 @@ pub async fn send(
         }),
         Ok(Err(error)) => {
             if body.too_large.load(Ordering::Relaxed) {
-                return Err(Rejection::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is larger than the gateway accepts",
-                ));
+                return Err(SendError {
+                    rejection: Rejection::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "the request body is larger than the gateway accepts",
+                    ),
+                    kind: FailureKind::Client,
+                });
             }
             if body.client_error.load(Ordering::Relaxed) {
                 tracing::debug!(upstream.addr = %target.address, "the client's request body could not be read");
-                return Err(Rejection::bad_request(
-                    "invalid_body",
-                    "the request body is malformed or ended early",
-                ));
+                return Err(SendError {
+                    rejection: Rejection::bad_request(
+                        "invalid_body",
+                        "the request body is malformed or ended early",
+                    ),
+                    kind: FailureKind::Client,
+                });
             }
             Err(classify(&error, target))
         }
         Err(_) => {
             tracing::warn!(upstream.addr = %target.address, timeout_ms = response_timeout.as_millis() as u64, "upstream response timed out");
-            Err(Rejection::upstream(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream did not respond in time",
-            ))
+            Err(SendError {
+                rejection: Rejection::upstream(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "the upstream did not respond in time",
+                ),
+                kind: FailureKind::Timeout,
+            })
         }
     }
 }
 
 /// Maps a client error to a rejection and logs it with the target address.
-fn classify(error: &hyper_util::client::legacy::Error, target: &Target) -> Rejection {
+fn classify(error: &hyper_util::client::legacy::Error, target: &Target) -> SendError {
     let timed_out = error_chain(error).any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
@@ -234,25 +263,34 @@ fn classify(error: &hyper_util::client::legacy::Error, target: &Target) -> Rejec
     if error.is_connect() {
         if timed_out {
             tracing::warn!(upstream.addr = %target.address, error = %detail, "upstream connect timed out");
-            return Rejection::upstream(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "the upstream did not accept a connection in time",
-            );
+            return SendError {
+                rejection: Rejection::upstream(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "the upstream did not accept a connection in time",
+                ),
+                kind: FailureKind::Connect,
+            };
         }
         tracing::warn!(upstream.addr = %target.address, error = %detail, "upstream connect failed");
-        return Rejection::upstream(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unavailable",
-            "the upstream is not reachable",
-        );
+        return SendError {
+            rejection: Rejection::upstream(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the upstream is not reachable",
+            ),
+            kind: FailureKind::Connect,
+        };
     }
     tracing::warn!(upstream.addr = %target.address, error = %detail, "upstream request failed");
-    Rejection::upstream(
-        StatusCode::BAD_GATEWAY,
-        "upstream_error",
-        "the upstream closed the connection or sent an invalid response",
-    )
+    SendError {
+        rejection: Rejection::upstream(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream closed the connection or sent an invalid response",
+        ),
+        kind: FailureKind::Transport,
+    }
 }
 
 fn error_chain<'a>(

@@ -300,9 +300,13 @@ backend_tests! {
 fn service(name: &str, target: &str) -> ServiceSpec {
     ServiceSpec {
         name: name.to_owned(),
-        targets: vec![target.to_owned()],
+        targets: vec![target.into()],
+        load_balancing: Default::default(),
         timeouts: UpstreamTimeouts::default(),
         preserve_host: false,
+        health_checks: None,
+        retries: Default::default(),
+        circuit_breaker: None,
         policies: vec![PolicySpec::RateLimit(RateLimitSpec {
             name: Some("per-consumer".to_owned()),
             algorithm: LimitAlgorithm::Gcra,

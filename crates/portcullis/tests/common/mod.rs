@@ -199,8 +199,10 @@ pub fn closed_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// The documented example configuration, with ports replaced and the TLS listener removed.
-pub fn example_config(upstream: SocketAddr) -> String {
+/// Returns the node settings of a test gateway: one proxy listener and the admin API on
+/// ephemeral ports, the test admin token, a SQLite store and an access-log file in the
+/// gateway's folder.
+pub fn node_config() -> String {
     format!(
         r#"
 listeners:
@@ -211,6 +213,14 @@ admin:
 store:
   sqlite: portcullis.db
 access_log: access.log
+"#
+    )
+}
+
+/// The documented example configuration, with ports replaced and the TLS listener removed.
+pub fn example_config(upstream: SocketAddr) -> String {
+    format!(
+        r#"{}
 services:
   - name: echo
     targets: [http://{upstream}]
@@ -226,7 +236,8 @@ consumers:
   - name: alice
     roles: [gold]
     api_keys: [{ALICE_KEY}]
-"#
+"#,
+        node_config()
     )
 }
 
@@ -298,4 +309,155 @@ pub fn write_certificate(
     std::fs::write(&cert_path, certified.cert.pem()).unwrap();
     std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
     (cert_path, key_path, certified.cert)
+}
+
+/// An upstream for resilience tests. It responds to every request with its name as the body and
+/// a settable status, and counts the requests it serves. It can be stopped, which closes every
+/// open connection, and started again on the same port. `/health` returns 200 without being
+/// counted, and `/slow/{ms}` waits before it responds.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl TestUpstream {
+    pub async fn start(name: &'static str) -> TestUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = TestUpstream {
+            addr: listener.local_addr().unwrap(),
+            name,
+            hits: Default::default(),
+            status: std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            task: std::sync::Mutex::new(None),
+        };
+        upstream.serve(listener);
+        upstream
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let hits = self.hits.clone();
+        let status = self.status.clone();
+        let name = self.name;
+        let task = tokio::spawn(async move {
+            // Aborting this task drops the set, which aborts every connection task with it.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let hits = hits.clone();
+                let status = status.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        answer(request, name, hits.clone(), status.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Stops accepting and closes every open connection, so the port refuses connections.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens on the same port again.
+    pub async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sets the status of every later response except to `/health`.
+    pub fn set_status(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn answer(
+    request: hyper::Request<hyper::body::Incoming>,
+    name: &'static str,
+    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let path = request.uri().path().to_string();
+    if path == "/health" {
+        return Ok(hyper::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"ok"),
+        )));
+    }
+    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // Read the body, so a POST gets its response only after the body arrived whole.
+    let _ = request.into_body().collect().await;
+    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(name)));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status.load(std::sync::atomic::Ordering::SeqCst))
+            .unwrap_or(hyper::StatusCode::OK);
+    Ok(response)
+}
+
+/// Returns the text that `/metrics` serves.
+pub async fn metrics_text(gateway: &Gateway) -> String {
+    client()
+        .get(gateway.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Returns the value of the metric sample whose line starts with `prefix`, such as
+/// `portcullis_upstream_retries_total{service="api"}`, or 0 when there is none.
+pub async fn metric(gateway: &Gateway, prefix: &str) -> f64 {
+    metrics_text(gateway)
+        .await
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+/// Polls `check` every 20 ms until it returns true, failing after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, condition: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {condition}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -75,6 +75,7 @@ impl RuleSet {
             removed_targets: Vec::new(),
             mode: EngineMode::On,
             forced_processor: None,
+            force_body_variable: false,
             matched: Vec::new(),
             blocked: false,
             cache: RefCell::new(HashMap::new()),
@@ -125,6 +126,7 @@ struct Transaction<'a> {
     removed_targets: Vec<(Scope, Target)>,
     mode: EngineMode,
     forced_processor: Option<String>,
+    force_body_variable: bool,
     matched: Vec<MatchedRule>,
     blocked: bool,
     cache: RefCell<TransformCache>,
@@ -203,6 +205,8 @@ impl<'a> Transaction<'a> {
             if hits.is_empty() {
                 return false;
             }
+            // As in ModSecurity 2, the non-disruptive actions run once per matched value, each
+            // seeing that value's captures and MATCHED_VAR.
             for hit in hits {
                 if link.capture && !hit.captures.is_empty() {
                     for (index, capture) in hit.captures.iter().enumerate() {
@@ -212,12 +216,12 @@ impl<'a> Transaction<'a> {
                 self.matched_vars
                     .push((hit.name.clone(), hit.value.clone()));
                 self.matched_var = Some((hit.name, hit.value));
-            }
-            for setvar in &link.setvars {
-                self.apply_setvar(setvar);
-            }
-            for control in &link.controls {
-                self.apply_control(control);
+                for setvar in &link.setvars {
+                    self.apply_setvar(setvar);
+                }
+                for control in &link.controls {
+                    self.apply_control(control);
+                }
             }
             match &link.chained {
                 Some(next) => link = next,
@@ -476,14 +480,25 @@ impl<'a> Transaction<'a> {
             Variable::QueryString => (Cow::Borrowed(data.query_string.as_slice()), Some(6)),
             Variable::RequestMethod => (Cow::Borrowed(request.method.as_bytes()), Some(7)),
             Variable::RequestProtocol => (Cow::Borrowed(request.protocol.as_bytes()), Some(8)),
-            Variable::RequestBody => (Cow::Borrowed(request.body.as_slice()), Some(9)),
+            Variable::RequestBody => {
+                // ModSecurity 2 fills REQUEST_BODY for URL-encoded bodies, and for others only
+                // after `ctl:forceRequestBodyVariable`.
+                let urlencoded = data.body_processor.as_deref() == Some("URLENCODED");
+                if !urlencoded && !self.force_body_variable {
+                    return None;
+                }
+                (Cow::Borrowed(request.body.as_slice()), Some(9))
+            }
             Variable::RemoteAddr => (Cow::Borrowed(request.remote_addr.as_bytes()), Some(10)),
             Variable::RequestBodyLength => (
                 Cow::Owned(request.body.len().to_string().into_bytes()),
                 None,
             ),
             Variable::ReqbodyProcessor => {
-                (Cow::Owned(data.body_processor.clone()?.into_bytes()), None)
+                // An empty value, not a missing one, when no processor applies, so that
+                // `!@rx URLENCODED|...` matches.
+                let processor = data.body_processor.clone().unwrap_or_default();
+                (Cow::Owned(processor.into_bytes()), None)
             }
             Variable::FilesCombinedSize => (
                 Cow::Owned(data.files_combined_size.to_string().into_bytes()),
@@ -549,8 +564,8 @@ impl<'a> Transaction<'a> {
             Control::RequestBodyProcessor(processor) => {
                 self.forced_processor = Some(processor.clone())
             }
-            // REQUEST_BODY is always populated here, so forcing it changes nothing.
-            Control::ForceRequestBodyVariable | Control::AuditOnly => {}
+            Control::ForceRequestBodyVariable => self.force_body_variable = true,
+            Control::AuditOnly => {}
         }
     }
 

@@ -29,14 +29,24 @@ pub fn build(pattern: &str) -> Result<Regex, regex::Error> {
 }
 
 /// Compiles `pattern`, repairing it when it does not compile as written.
+///
+/// A pattern with `\x{HH}` escapes or non-ASCII literals is always rewritten: the `regex` crate
+/// accepts some of them in Unicode-off mode but reads them as code points, while PCRE without
+/// its UTF flag reads them as bytes.
 pub fn compile(pattern: &str) -> Result<(Regex, Option<Repair>), String> {
+    let byte_mode_differs = pattern.contains("\\x{") || !pattern.is_ascii();
     let first_error = match build(pattern) {
-        Ok(regex) => return Ok((regex, None)),
-        Err(error) => error,
+        Ok(regex) if !byte_mode_differs => return Ok((regex, None)),
+        Ok(_) => None,
+        Err(error) => Some(error),
+    };
+    let describe = |error: Option<regex::Error>| match error {
+        Some(error) => error.to_string(),
+        None => "byte escapes could not be rewritten".to_string(),
     };
     let (repaired, change) = repair(pattern);
     if repaired == pattern {
-        return Err(first_error.to_string());
+        return Err(describe(first_error));
     }
     match build(&repaired) {
         Ok(regex) => Ok((
@@ -47,7 +57,7 @@ pub fn compile(pattern: &str) -> Result<(Regex, Option<Repair>), String> {
                 change,
             }),
         )),
-        Err(_) => Err(first_error.to_string()),
+        Err(_) => Err(describe(first_error)),
     }
 }
 
@@ -223,6 +233,14 @@ mod tests {
         assert_eq!(repair("(?>ab|a)c\\Z").0, "(?:ab|a)c\\z");
         assert_eq!(repair("[\\x7f-\\x{ff}]\u{e9}").0, "[\\x7f-\\xff]\\xc3\\xa9");
         assert_eq!(repair("\\++x{2,3}+").0, "\\++x{2,3}");
+    }
+
+    #[test]
+    fn braced_escape_matches_byte() {
+        let (regex, repair) = compile("\\x{e2}\\x80[\\x98\\x99]").unwrap();
+        assert!(repair.is_some());
+        assert!(regex.is_match(b"a\xe2\x80\x99b"));
+        assert!(!regex.is_match("\u{e2}".as_bytes()));
     }
 
     #[test]

@@ -98,7 +98,13 @@ impl RequestData {
             Some((path, query)) => (path, query),
             None => (without_fragment, ""),
         };
-        let basename = path.rsplit('/').next().unwrap_or_default();
+        // REQUEST_FILENAME is the percent-decoded path, as in libmodsecurity and Coraza. A `+`
+        // stays a `+` because it is a space only in form data.
+        let filename = percent_decode(path.as_bytes());
+        let basename = match filename.iter().rposition(|b| *b == b'/') {
+            Some(slash) => filename[slash + 1..].to_vec(),
+            None => filename.clone(),
+        };
         let cookies = request
             .headers
             .iter()
@@ -110,10 +116,11 @@ impl RequestData {
                 .into_bytes(),
             uri: uri.clone().into_bytes(),
             uri_raw: raw,
-            filename: path.as_bytes().to_vec(),
-            basename: basename.as_bytes().to_vec(),
+            filename,
+            basename,
             query_string: query.as_bytes().to_vec(),
             args_get: parse_urlencoded(query.as_bytes()),
+            body_processor: body_processor(request),
             ..Self::default()
         }
         .with_cookies(cookies)
@@ -131,23 +138,9 @@ impl RequestData {
             .header("content-type")
             .map(|value| String::from_utf8_lossy(value).into_owned())
             .unwrap_or_default();
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
         let processor = match forced {
             Some(forced) => Some(forced.to_string()),
-            None if mime == "application/x-www-form-urlencoded" => Some("URLENCODED".to_string()),
-            None if mime == "multipart/form-data" => Some("MULTIPART".to_string()),
-            None if mime == "application/json" || mime.ends_with("+json") => {
-                Some("JSON".to_string())
-            }
-            None if mime == "text/xml" || mime == "application/xml" || mime.ends_with("+xml") => {
-                Some("XML".to_string())
-            }
-            None => None,
+            None => body_processor(request),
         };
         if request.body.is_empty() {
             self.body_processor = processor;
@@ -214,14 +207,11 @@ impl RequestData {
                     .to_ascii_lowercase()
                     .starts_with("content-disposition:")
                 {
-                    for param in text.split(';').skip(1) {
-                        if let Some((key, value)) = param.trim().split_once('=') {
-                            let value = value.trim().trim_matches('"').to_string();
-                            match key.trim().to_ascii_lowercase().as_str() {
-                                "name" => name = value,
-                                "filename" => filename = Some(value),
-                                _ => {}
-                            }
+                    for (key, value) in disposition_parameters(&text) {
+                        match key.as_str() {
+                            "name" => name = value,
+                            "filename" => filename = Some(value),
+                            _ => {}
                         }
                     }
                 }
@@ -268,8 +258,70 @@ impl RequestData {
                 i += end;
             }
         }
-        self.xml_text = Some(text);
+        // The XML parser in ModSecurity (libxml2) hands over text with entities decoded.
+        // NOTE: CDATA sections are decoded too, which libxml2 would leave as written.
+        self.xml_text = Some(decode_entities(&text));
+        for value in &mut self.xml_attributes {
+            *value = decode_entities(value);
+        }
     }
+}
+
+/// Returns the body processor that the `Content-Type` header selects, as `REQBODY_PROCESSOR`
+/// names it. ModSecurity knows it from the request headers, so it is set in phase 1 already.
+fn body_processor(request: &Request) -> Option<String> {
+    let content_type = request.header("content-type")?;
+    let content_type = String::from_utf8_lossy(content_type);
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let processor = match mime.as_str() {
+        "application/x-www-form-urlencoded" => "URLENCODED",
+        "multipart/form-data" => "MULTIPART",
+        "application/json" => "JSON",
+        "text/xml" | "application/xml" => "XML",
+        _ if mime.ends_with("+json") => "JSON",
+        _ if mime.ends_with("+xml") => "XML",
+        _ => return None,
+    };
+    Some(processor.to_string())
+}
+
+/// Parses the `key=value` parameters of a `Content-Disposition` header line. A quoted value may
+/// contain `;`, and `\"` inside it is a quote. Keys are returned lowercase.
+fn disposition_parameters(line: &str) -> Vec<(String, String)> {
+    let mut parameters = Vec::new();
+    let mut chars = line.chars().skip_while(|c| *c != ';').peekable();
+    while chars.next().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' if chars.peek() == Some(&'"') => value.push(chars.next().unwrap_or('"')),
+                    '"' => break,
+                    _ => value.push(c),
+                }
+            }
+            while chars.peek().is_some_and(|c| *c != ';') {
+                chars.next();
+            }
+        } else {
+            while let Some(c) = chars.peek().copied().filter(|c| *c != ';') {
+                value.push(c);
+                chars.next();
+            }
+        }
+        parameters.push((key.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    parameters
 }
 
 fn xml_attribute_values(tag: &[u8]) -> Vec<Vec<u8>> {
@@ -294,6 +346,31 @@ fn xml_attribute_values(tag: &[u8]) -> Vec<Vec<u8>> {
         }
     }
     values
+}
+
+fn percent_decode(value: &[u8]) -> Vec<u8> {
+    let plus = value.iter().filter(|b| **b == b'+').count();
+    if plus == 0 {
+        return crate::transform::Transform::UrlDecode
+            .apply(value)
+            .into_owned();
+    }
+    // Protect `+` from the form-data rule of urlDecode by decoding around it.
+    let parts: Vec<Vec<u8>> = value
+        .split(|b| *b == b'+')
+        .map(|part| {
+            crate::transform::Transform::UrlDecode
+                .apply(part)
+                .into_owned()
+        })
+        .collect();
+    parts.join(&b'+')
+}
+
+fn decode_entities(value: &[u8]) -> Vec<u8> {
+    crate::transform::Transform::HtmlEntityDecode
+        .apply(value)
+        .into_owned()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -378,6 +455,9 @@ mod tests {
     fn uri_parts_and_query_args() {
         let origin_form = RequestData::new(&request("/get?x=file://a/b", "", ""));
         assert_eq!(origin_form.filename, b"/get");
+        let encoded = RequestData::new(&request("/a%20b+c/d%28.php", "", ""));
+        assert_eq!(encoded.filename, b"/a b+c/d(.php");
+        assert_eq!(encoded.basename, b"d(.php");
         let data = RequestData::new(&request("http://h/x/y.php?a=1+2&b&c=%41#frag", "", ""));
         assert_eq!(data.uri, b"/x/y.php?a=1+2&b&c=%41#frag");
         assert_eq!(data.filename, b"/x/y.php");
@@ -402,11 +482,11 @@ mod tests {
 
     #[test]
     fn multipart_body_splits_files_and_fields() {
-        let body = "--XX\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.php\"\r\nContent-Type: text/plain\r\n\r\n<?php\r\n--XX\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\nhello\r\n--XX--\r\n";
+        let body = "--XX\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a;.php\"\r\nContent-Type: text/plain\r\n\r\n<?php\r\n--XX\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\nhello\r\n--XX--\r\n";
         let req = request("/", "multipart/form-data; boundary=XX", body);
         let mut data = RequestData::new(&req);
         data.parse_body(&req, None);
-        assert_eq!(data.files, vec![("f".to_string(), b"a.php".to_vec())]);
+        assert_eq!(data.files, vec![("f".to_string(), b"a;.php".to_vec())]);
         assert_eq!(data.files_combined_size, 5);
         assert_eq!(data.args_post, vec![("t".to_string(), b"hello".to_vec())]);
         assert_eq!(data.multipart_part_headers.len(), 3);
@@ -417,11 +497,11 @@ mod tests {
         let req = request(
             "/",
             "text/xml",
-            "<?xml version=\"1.0\"?><a x='1'>hi<b y=\"2\"><![CDATA[<c>]]></b></a>",
+            "<?xml version=\"1.0\"?><a x='&#x7B;1'>hi<b y=\"2\"><![CDATA[<c>]]></b></a>",
         );
         let mut data = RequestData::new(&req);
         data.parse_body(&req, None);
         assert_eq!(data.xml_text.as_deref(), Some(&b"hi<c>"[..]));
-        assert_eq!(data.xml_attributes, vec![b"1".to_vec(), b"2".to_vec()]);
+        assert_eq!(data.xml_attributes, vec![b"{1".to_vec(), b"2".to_vec()]);
     }
 }

@@ -315,18 +315,46 @@ fn build_request(input: &Yaml) -> Result<Request, String> {
     if autocomplete && !has(&headers, "connection") {
         headers.push(("Connection".to_string(), b"close".to_vec()));
     }
-    Ok(Request {
+    Ok(frame_body(Request {
         method,
         uri: as_text(&input["uri"]).unwrap_or_else(|| "/".to_string()),
         protocol: as_text(&input["version"]).unwrap_or_else(|| "HTTP/1.1".to_string()),
         headers,
         body,
         remote_addr: "127.0.0.1".to_string(),
-    })
+    }))
 }
 
-/// Parses a raw HTTP/1 request, decoding a chunked body as the web server in front of the WAF
-/// would.
+/// Applies HTTP/1.1 message framing (RFC 9112, section 6.3) as the web server in front of the
+/// WAF would: a chunked body is decoded and any `Content-Length` dropped, and without either
+/// header the request has no body.
+fn frame_body(mut request: Request) -> Request {
+    let chunked = request.headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().starts_with(b"chunked")
+    });
+    let has_length = request.header("content-length").is_some();
+    if chunked {
+        request.body = decode_chunked(&request.body);
+        request
+            .headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case("content-length"));
+    } else if !has_length && request.protocol.starts_with("HTTP/1") {
+        request.body.clear();
+    }
+    request
+}
+
+/// Returns why a web server would reject the request before the WAF sees it, if it would.
+fn server_rejection(request: &Request) -> Option<&'static str> {
+    let bare_line_break = request
+        .headers
+        .iter()
+        .any(|(_, value)| value.contains(&b'\r') || value.contains(&b'\n'));
+    bare_line_break.then_some("a header value contains CR or LF")
+}
+
+/// Parses a raw HTTP/1 request.
 fn parse_raw_request(raw: &[u8]) -> Result<Request, String> {
     let head_end = raw
         .windows(4)
@@ -351,22 +379,26 @@ fn parse_raw_request(raw: &[u8]) -> Result<Request, String> {
             headers.push((name.trim().to_string(), value.trim().as_bytes().to_vec()));
         }
     }
-    let mut body = raw[head_end.1..].to_vec();
-    let chunked = headers.iter().any(|(name, value)| {
-        name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().starts_with(b"chunked")
-    });
-    if chunked {
-        body = decode_chunked(&body);
-    }
-    Ok(Request {
+    Ok(frame_body(Request {
         method,
         uri,
         protocol,
         headers,
-        body,
+        body: raw[head_end.1..].to_vec(),
         remote_addr: "127.0.0.1".to_string(),
-    })
+    }))
+}
+
+fn escape_log(text: &str) -> String {
+    let mut output = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            output.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            output.push(c);
+        }
+    }
+    output
 }
 
 fn decode_chunked(mut input: &[u8]) -> Vec<u8> {
@@ -469,8 +501,16 @@ fn run_stage(
         Ok(request) => request,
         Err(error) => return Verdict::Fail(format!("cannot build the request: {error}")),
     };
-    let evaluation = set.evaluate(request);
-    let logged = evaluation.logged_ids();
+    // A request the server rejects never reaches the WAF, so nothing is logged.
+    let matched = match server_rejection(request) {
+        Some(_) => Vec::new(),
+        None => set.evaluate(request).matched,
+    };
+    let logged: Vec<u32> = matched
+        .iter()
+        .filter(|rule| rule.logged)
+        .map(|rule| rule.id)
+        .collect();
     let missing: Vec<u32> = expectation
         .expect_ids
         .iter()
@@ -483,14 +523,16 @@ fn run_stage(
         .copied()
         .filter(|id| logged.contains(id))
         .collect();
-    let log: String = evaluation
-        .matched
+    // The lines imitate ModSecurity's error log, which escapes control characters.
+    let log: String = matched
         .iter()
         .filter(|rule| rule.logged)
         .map(|rule| {
             format!(
                 "[id \"{}\"] [msg \"{}\"] [data \"{}\"]\n",
-                rule.id, rule.msg, rule.logdata
+                rule.id,
+                escape_log(&rule.msg),
+                escape_log(&rule.logdata)
             )
         })
         .collect();
@@ -537,6 +579,29 @@ mod tests {
         assert_eq!(request.protocol, "HTTP/1.1");
         assert_eq!(request.body, b"Hi CRS");
         assert_eq!(request.header("host"), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn framing_follows_transfer_encoding_and_length() {
+        let raw = b"POST / HTTP/1.1\r\nContent-Length: 20\r\nTransfer-Encoding: chunked\r\n\r\n3\r\na=1\r\n0\r\n\r\n";
+        let request = parse_raw_request(raw).unwrap();
+        assert_eq!(request.body, b"a=1");
+        assert_eq!(request.header("content-length"), None);
+        let without_length = parse_raw_request(b"POST / HTTP/1.1\r\nHost: h\r\n\r\na=1").unwrap();
+        assert!(without_length.body.is_empty());
+    }
+
+    #[test]
+    fn header_line_break_is_rejected() {
+        let mut request = Request::with_query_value("a", "b");
+        assert_eq!(server_rejection(&request), None);
+        request.headers.push(("X".to_string(), b"a\rB: c".to_vec()));
+        assert!(server_rejection(&request).is_some());
+    }
+
+    #[test]
+    fn log_escapes_control_characters() {
+        assert_eq!(escape_log("a\r\nb"), "a\\x0d\\x0ab");
     }
 
     #[test]

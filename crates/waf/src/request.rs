@@ -412,7 +412,8 @@ fn parse_cookies(header: &[u8]) -> Vec<Pair> {
         .collect()
 }
 
-/// Flattens a JSON document into `json.a.b` names, with array elements numbered from 0.
+/// Flattens a JSON document into `json.a.b` names. Array elements keep the name of the array,
+/// as in ModSecurity 2, so a rule on the key name sees them.
 fn flatten_json(prefix: &str, value: &serde_json::Value, output: &mut Vec<Pair>) {
     match value {
         serde_json::Value::Object(map) => {
@@ -421,8 +422,8 @@ fn flatten_json(prefix: &str, value: &serde_json::Value, output: &mut Vec<Pair>)
             }
         }
         serde_json::Value::Array(items) => {
-            for (index, value) in items.iter().enumerate() {
-                flatten_json(&format!("{prefix}.{index}"), value, output);
+            for value in items {
+                flatten_json(prefix, value, output);
             }
         }
         serde_json::Value::String(text) => {
@@ -475,8 +476,8 @@ mod tests {
         let mut data = RequestData::new(&req);
         data.parse_body(&req, None);
         assert_eq!(data.body_processor.as_deref(), Some("JSON"));
-        assert_eq!(data.args_post[0], ("json.a.b.0".to_string(), b"1".to_vec()));
-        assert_eq!(data.args_post[1], ("json.a.b.1".to_string(), b"x".to_vec()));
+        assert_eq!(data.args_post[0], ("json.a.b".to_string(), b"1".to_vec()));
+        assert_eq!(data.args_post[1], ("json.a.b".to_string(), b"x".to_vec()));
         assert_eq!(data.args_post[2], ("json.c".to_string(), Vec::new()));
     }
 

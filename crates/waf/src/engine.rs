@@ -92,7 +92,7 @@ impl RuleSet {
 /// Transformed values keyed by (source value identity, transformation list index).
 type TransformCache = HashMap<(u32, usize), Rc<[u8]>>;
 
-/// Where a `ctl:ruleRemoveTarget*` applies.
+/// Scope of a `ctl:ruleRemoveTarget*` action: the rule ids or the tag it applies to.
 enum Scope {
     Ids((u32, u32)),
     Tag(String),
@@ -100,11 +100,57 @@ enum Scope {
 
 /// A value offered to an operator.
 struct Candidate<'v> {
-    /// `MATCHED_VAR_NAME` form, such as `ARGS:id`.
-    name: String,
+    label: Label<'v>,
     value: Cow<'v, [u8]>,
     /// Identity of a request-derived value, for the transformation cache.
     cache_id: Option<u32>,
+}
+
+/// `MATCHED_VAR_NAME` of a candidate, kept unformatted until a match needs it.
+enum Label<'v> {
+    /// A single-valued variable, such as `REQUEST_URI`.
+    Variable(&'static str),
+    /// A collection member, such as `ARGS` and `id`.
+    Keyed(&'static str, &'v str),
+    /// A name recorded by an earlier match, such as `ARGS:id`.
+    Named(&'v str),
+}
+
+impl Label<'_> {
+    /// Returns the collection key that exclusions compare against.
+    fn key(&self) -> &str {
+        match self {
+            Self::Variable(_) => "",
+            Self::Keyed(_, key) => key,
+            Self::Named(name) => name.split_once(':').map_or("", |(_, key)| key),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Variable(variable) => (*variable).to_string(),
+            Self::Keyed(variable, key) => format!("{variable}:{key}"),
+            Self::Named(name) => (*name).to_string(),
+        }
+    }
+}
+
+/// A value after the rule's transformations: borrowed when there are none, shared with the
+/// per-request cache otherwise.
+enum Transformed<'v> {
+    Borrowed(&'v [u8]),
+    Shared(Rc<[u8]>),
+}
+
+impl std::ops::Deref for Transformed<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Borrowed(bytes) => bytes,
+            Self::Shared(bytes) => bytes,
+        }
+    }
 }
 
 /// A target value that an operator matched.
@@ -285,7 +331,7 @@ impl<'a> Transaction<'a> {
                 .collect(target)
                 .into_iter()
                 .filter(|candidate| {
-                    let key = candidate.name.split_once(':').map_or("", |(_, key)| key);
+                    let key = candidate.label.key();
                     !exclusions
                         .iter()
                         .any(|exclusion| exclusion.excludes(target.variable, key))
@@ -315,7 +361,7 @@ impl<'a> Transaction<'a> {
                         let outcome = link.operator.evaluate(&step, &expand, link.capture);
                         if outcome.matched {
                             hits.push(Hit {
-                                name: candidate.name.clone(),
+                                name: candidate.label.name(),
                                 value: step,
                                 captures: outcome.captures,
                             });
@@ -327,7 +373,7 @@ impl<'a> Transaction<'a> {
                 let outcome = link.operator.evaluate(&transformed, &expand, link.capture);
                 if outcome.matched {
                     hits.push(Hit {
-                        name: candidate.name,
+                        name: candidate.label.name(),
                         value: transformed.to_vec(),
                         captures: outcome.captures,
                     });
@@ -337,22 +383,22 @@ impl<'a> Transaction<'a> {
         hits
     }
 
-    fn transformed(&self, candidate: &Candidate, link: &Rule) -> Rc<[u8]> {
+    fn transformed<'c>(&self, candidate: &'c Candidate, link: &Rule) -> Transformed<'c> {
         if link.transforms.is_empty() {
-            return Rc::from(candidate.value.as_ref());
+            return Transformed::Borrowed(&candidate.value);
         }
         let key = candidate.cache_id.map(|id| (id, link.transform_chain));
         if let Some(key) = key
             && let Some(cached) = self.cache.borrow().get(&key)
         {
-            return cached.clone();
+            return Transformed::Shared(cached.clone());
         }
         let value: Rc<[u8]> =
             Rc::from(transform::apply_all(&link.transforms, &candidate.value).as_ref());
         if let Some(key) = key {
             self.cache.borrow_mut().insert(key, value.clone());
         }
-        value
+        Transformed::Shared(value)
     }
 
     /// Returns the values a target selects, before exclusions.
@@ -398,7 +444,7 @@ impl<'a> Transaction<'a> {
                 for (key, value) in &self.tx {
                     if selects(selector, key) {
                         output.push(Candidate {
-                            name: format!("{name}:{key}"),
+                            label: Label::Keyed(name, key),
                             value: Cow::Borrowed(value),
                             cache_id: None,
                         });
@@ -426,28 +472,25 @@ impl<'a> Transaction<'a> {
                         value.as_slice()
                     };
                     output.push(Candidate {
-                        name: key.clone(),
+                        label: Label::Named(key),
                         value: Cow::Borrowed(value),
                         cache_id: None,
                     });
                 }
             }
             Variable::Xml => {
-                let path = match selector {
-                    Selector::XPath(path) => path.as_str(),
-                    _ => "/*",
-                };
-                if path == "//@*" {
+                let attributes = matches!(selector, Selector::XPath(path) if path == "//@*");
+                if attributes {
                     for (index, value) in data.xml_attributes.iter().enumerate() {
                         output.push(Candidate {
-                            name: format!("{name}:{path}"),
+                            label: Label::Variable("XML://@*"),
                             value: Cow::Borrowed(value),
                             cache_id: Some(SOURCE_XML | (index as u32 + 1)),
                         });
                     }
                 } else if let Some(text) = &data.xml_text {
                     output.push(Candidate {
-                        name: format!("{name}:{path}"),
+                        label: Label::Variable("XML:/*"),
                         value: Cow::Borrowed(text),
                         cache_id: Some(SOURCE_XML),
                     });
@@ -457,7 +500,7 @@ impl<'a> Transaction<'a> {
             scalar => {
                 if let Some((value, id)) = self.scalar(scalar) {
                     output.push(Candidate {
-                        name: name.to_string(),
+                        label: Label::Variable(name),
                         value,
                         cache_id: id.map(|id| SOURCE_SCALAR | id),
                     });
@@ -630,7 +673,7 @@ fn selects(selector: &Selector, key: &str) -> bool {
     }
 }
 
-/// Which side of a collection's pairs a variable reads.
+/// Side of a collection's pairs that a variable reads: the values or the names.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Values,
@@ -639,7 +682,7 @@ enum Side {
 
 fn select_pairs<'v>(
     output: &mut Vec<Candidate<'v>>,
-    name: &str,
+    name: &'static str,
     pairs: &'v [Pair],
     source: u32,
     selector: &Selector,
@@ -652,7 +695,7 @@ fn select_pairs<'v>(
                 Side::Names => key.as_bytes(),
             };
             output.push(Candidate {
-                name: format!("{name}:{key}"),
+                label: Label::Keyed(name, key),
                 value: Cow::Borrowed(value),
                 cache_id: (source != 0).then_some(source | index as u32),
             });

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::{Error, Request, RuleSet};
+use crate::{Error, MatchedRule, Request, RuleSet};
 
-/// What a stage expects to find in the log.
+/// Log expectations of a stage.
 #[derive(Clone, Debug, Default)]
 pub struct Expectation {
     pub expect_ids: Vec<u32>,
@@ -286,6 +286,7 @@ fn build_request(input: &Yaml) -> Result<Request, String> {
             .map_err(|error| format!("invalid encoded_request: {error}"))?;
         return parse_raw_request(&raw);
     }
+
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(map) = input["headers"].as_hash() {
         for (name, value) in map {
@@ -294,6 +295,7 @@ fn build_request(input: &Yaml) -> Result<Request, String> {
             }
         }
     }
+
     let body = as_text(&input["data"]).unwrap_or_default().into_bytes();
     let autocomplete = input["autocomplete_headers"].as_bool().unwrap_or(true);
     let has = |headers: &[(String, Vec<u8>)], name: &str| {
@@ -315,6 +317,7 @@ fn build_request(input: &Yaml) -> Result<Request, String> {
     if autocomplete && !has(&headers, "connection") {
         headers.push(("Connection".to_string(), b"close".to_vec()));
     }
+
     Ok(frame_body(Request {
         method,
         uri: as_text(&input["uri"]).unwrap_or_else(|| "/".to_string()),
@@ -345,7 +348,7 @@ fn frame_body(mut request: Request) -> Request {
     request
 }
 
-/// Returns why a web server would reject the request before the WAF sees it, if it would.
+/// Returns the reason a web server would reject the request before it reaches the WAF, if any.
 fn server_rejection(request: &Request) -> Option<&'static str> {
     let bare_line_break = request
         .headers
@@ -499,52 +502,50 @@ fn run_stage(
     }
     let request = match request {
         Ok(request) => request,
-        Err(error) => return Verdict::Fail(format!("cannot build the request: {error}")),
+        Err(error) => return Verdict::Fail(format!("failed to build the request: {error}")),
     };
+
     // A request the server rejects never reaches the WAF, so nothing is logged.
     let matched = match server_rejection(request) {
         Some(_) => Vec::new(),
         None => set.evaluate(request).matched,
     };
-    let logged: Vec<u32> = matched
-        .iter()
-        .filter(|rule| rule.logged)
-        .map(|rule| rule.id)
-        .collect();
+    let logged: Vec<&MatchedRule> = matched.iter().filter(|rule| rule.logged).collect();
+    let problems = compare(expectation, &logged);
+    if problems.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(problems.join("; "))
+    }
+}
+
+/// Returns every way the logged rules differ from the expectation.
+fn compare(expectation: &Expectation, logged: &[&MatchedRule]) -> Vec<String> {
+    let ids: Vec<u32> = logged.iter().map(|rule| rule.id).collect();
     let missing: Vec<u32> = expectation
         .expect_ids
         .iter()
         .copied()
-        .filter(|id| !logged.contains(id))
+        .filter(|id| !ids.contains(id))
         .collect();
     let unexpected: Vec<u32> = expectation
         .no_expect_ids
         .iter()
         .copied()
-        .filter(|id| logged.contains(id))
+        .filter(|id| ids.contains(id))
         .collect();
-    // The lines imitate ModSecurity's error log, which escapes control characters.
-    let log: String = matched
-        .iter()
-        .filter(|rule| rule.logged)
-        .map(|rule| {
-            format!(
-                "[id \"{}\"] [msg \"{}\"] [data \"{}\"]\n",
-                rule.id,
-                escape_log(&rule.msg),
-                escape_log(&rule.logdata)
-            )
-        })
-        .collect();
+
     let mut problems = Vec::new();
     if !missing.is_empty() {
         problems.push(format!(
-            "expected ids {missing:?} did not fire (fired: {logged:?})"
+            "expected ids {missing:?} did not fire (fired: {ids:?})"
         ));
     }
     if !unexpected.is_empty() {
         problems.push(format!("ids {unexpected:?} fired but must not"));
     }
+
+    let log = error_log(logged);
     if let Some(pattern) = &expectation.match_regex {
         match regex::Regex::new(pattern) {
             Ok(regex) if regex.is_match(&log) => {}
@@ -555,15 +556,26 @@ fn run_stage(
     if let Some(pattern) = &expectation.no_match_regex {
         match regex::Regex::new(pattern) {
             Ok(regex) if !regex.is_match(&log) => {}
-            Ok(_) => problems.push(format!("log matches {pattern} (fired: {logged:?})")),
+            Ok(_) => problems.push(format!("log matches {pattern} (fired: {ids:?})")),
             Err(error) => problems.push(format!("invalid no_match_regex {pattern}: {error}")),
         }
     }
-    if problems.is_empty() {
-        Verdict::Pass
-    } else {
-        Verdict::Fail(problems.join("; "))
-    }
+    problems
+}
+
+/// Formats matched rules like ModSecurity's error log, which escapes control characters.
+fn error_log(logged: &[&MatchedRule]) -> String {
+    logged
+        .iter()
+        .map(|rule| {
+            format!(
+                "[id \"{}\"] [msg \"{}\"] [data \"{}\"]\n",
+                rule.id,
+                escape_log(&rule.msg),
+                escape_log(&rule.logdata)
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ impl Operator {
         let kind = match name.to_ascii_lowercase().as_str() {
             "rx" => {
                 let (regex, repair) = regex_repair::compile(argument).map_err(|error| {
-                    Error::syntax(location, format!("@rx pattern does not compile on the regex crate and has no repair: {error}"))
+                    Error::syntax(location, format!("@rx pattern does not compile on the regex crate and has no automatic repair (rewrite it without lookarounds or backreferences): {error}"))
                 })?;
                 if let Some(repair) = repair {
                     repairs.push((location.clone(), repair));

@@ -14,7 +14,7 @@ const SIZE_LIMIT: usize = 256 * 1024 * 1024;
 pub struct Repair {
     pub original: String,
     pub repaired: String,
-    /// What was rewritten, in words.
+    /// Description of the rewrite.
     pub change: &'static str,
 }
 

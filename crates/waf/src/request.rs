@@ -93,11 +93,13 @@ impl RequestData {
             }
             None => request.uri.clone(),
         };
+
         let without_fragment = uri.split('#').next().unwrap_or_default();
         let (path, query) = match without_fragment.split_once('?') {
             Some((path, query)) => (path, query),
             None => (without_fragment, ""),
         };
+
         // REQUEST_FILENAME is the percent-decoded path, as in libmodsecurity and Coraza. A `+`
         // stays a `+` because it is a space only in form data.
         let filename = percent_decode(path.as_bytes());
@@ -105,12 +107,14 @@ impl RequestData {
             Some(slash) => filename[slash + 1..].to_vec(),
             None => filename.clone(),
         };
+
         let cookies = request
             .headers
             .iter()
             .filter(|(name, _)| name.eq_ignore_ascii_case("cookie"))
             .flat_map(|(_, value)| parse_cookies(value))
             .collect();
+
         Self {
             request_line: format!("{} {} {}", request.method, request.uri, request.protocol)
                 .into_bytes(),
@@ -120,15 +124,10 @@ impl RequestData {
             basename,
             query_string: query.as_bytes().to_vec(),
             args_get: parse_urlencoded(query.as_bytes()),
+            cookies,
             body_processor: body_processor(request),
             ..Self::default()
         }
-        .with_cookies(cookies)
-    }
-
-    fn with_cookies(mut self, cookies: Vec<Pair>) -> Self {
-        self.cookies = cookies;
-        self
     }
 
     /// Parses the body with the processor that `Content-Type` selects, unless `forced` names
@@ -268,7 +267,7 @@ impl RequestData {
 }
 
 /// Returns the body processor that the `Content-Type` header selects, as `REQBODY_PROCESSOR`
-/// names it. ModSecurity knows it from the request headers, so it is set in phase 1 already.
+/// names it. ModSecurity sets it from the request headers, so phase 1 rules can read it.
 fn body_processor(request: &Request) -> Option<String> {
     let content_type = request.header("content-type")?;
     let content_type = String::from_utf8_lossy(content_type);
@@ -413,7 +412,7 @@ fn parse_cookies(header: &[u8]) -> Vec<Pair> {
 }
 
 /// Flattens a JSON document into `json.a.b` names. Array elements keep the name of the array,
-/// as in ModSecurity 2, so a rule on the key name sees them.
+/// as in ModSecurity 2, so a rule on the key name matches them.
 fn flatten_json(prefix: &str, value: &serde_json::Value, output: &mut Vec<Pair>) {
     match value {
         serde_json::Value::Object(map) => {

@@ -23,7 +23,7 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Returns the setup that the CRS regression tests assume (see the CRS tests' README):
+    /// Returns the setup that the README of the CRS regression tests prescribes:
     /// paranoia level 4, UTF-8 validation and the argument and file size limits.
     pub fn regression_tests() -> Self {
         let tx = [
@@ -50,7 +50,7 @@ impl Setup {
             "phase:1".to_string(),
             "pass".to_string(),
             "nolog".to_string(),
-            // The CRS refuses to run without this variable, which crs-setup.conf sets.
+            // Without this variable, which crs-setup.conf sets, CRS rule 901001 denies every request.
             "setvar:tx.crs_setup_version=400".to_string(),
             format!("setvar:tx.blocking_paranoia_level={}", self.paranoia_level),
             format!("setvar:tx.detection_paranoia_level={}", self.paranoia_level),
@@ -62,7 +62,7 @@ impl Setup {
     }
 }
 
-/// What a rule does when it matches.
+/// Disruptive action of a rule: what happens to the request when the rule matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disruptive {
     Pass,
@@ -290,7 +290,7 @@ impl<'a> Compiler<'a> {
             }
             "SecRuleUpdateTargetById" => {
                 if args.len() != 2 {
-                    let message = "SecRuleUpdateTargetById takes a rule id and a target list; the replacement form is unsupported";
+                    let message = "SecRuleUpdateTargetById takes a rule id and a target list, and the form with a replacement target is unsupported";
                     return Err(Error::syntax(location, message));
                 }
                 let (low, high) = parse_id_range(location, &args[0])?;

@@ -1,6 +1,6 @@
-//! Lexer for SecLang, the ModSecurity rule language, as Apache's configuration reader splits it:
-//! a trailing backslash continues a line, `#` starts a comment line, and an argument is either a
-//! bare word or a double-quoted string in which only `\"` is an escape.
+//! Lexer for SecLang, the ModSecurity rule language, which splits lines as Apache's configuration
+//! reader does. A trailing backslash continues a line and `#` starts a comment line. An argument
+//! is either a bare word or a double-quoted string in which only `\"` is an escape.
 
 use std::sync::Arc;
 

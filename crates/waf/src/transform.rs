@@ -1,5 +1,6 @@
-//! Transformation functions (`t:` actions). Each one maps bytes to bytes the way ModSecurity 2
-//! documents it. Values are bytes because request data need not be valid UTF-8.
+//! Transformation functions (`t:` actions). Each one maps bytes to bytes with the semantics of
+//! ModSecurity 2, which the CRS regression tests exercise. Values are bytes because request data
+//! need not be valid UTF-8.
 
 use std::borrow::Cow;
 

@@ -158,7 +158,7 @@ pub struct Target {
 }
 
 impl Target {
-    /// Tells whether an exclusion target removes the value `key` of `variable`.
+    /// Returns whether this exclusion target removes the value `key` of `variable`.
     pub fn excludes(&self, variable: Variable, key: &str) -> bool {
         if self.variable != variable {
             return false;

@@ -81,7 +81,7 @@ fn benign_requests_trigger_nothing() {
     }
 }
 
-/// Maps each byte to the code point of the same value, so that a Unicode regex engine sees the
+/// Maps each byte to the code point of the same value, so that a Unicode regex engine reads the
 /// bytes the way PCRE without its UTF flag does.
 fn latin1(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| char::from(*byte)).collect()

@@ -79,6 +79,7 @@ impl RuleSet {
             matched: Vec::new(),
             blocked: false,
             cache: RefCell::new(HashMap::new()),
+            prefilter_cache: RefCell::new(HashMap::new()),
         };
         transaction.run();
         Evaluation {
@@ -176,6 +177,8 @@ struct Transaction<'a> {
     matched: Vec<MatchedRule>,
     blocked: bool,
     cache: RefCell<TransformCache>,
+    /// Prefilter set results, keyed like the transformation cache.
+    prefilter_cache: RefCell<HashMap<(u32, usize), regex::bytes::SetMatches>>,
 }
 
 // Cache identities: the source collection in the high byte and the index below it.
@@ -370,6 +373,9 @@ impl<'a> Transaction<'a> {
                     continue;
                 }
                 let transformed = self.transformed(&candidate, link);
+                if !self.may_match(link, &candidate, &transformed) {
+                    continue;
+                }
                 let outcome = link.operator.evaluate(&transformed, &expand, link.capture);
                 if outcome.matched {
                     hits.push(Hit {
@@ -399,6 +405,25 @@ impl<'a> Transaction<'a> {
             self.cache.borrow_mut().insert(key, value.clone());
         }
         Transformed::Shared(value)
+    }
+
+    /// Consults the prefilter set of the link's transformation list. Returns false only when
+    /// the link's `@rx` pattern cannot match `value`.
+    fn may_match(&self, link: &Rule, candidate: &Candidate, value: &[u8]) -> bool {
+        let (Some((chunk, member)), Some(id)) = (link.prefilter_member, candidate.cache_id) else {
+            return true;
+        };
+        let Some(set) = &self.set.prefilters[chunk] else {
+            return true;
+        };
+        let key = (id, chunk);
+        if let Some(matches) = self.prefilter_cache.borrow().get(&key) {
+            return matches.matched(member);
+        }
+        let matches = set.matches(value);
+        let result = matches.matched(member);
+        self.prefilter_cache.borrow_mut().insert(key, matches);
+        result
     }
 
     /// Returns the values a target selects, before exclusions.
@@ -772,6 +797,21 @@ SecRule REQUEST_METHOD "@streq GET" "id:4,phase:2,pass"
         let result = evaluate(rules, &Request::with_query_value("q", "x"));
         assert_eq!(result.logged_ids(), vec![3]);
         assert!(result.blocked);
+    }
+
+    #[test]
+    fn prefilter_keeps_matches() {
+        let rules = r#"
+SecRule ARGS "@rx (?i)union" "id:1,phase:2,pass,t:none,t:lowercase"
+SecRule ARGS "@rx select\s" "id:2,phase:2,pass,t:none,t:lowercase"
+SecRule ARGS "!@rx drop" "id:3,phase:2,pass,t:none,t:lowercase"
+SecRule ARGS "@rx from" "id:4,phase:2,pass,t:none,t:lowercase"
+"#;
+        let set = RuleSet::from_text(rules, Path::new(".")).unwrap();
+        assert!(set.prefilters.iter().any(Option::is_some));
+        assert_eq!(set.rule(3).unwrap().prefilter_member, None);
+        let result = set.evaluate(&Request::with_query_value("q", "UNION SELECT 1"));
+        assert_eq!(result.logged_ids(), vec![1, 2, 3]);
     }
 
     #[test]

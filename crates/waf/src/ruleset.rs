@@ -4,12 +4,21 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use regex::bytes::RegexSet;
+
 use crate::Error;
-use crate::operator::Operator;
+use crate::operator::{Operator, OperatorKind};
 use crate::regex_repair::Repair;
 use crate::seclang::{self, Directive, Location};
 use crate::transform::Transform;
 use crate::variable::{Target, parse_targets};
+
+/// Compiled size limit of one prefilter set. A set that exceeds it is not built, and its rules
+/// run their regexes one by one.
+const PREFILTER_SIZE_LIMIT: usize = 512 * 1024 * 1024;
+
+/// Maximum number of patterns in one prefilter set.
+const PREFILTER_CHUNK: usize = 32;
 
 /// Settings that a deployment puts in `crs-setup.conf`, written here as `SecAction` rules so they
 /// go through the same parser as the rule files.
@@ -128,6 +137,9 @@ pub struct Rule {
     pub controls: Vec<Control>,
     pub skip_after: Option<String>,
     pub chained: Option<Box<Rule>>,
+    /// Position of this link's pattern in [`RuleSet::prefilters`] (set index, pattern index), for
+    /// a non-negated `@rx` link of a request phase.
+    pub prefilter_member: Option<(usize, usize)>,
 }
 
 /// An entry of a phase's rule list.
@@ -151,6 +163,10 @@ pub struct RuleSet {
     /// Rules of phases 3 to 5, parsed but never evaluated.
     pub response_rules: usize,
     pub component_signature: Option<String>,
+    /// `RegexSet`s over the `@rx` patterns of links that share a transformation list, at most
+    /// [`PREFILTER_CHUNK`] patterns each. `None` for a set of one pattern or one that fails to
+    /// compile.
+    pub(crate) prefilters: Vec<Option<RegexSet>>,
 }
 
 impl RuleSet {
@@ -367,6 +383,7 @@ impl<'a> Compiler<'a> {
             controls: Vec::new(),
             skip_after: None,
             chained: None,
+            prefilter_member: None,
         };
         let mut has_chain = false;
         for (name, argument) in seclang::split_actions(location, actions)? {
@@ -484,8 +501,55 @@ impl<'a> Compiler<'a> {
         Ok(false)
     }
 
-    fn finish(self) -> RuleSet {
+    fn finish(mut self) -> RuleSet {
+        self.build_prefilters();
         self.set
+    }
+
+    /// Groups the non-negated `@rx` links by transformation list and compiles each group into
+    /// `RegexSet`s. One pass of a set over a value tells which of its patterns can match, so the
+    /// evaluator skips the individual regexes of a benign value. Response-phase rules are left
+    /// out because they are never evaluated.
+    fn build_prefilters(&mut self) {
+        // Sets are split into chunks: one set over hundreds of large patterns overwhelms the lazy
+        // DFA and is slower than running the patterns one by one.
+        let mut open_chunk: HashMap<usize, usize> = HashMap::new();
+        let mut chunks: Vec<Vec<String>> = Vec::new();
+        for rule in self.set.rules.iter_mut().filter(|rule| rule.phase <= 2) {
+            let mut link = Some(rule);
+            while let Some(current) = link {
+                if let (OperatorKind::Rx(regex), false) =
+                    (&current.operator.kind, current.operator.negated)
+                {
+                    let chunk = *open_chunk
+                        .entry(current.transform_chain)
+                        .or_insert_with(|| {
+                            chunks.push(Vec::new());
+                            chunks.len() - 1
+                        });
+                    current.prefilter_member = Some((chunk, chunks[chunk].len()));
+                    chunks[chunk].push(regex.as_str().to_string());
+                    if chunks[chunk].len() == PREFILTER_CHUNK {
+                        open_chunk.remove(&current.transform_chain);
+                    }
+                }
+                link = current.chained.as_deref_mut();
+            }
+        }
+        self.set.prefilters = chunks
+            .iter()
+            .map(|group| {
+                if group.len() < 2 {
+                    return None;
+                }
+                regex::bytes::RegexSetBuilder::new(group)
+                    .unicode(false)
+                    .size_limit(PREFILTER_SIZE_LIMIT)
+                    .dfa_size_limit(PREFILTER_SIZE_LIMIT)
+                    .build()
+                    .ok()
+            })
+            .collect();
     }
 }
 

@@ -123,7 +123,7 @@ pub struct Rule {
     pub targets: Vec<Target>,
     pub operator: Operator,
     pub transforms: Vec<Transform>,
-    /// Index of the transformation list in [`RuleSet::transform_chains`], used as cache key.
+    /// Index of the transformation list in the rule set, used as cache key.
     pub transform_chain: usize,
     pub disruptive: Disruptive,
     pub log: bool,
@@ -137,8 +137,8 @@ pub struct Rule {
     pub controls: Vec<Control>,
     pub skip_after: Option<String>,
     pub chained: Option<Box<Rule>>,
-    /// Position of this link's pattern in [`RuleSet::prefilters`] (set index, pattern index), for
-    /// a non-negated `@rx` link of a request phase.
+    /// Position of this link's pattern among the rule set's prefilter sets, as (set index,
+    /// pattern index), for a non-negated `@rx` link of a request phase.
     pub prefilter_member: Option<(usize, usize)>,
 }
 

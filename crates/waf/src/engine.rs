@@ -228,6 +228,11 @@ impl<'a> Transaction<'a> {
                                     return;
                                 }
                             }
+                            // `allow` without an argument ends inspection of the request. Like
+                            // every disruptive action it is ignored in detection-only mode.
+                            if rule.disruptive == Disruptive::Allow && self.mode == EngineMode::On {
+                                return;
+                            }
                         }
                     }
                 }
@@ -812,6 +817,17 @@ SecRule ARGS "@rx from" "id:4,phase:2,pass,t:none,t:lowercase"
         assert_eq!(set.rule(3).unwrap().prefilter_member, None);
         let result = set.evaluate(&Request::with_query_value("q", "UNION SELECT 1"));
         assert_eq!(result.logged_ids(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn allow_ends_inspection() {
+        let rules = r#"
+SecRule REQUEST_METHOD "@streq GET" "id:1,phase:1,allow"
+SecRule REQUEST_METHOD "@streq GET" "id:2,phase:2,deny"
+"#;
+        let result = evaluate(rules, &Request::with_query_value("q", "x"));
+        assert_eq!(result.logged_ids(), vec![1]);
+        assert!(!result.blocked);
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub enum Disruptive {
     /// `block`: the CRS runs in anomaly scoring mode, where its default action is `pass`.
     Block,
     Deny,
+    /// `allow` without an argument: ends inspection of the request.
     Allow,
 }
 
@@ -468,7 +469,11 @@ impl<'a> Compiler<'a> {
             "pass" => rule.disruptive = Disruptive::Pass,
             "block" => rule.disruptive = Disruptive::Block,
             "deny" | "drop" => rule.disruptive = Disruptive::Deny,
-            "allow" => rule.disruptive = Disruptive::Allow,
+            "allow" if argument.is_none() => rule.disruptive = Disruptive::Allow,
+            "allow" => {
+                let message = "unsupported action `allow` with a scope argument: use plain `allow`";
+                return Err(Error::syntax(location, message));
+            }
             "log" => rule.log = true,
             "nolog" => rule.log = false,
             "capture" => rule.capture = true,

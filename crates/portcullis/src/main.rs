@@ -1,10 +1,11 @@
 //! The `portcullis` command: run the gateway, validate a config, migrate a store, and sync a
-//! store with a declared set of entities.
+//! store with a declared set of entities, and run the WAF engine on its own.
 
 mod export;
 mod serve;
 mod sync;
 mod token;
+mod waf;
 mod yaml;
 
 use std::path::PathBuf;
@@ -76,6 +77,11 @@ enum Command {
         #[arg(long, short, value_name = "PATH")]
         output: Option<PathBuf>,
     },
+    /// Run the WAF engine on its own: the CRS regression tests, or a scan of input values.
+    Waf {
+        #[command(subcommand)]
+        command: waf::WafCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
         Command::Diff { source } => run_to_status(sync::diff(source), ExitCode::from(2)),
         Command::Apply { source } => run_async(sync::apply(source)),
         Command::Export { config, output } => run_async(export::export(config, output)),
+        Command::Waf { command } => waf::run(command),
     }
 }
 

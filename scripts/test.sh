@@ -30,4 +30,7 @@ if [[ -z "${PORTCULLIS_TEST_POSTGRES_URL:-}" ]]; then
 fi
 echo "PostgreSQL for tests: $postgres_url"
 
+# The AI gateway tests drive the gateway with the official Python SDKs.
+scripts/python-env.sh
+
 cargo test --workspace --locked "$@"

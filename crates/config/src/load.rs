@@ -59,7 +59,7 @@ pub struct KeyError {
 }
 
 impl KeyError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         KeyError {
             key: key.into(),
             message: message.into(),
@@ -136,6 +136,17 @@ pub fn load_str(
     let mut errors: Vec<KeyError> = validate_node(&config);
     errors.extend(validate_entities(&config.entities));
     errors.extend(validate_policies("policies", &config.policies));
+    if let Some(ai) = &config.ai {
+        errors.extend(crate::ai::validate(ai));
+    }
+    for (i, route) in config.entities.routes.iter().enumerate() {
+        if route.ai.is_some() && config.ai.is_none() {
+            errors.push(KeyError::new(
+                format!("routes[{i}].ai"),
+                "an `ai` route needs the top-level `ai` section with its providers",
+            ));
+        }
+    }
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -334,15 +345,21 @@ pub fn validate_entities(entities: &Entities) -> Vec<KeyError> {
                 format!("duplicate route name `{}`", route.name),
             ));
         }
-        match &route.service {
-            Some(name) if !service_names.contains(name.as_str()) => errors.push(KeyError::new(
+        match (&route.service, &route.ai) {
+            (Some(_), Some(_)) => errors.push(KeyError::new(
                 format!("{at}.service"),
-                format!("service `{name}` is not defined"),
+                "an `ai` route serves requests itself and takes no `service`",
             )),
-            Some(_) => {}
-            None => errors.push(KeyError::new(
+            (Some(name), None) if !service_names.contains(name.as_str()) => {
+                errors.push(KeyError::new(
+                    format!("{at}.service"),
+                    format!("service `{name}` is not defined"),
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            (None, None) => errors.push(KeyError::new(
                 format!("{at}.service"),
-                "a route needs a service",
+                "a route needs a service, or `ai: {}` to serve the AI gateway",
             )),
         }
         errors.extend(validate_route_fields(&at, route));
@@ -671,7 +688,7 @@ fn validate_rate_limit(key: &str, spec: &RateLimitSpec) -> Vec<KeyError> {
     errors
 }
 
-fn check_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
+pub(crate) fn check_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
     let valid = !name.is_empty()
         && name.len() <= 128
         && name

@@ -40,6 +40,8 @@ pub enum ControlError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Ai(#[from] portcullis_ai::SetupError),
 }
 
 /// The node's health as reported by `/health/ready`.
@@ -90,6 +92,10 @@ impl ControlPlane {
             clients: Arc::new(ClientPool::default()),
             key_usage: Arc::new(KeyUsage::default()),
             hasher,
+            ai: match &config.ai {
+                Some(ai) => Some(Arc::new(portcullis_ai::Gateway::new(ai)?)),
+                None => None,
+            },
         };
         let state = store.load().await?;
         let first = compile(&config, &state, &context)?;

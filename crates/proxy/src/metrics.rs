@@ -57,6 +57,7 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
+    pub ai: portcullis_ai::AiMetrics,
 }
 
 impl Metrics {
@@ -71,6 +72,7 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             config_version: Gauge::default(),
             access_log_dropped: Counter::default(),
+            ai: portcullis_ai::AiMetrics::register(registry),
         };
         registry.register(
             "portcullis_requests",

@@ -57,7 +57,13 @@ struct Trace {
     credential_id: Option<Arc<str>>,
     upstream_addr: Option<Arc<str>>,
     upstream_latency: Option<Duration>,
+    /// The usage record of a call on an `ai` route.
+    ai_call: Option<Arc<portcullis_ai::CallRecord>>,
 }
+
+/// Response header with the milliseconds the gateway added to an AI call: the time to the
+/// response headers minus the time spent waiting for providers.
+const X_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-portcullis-overhead-ms");
 
 impl Proxy {
     /// Serves one request through all phases and returns the response to send.
@@ -90,6 +96,19 @@ impl Proxy {
         };
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID, value);
+        }
+        if let (Some(_), Some(upstream)) = (&trace.ai_call, trace.upstream_latency) {
+            let overhead = started.elapsed().saturating_sub(upstream);
+            let milliseconds = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
+            if let Ok(value) = HeaderValue::from_str(&milliseconds) {
+                response.headers_mut().insert(X_OVERHEAD_MS, value);
+            }
+            let route = trace.route.as_deref().unwrap_or("").to_string();
+            self.metrics
+                .ai
+                .overhead
+                .get_or_create(&portcullis_ai::metrics::OverheadLabels { route })
+                .observe(overhead.as_secs_f64());
         }
 
         if let Some(rejection) = &rejection {
@@ -138,6 +157,7 @@ impl Proxy {
             rejected_by: rejection.as_ref().and_then(|rejection| rejection.policy),
             error: rejection.as_ref().map(|rejection| rejection.code),
             outcome: Outcome::Completed,
+            ai: None,
         };
         response.body_mut().on_complete(Box::new(LogOnComplete {
             proxy: self.clone(),
@@ -145,6 +165,7 @@ impl Proxy {
             started,
             stats,
             upstream_latency: trace.upstream_latency,
+            ai_call: trace.ai_call,
         }));
         response
     }
@@ -212,7 +233,7 @@ impl Proxy {
         let route: &CompiledRoute = found.route;
         let matched = found.matched.to_string();
         trace.route = Some(route.name.clone());
-        trace.service = Some(route.service.name.clone());
+        trace.service = route.service.as_ref().map(|service| service.name.clone());
 
         // Authenticate, authorize, limit and inspect.
         let mut exchange = Exchange {
@@ -237,8 +258,37 @@ impl Proxy {
             return Err(rejection);
         }
 
-        // Forward.
-        let service = &route.service;
+        // Forward: an `ai` route is served by the AI gateway instead of a service.
+        if let Some(gateway) = &route.ai {
+            let served = crate::ai::serve(
+                gateway,
+                parts,
+                body,
+                &canonical.path,
+                &matched,
+                snapshot.limits.max_body_bytes,
+                request_id,
+            )
+            .await
+            .map_err(|mut rejection| {
+                rejection.add_missing_headers(&response_headers);
+                rejection
+            })?;
+            trace.ai_call = served.call;
+            trace.upstream_latency = served.upstream_latency;
+            let mut response = served.response;
+            for (name, value) in &response_headers {
+                response.headers_mut().append(name, value.clone());
+            }
+            return Ok(response);
+        }
+        let Some(service) = &route.service else {
+            return Err(Rejection::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "route_without_service",
+                "the route has no service",
+            ));
+        };
         let target = service.next_target();
         trace.upstream_addr = Some(target.address.clone());
         let upstream_path = if route.strip_prefix {
@@ -475,6 +525,7 @@ struct LogOnComplete {
     started: Instant,
     stats: Arc<BodyStats>,
     upstream_latency: Option<Duration>,
+    ai_call: Option<Arc<portcullis_ai::CallRecord>>,
 }
 
 impl Completion for LogOnComplete {
@@ -485,9 +536,11 @@ impl Completion for LogOnComplete {
             started,
             stats,
             upstream_latency,
+            ai_call,
         } = *self;
         let elapsed = started.elapsed();
         let route = Name(record.route.clone().unwrap_or_else(|| Arc::from("")));
+        let route_name = route.0.clone();
         let metrics = &proxy.metrics;
         metrics
             .requests
@@ -507,6 +560,14 @@ impl Completion for LogOnComplete {
                 .upstream_duration
                 .get_or_create(&RouteLabels { route })
                 .observe(latency.as_secs_f64());
+        }
+        if let Some(call) = ai_call {
+            // Read at the end of the body, including a client disconnect, so the tokens
+            // received so far are counted.
+            let summary = call.summary();
+            let consumer = record.consumer.as_deref().unwrap_or("");
+            metrics.ai.record(&summary, consumer, &route_name);
+            record.ai = Some(summary);
         }
         if !proxy.access_log.is_on() {
             return;

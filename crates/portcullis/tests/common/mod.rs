@@ -29,6 +29,11 @@ impl Gateway {
 
     /// Starts the gateway in an existing folder, for configs that reference files in it.
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        Gateway::start_with_env(dir, config, &[])
+    }
+
+    /// Starts the gateway with extra environment variables, for configs that read `${VAR}`.
+    pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
         let config_path = dir.path().join("gateway.yaml");
         std::fs::write(&config_path, config).expect("write the config");
         let addresses = dir.path().join("addresses.json");
@@ -42,6 +47,7 @@ impl Gateway {
             .arg("--addresses-file")
             .arg(&addresses)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

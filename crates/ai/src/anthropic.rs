@@ -12,14 +12,14 @@ use serde_json::{Map, Value, json};
 
 use crate::error::AiError;
 
-/// Name of the tool that carries JSON output when `response_format` asks for JSON.
+/// Name of the tool that carries JSON output when `response_format` requests JSON.
 pub const JSON_TOOL: &str = "json_response";
 
 /// A translated request and what the response translation needs to know about it.
 #[derive(Debug)]
 pub struct MessagesRequest {
     pub body: Value,
-    /// The forced JSON tool is in use, so its input is the answer text.
+    /// The forced JSON tool is in use, so its input is the response text.
     pub json_mode: bool,
 }
 
@@ -77,7 +77,7 @@ pub fn to_messages_request(
             _ => turns.push((role.to_string(), blocks)),
         }
     }
-    // Anthropic wants tool results before any text in a user turn that answers tool calls.
+    // Anthropic requires tool results before any text in a user turn that follows tool calls.
     for (_, blocks) in &mut turns {
         blocks
             .sort_by_key(|block| block.get("type").and_then(Value::as_str) != Some("tool_result"));

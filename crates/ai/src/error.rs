@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-/// A request the AI gateway answers with an error.
+/// An error response of the AI gateway.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{status} {code}: {message}")]
 pub struct AiError {
@@ -73,6 +73,29 @@ impl AiError {
     pub fn body(&self, request_id: &str) -> Bytes {
         let mut bytes = serde_json::to_vec(&json!({ "error": self.to_value(request_id) }))
             .expect("a JSON value serialises");
+        bytes.push(b'\n');
+        Bytes::from(bytes)
+    }
+
+    /// Renders the body in Anthropic's error shape, `{"type": "error", "error": {"type",
+    /// "message"}}`, for the Anthropic-compatible `/messages` endpoint.
+    pub fn anthropic_body(&self, request_id: &str) -> Bytes {
+        let kind = match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            status if status >= 500 => "api_error",
+            _ => "invalid_request_error",
+        };
+        let body = json!({
+            "type": "error",
+            "error": {"type": kind, "message": self.message},
+            "request_id": request_id,
+        });
+        let mut bytes = serde_json::to_vec(&body).expect("a JSON value serialises");
         bytes.push(b'\n');
         Bytes::from(bytes)
     }

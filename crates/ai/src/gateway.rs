@@ -1,10 +1,11 @@
 //! The AI gateway's endpoints, provider calls and fallback.
 //!
 //! A route with `ai: {}` hands its requests here with the route prefix removed, so `/v1` routes
-//! serve `/v1/chat/completions`, `/v1/embeddings` and `/v1/models`. A request's `model` is an
-//! alias from `ai.models` or a direct `provider/model`. Targets are tried in order: a connect
-//! error, a timeout, 429 or 5xx moves to the next target, but only before any response byte
-//! reached the client, so a stream is never restarted.
+//! serve `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`, and `/v1/messages` for
+//! Anthropic clients. A request's `model` is an alias from `ai.models` or a direct
+//! `provider/model`. Targets are tried in order: a connect error, a timeout, 429 or 5xx moves to
+//! the next target, but only before any response byte reached the client, so a stream is never
+//! restarted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +27,9 @@ use serde_json::{Value, json};
 use crate::anthropic;
 use crate::error::AiError;
 use crate::record::CallRecord;
-use crate::stream::{AnthropicStream, OpenAiStream, TranslatedStream, Translator};
+use crate::stream::{
+    AnthropicPassthrough, AnthropicStream, OpenAiStream, TranslatedStream, Translator,
+};
 use crate::usage::{Price, Usage};
 
 /// Boxed error of response bodies.
@@ -49,6 +52,8 @@ type ProviderClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct AiRequest {
     pub method: Method,
     pub path: String,
+    /// The client's request headers; `/messages` passes the `anthropic-*` ones on.
+    pub headers: http::HeaderMap,
     pub body: Bytes,
     pub request_id: String,
 }
@@ -84,6 +89,8 @@ struct Prepared {
     url: String,
     body: Bytes,
     json_mode: bool,
+    /// Headers the client set for the provider, such as `anthropic-version`.
+    headers: http::HeaderMap,
 }
 
 /// A provider response with a success status, and how the call got there.
@@ -133,14 +140,16 @@ impl Gateway {
         })
     }
 
-    /// Serves one request. Errors are answered in OpenAI's error shape.
+    /// Serves one request, and renders any error in OpenAI's error shape.
     pub async fn handle(&self, request: AiRequest) -> AiResponse {
         let request_id = request.request_id.clone();
+        let anthropic_shape = request.path == "/messages";
         let result = match (request.method.clone(), request.path.as_str()) {
             (Method::GET, "/models") => Ok(self.models()),
             (Method::POST, "/chat/completions") => self.chat(request).await,
             (Method::POST, "/embeddings") => self.embeddings(request).await,
-            (_, "/models" | "/chat/completions" | "/embeddings") => Err(AiError {
+            (Method::POST, "/messages") => self.messages(request).await,
+            (_, "/models" | "/chat/completions" | "/embeddings" | "/messages") => Err(AiError {
                 status: StatusCode::METHOD_NOT_ALLOWED,
                 kind: "invalid_request_error",
                 code: "method_not_allowed".into(),
@@ -150,12 +159,16 @@ impl Gateway {
             (_, path) => Err(AiError::not_found(
                 "unknown_endpoint",
                 format!(
-                    "unknown AI endpoint `{path}`; use /chat/completions, /embeddings or /models"
+                    "unknown AI endpoint `{path}`; use /chat/completions, /embeddings, /messages or /models"
                 ),
             )),
         };
         result.unwrap_or_else(|error| AiResponse {
-            response: error_response(&error, &request_id),
+            response: if anthropic_shape {
+                anthropic_error_response(&error, &request_id)
+            } else {
+                error_response(&error, &request_id)
+            },
             call: None,
             upstream_latency: None,
         })
@@ -313,28 +326,84 @@ impl Gateway {
                     url: format!("{}/embeddings", target.provider.base_url),
                     body: Bytes::from(body.to_string()),
                     json_mode: false,
+                    headers: http::HeaderMap::new(),
                 })
             })
             .await?;
         let target = &targets[served.target];
         let call = self.call_record(model, target, served.attempts, false, prompt_chars);
-        let bytes = read_limited(served.response.into_body(), MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|message| {
-                AiError::upstream(StatusCode::BAD_GATEWAY, "provider_error", message)
-            })?;
-        let usage = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|value| Usage::from_openai(&value["usage"]));
-        call.update(|state| {
-            state.usage_final = usage.is_some();
-            state.usage = usage.unwrap_or_default();
-        });
+        let bytes =
+            read_recording_usage(served.response.into_body(), &call, Usage::from_openai).await?;
         let mut response = Response::new(full(bytes));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        Ok(served_response(response, target, call, served.latency))
+    }
+
+    /// Passes an Anthropic Messages request through to the model's Anthropic targets, for
+    /// clients such as the `anthropic` SDK. The request is not translated, so targets of other
+    /// providers are skipped.
+    async fn messages(&self, request: AiRequest) -> Result<AiResponse, AiError> {
+        let body = parse_body(&request.body)?;
+        let model = requested_model(&body)?;
+        let targets: Vec<Target> = self
+            .targets(&model)?
+            .into_iter()
+            .filter(|target| target.provider.kind == ProviderKind::Anthropic)
+            .collect();
+        if targets.is_empty() {
+            return Err(AiError::invalid_request(
+                "no_anthropic_target",
+                format!(
+                    "model `{model}` has no Anthropic target; /messages passes requests to Anthropic providers only, so use /chat/completions for the others"
+                ),
+            )
+            .with_param("model"));
+        }
+        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+        let prompt_chars = body
+            .get("messages")
+            .map_or(0, |messages| messages.to_string().len())
+            + body
+                .get("system")
+                .map_or(0, |system| system.to_string().len());
+        let mut headers = http::HeaderMap::new();
+        for name in ["anthropic-version", "anthropic-beta"] {
+            for value in request.headers.get_all(name) {
+                headers.append(name, value.clone());
+            }
+        }
+
+        let served = self
+            .call(&targets, &request.request_id, |target| {
+                let mut body = body.clone();
+                body["model"] = json!(target.model);
+                Ok(Prepared {
+                    url: format!("{}/v1/messages", target.provider.base_url),
+                    body: Bytes::from(body.to_string()),
+                    json_mode: false,
+                    headers: headers.clone(),
+                })
+            })
+            .await?;
+        let target = &targets[served.target];
+        let call = self.call_record(model, target, served.attempts, stream, prompt_chars);
+        let (parts, upstream_body) = served.response.into_parts();
+        let mut response = if stream {
+            let translator = Translator::AnthropicPassthrough(AnthropicPassthrough::default());
+            let body = TranslatedStream::new(upstream_body, translator, call.clone());
+            Response::new(body.boxed_unsync())
+        } else {
+            let bytes = read_recording_usage(upstream_body, &call, Usage::from_anthropic).await?;
+            Response::new(full(bytes))
+        };
+        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+            if let Some(value) = parts.headers.get(&name) {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
         Ok(served_response(response, target, call, served.latency))
     }
 
@@ -359,7 +428,7 @@ impl Gateway {
         ))
     }
 
-    /// Sends the request to each target in turn until one answers with a status that is
+    /// Sends the request to each target in turn until one responds with a status that is
     /// neither 429 nor 5xx. A status like 400 is final, because the next target would reject
     /// the same request.
     async fn call(
@@ -460,12 +529,14 @@ fn prepare_chat(target: &Target, body: &Value, stream: bool) -> Result<Prepared,
             url: format!("{}/v1/messages", provider.base_url),
             body: Bytes::from(translated.body.to_string()),
             json_mode: translated.json_mode,
+            headers: http::HeaderMap::new(),
         });
     }
     let mut body = body.clone();
     body["model"] = json!(target.model);
-    // Mistral sends usage in the last chunk unasked; the others need `include_usage`, which
-    // the stream translation removes again when the client did not ask for it.
+    // Mistral sends usage in the last chunk without being asked. The others need
+    // `include_usage`, and the stream translation removes the usage chunk again unless the
+    // client requested it.
     if stream && provider.kind != ProviderKind::Mistral {
         match body
             .get_mut("stream_options")
@@ -481,6 +552,7 @@ fn prepare_chat(target: &Target, body: &Value, stream: bool) -> Result<Prepared,
         url: format!("{}/chat/completions", provider.base_url),
         body: Bytes::from(body.to_string()),
         json_mode: false,
+        headers: http::HeaderMap::new(),
     })
 }
 
@@ -496,8 +568,13 @@ async fn send(
     if let Ok(value) = HeaderValue::from_str(request_id) {
         builder = builder.header("x-request-id", value);
     }
+    for (name, value) in &prepared.headers {
+        builder = builder.header(name, value);
+    }
     if provider.kind == ProviderKind::Anthropic {
-        builder = builder.header("anthropic-version", ANTHROPIC_VERSION);
+        if !prepared.headers.contains_key("anthropic-version") {
+            builder = builder.header("anthropic-version", ANTHROPIC_VERSION);
+        }
         if let Some(key) = &provider.api_key {
             builder = builder.header("x-api-key", key.expose());
         }
@@ -545,6 +622,26 @@ async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
         .map_err(|error| format!("cannot read the provider response: {error}"))
 }
 
+/// Reads a provider's JSON response whole and records the usage that `parse` finds in its
+/// `usage` field.
+async fn read_recording_usage(
+    body: Incoming,
+    call: &CallRecord,
+    parse: fn(&Value) -> Option<Usage>,
+) -> Result<Bytes, AiError> {
+    let bytes = read_limited(body, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|message| AiError::upstream(StatusCode::BAD_GATEWAY, "provider_error", message))?;
+    let usage = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|value| parse(&value["usage"]));
+    call.update(|state| {
+        state.usage_final = usage.is_some();
+        state.usage = usage.unwrap_or_default();
+    });
+    Ok(bytes)
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, AiError> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         AiError::invalid_request(
@@ -580,6 +677,17 @@ fn full(bytes: Bytes) -> AiBody {
 fn json_response(status: StatusCode, value: &Value) -> Response<AiBody> {
     let mut response = Response::new(full(Bytes::from(value.to_string())));
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Renders an error in Anthropic's shape.
+fn anthropic_error_response(error: &AiError, request_id: &str) -> Response<AiBody> {
+    let mut response = Response::new(full(error.anthropic_body(request_id)));
+    *response.status_mut() = error.status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

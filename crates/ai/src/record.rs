@@ -11,7 +11,7 @@ use crate::usage::{Price, Usage};
 /// English text with OpenAI and Anthropic tokenizers; an estimate, marked as such in the log.
 const CHARS_PER_TOKEN: u64 = 4;
 
-/// What is known about a call while its response streams.
+/// The usage observed so far while a call's response streams.
 #[derive(Debug, Default)]
 pub struct CallState {
     pub usage: Usage,

@@ -1,7 +1,7 @@
 //! Streaming responses: provider SSE in, OpenAI `chat.completion.chunk` SSE out.
 //!
 //! [`TranslatedStream`] reads the provider's body frame by frame, parses events with a bounded
-//! [`SseParser`], and writes the translated events of each frame as one output frame. It holds
+//! [`SseParser`], and writes the translated events of each frame as one output frame. It keeps
 //! no more than one unfinished event and one frame's output, so memory stays bounded however
 //! long the stream runs. Usage is written to the shared [`CallRecord`] as each event arrives,
 //! so a client that disconnects mid-stream is still billed for what was received.
@@ -49,14 +49,19 @@ pub struct OpenAiStream {
     include_usage: bool,
 }
 
+/// State of an Anthropic stream passed through unchanged to an Anthropic client.
+#[derive(Debug, Default)]
+pub struct AnthropicPassthrough {}
+
 /// The translation a stream applies.
 #[derive(Debug)]
 pub enum Translator {
     Anthropic(AnthropicStream),
     OpenAi(OpenAiStream),
+    AnthropicPassthrough(AnthropicPassthrough),
 }
 
-/// What to do after an event.
+/// The next step after an event.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Continue,
@@ -214,7 +219,7 @@ impl OpenAiStream {
     fn on_event(&mut self, data: &str, out: &mut BytesMut, record: &CallRecord) -> Flow {
         if data.trim() == "[DONE]" {
             record.update(|state| {
-                // The usage chunk comes before `[DONE]`; without it the counts stay unknown.
+                // The usage chunk comes before `[DONE]`, so without it the counts stay unknown.
                 state.usage_final = state.usage.input.is_some() || state.usage.output.is_some();
             });
             out.put_slice(b"data: [DONE]\n\n");
@@ -265,6 +270,51 @@ impl OpenAiStream {
     }
 }
 
+impl AnthropicPassthrough {
+    /// Re-emits the event as received and records its usage.
+    fn on_event(&mut self, event: &SseEvent, out: &mut BytesMut, record: &CallRecord) -> Flow {
+        if let Some(name) = &event.event {
+            out.put_slice(b"event: ");
+            out.put_slice(name.as_bytes());
+            out.put_slice(b"\n");
+        }
+        write_raw(out, &event.data);
+        let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
+            return Flow::Continue;
+        };
+        match value["type"].as_str() {
+            Some("message_start") => {
+                if let Some(usage) = Usage::from_anthropic(&value["message"]["usage"]) {
+                    record.update(|state| state.usage.merge(usage));
+                }
+            }
+            Some("message_delta") => {
+                if let Some(usage) = Usage::from_anthropic(&value["usage"]) {
+                    record.update(|state| state.usage.merge(usage));
+                }
+            }
+            Some("content_block_delta") => {
+                let delta = &value["delta"];
+                let text = delta["text"]
+                    .as_str()
+                    .or_else(|| delta["partial_json"].as_str())
+                    .unwrap_or("");
+                record.update(|state| state.output_chars += text.len() as u64);
+            }
+            Some("message_stop") => {
+                record.update(|state| state.usage_final = true);
+                return Flow::End;
+            }
+            Some("error") => {
+                record.update(|state| state.stream_error = true);
+                return Flow::End;
+            }
+            _ => {}
+        }
+        Flow::Continue
+    }
+}
+
 fn write_raw(out: &mut BytesMut, data: &str) {
     out.put_slice(b"data: ");
     out.put_slice(data.as_bytes());
@@ -305,6 +355,7 @@ impl TranslatedStream {
     fn translate(&mut self, event: SseEvent, out: &mut BytesMut) -> Flow {
         match &mut self.translator {
             Translator::OpenAi(stream) => stream.on_event(&event.data, out, &self.record),
+            Translator::AnthropicPassthrough(stream) => stream.on_event(&event, out, &self.record),
             Translator::Anthropic(stream) => match serde_json::from_str::<Value>(&event.data) {
                 Ok(value) => stream.on_event(&value, out, &self.record),
                 Err(_) => {
@@ -318,8 +369,18 @@ impl TranslatedStream {
     /// Ends the stream with an error frame for a provider stream that broke off.
     fn fail(&mut self, out: &mut BytesMut, message: String) {
         tracing::warn!(provider = %self.record.provider, error = %message, "provider stream failed");
-        let error = AiError::upstream(http::StatusCode::BAD_GATEWAY, "stream_interrupted", message);
-        write_error(out, &error, &self.record);
+        if let Translator::AnthropicPassthrough(_) = self.translator {
+            // Anthropic clients expect the Messages API's own `error` event.
+            let error =
+                json!({"type": "error", "error": {"type": "api_error", "message": message}});
+            out.put_slice(b"event: error\n");
+            write_data(out, &error);
+            self.record.update(|state| state.stream_error = true);
+        } else {
+            let error =
+                AiError::upstream(http::StatusCode::BAD_GATEWAY, "stream_interrupted", message);
+            write_error(out, &error, &self.record);
+        }
         self.done = true;
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use llm_mock::{ANTHROPIC_KEY, Mock, OPENAI_KEY};
 
-/// The documented `ai` example with the mocks' ports, plus aliases for fallback tests.
+/// Returns the documented `ai` example with the mocks' ports, plus aliases for fallback tests.
 fn config(anthropic: &Mock, openai: &Mock) -> String {
     format!(
         r#"
@@ -57,7 +57,7 @@ routes:
     paths: [/v1]
     ai: {{}}
     policies:
-      - key-auth: {{}}
+      - key-auth: {{ header_names: [apikey, x-api-key] }}
 consumers:
   - name: alice
     api_keys: [{ALICE_KEY}]
@@ -529,6 +529,30 @@ fn venv_python() -> std::path::PathBuf {
     python
 }
 
+/// Runs `tests/sdk/{script}` against `base_url` with `cases` and returns its JSON results.
+async fn run_sdk_script(script: &str, base_url: &str, cases: &Value) -> Vec<Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let mut command = std::process::Command::new(venv_python());
+    command
+        .arg(script)
+        .arg(base_url)
+        .arg(ALICE_KEY)
+        .arg(cases.to_string());
+    // On the blocking pool, because the mock providers run on this test's runtime.
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn openai_sdk_on_both_providers() {
     let (gateway, _anthropic, _openai) = start().await;
@@ -546,25 +570,7 @@ async fn openai_sdk_on_both_providers() {
         ["stream_error", "claude-main/claude-error-mid"],
         ["chat", "no-such-model"],
     ]);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
-    let mut command = std::process::Command::new(venv_python());
-    command
-        .arg(script)
-        .arg(gateway.url("/v1"))
-        .arg(ALICE_KEY)
-        .arg(cases.to_string());
-    // On the blocking pool, because the mock providers run on this test's runtime.
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let results = run_sdk_script("openai_client.py", &gateway.url("/v1"), &cases).await;
 
     assert_eq!(results[0]["content"], "Hello from claude");
     assert_eq!(results[0]["finish_reason"], "stop");
@@ -610,4 +616,82 @@ async fn openai_sdk_on_both_providers() {
 
     assert_eq!(results[11]["status"], 404);
     assert_eq!(results[11]["body"]["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn anthropic_sdk_through_messages() {
+    let (gateway, anthropic, _openai) = start().await;
+    let cases = json!([
+        ["create", "smart"],
+        ["stream", "claude-main/claude-sonnet-4-5"],
+        ["tools", "claude-main/claude-tools"],
+        ["stream_error", "claude-main/claude-error-mid"],
+        ["create", "openai-main/gpt-4.1"],
+        ["create", "after-529"],
+    ]);
+    let results = run_sdk_script("anthropic_client.py", &gateway.url(""), &cases).await;
+
+    assert_eq!(results[0]["text"], "Hello from claude");
+    assert_eq!(results[0]["stop_reason"], "end_turn");
+    assert_eq!(results[0]["input_tokens"], 30);
+    assert_eq!(results[0]["output_tokens"], 15);
+    let first = &anthropic.requests()[0];
+    assert_eq!(first.body["model"], "claude-sonnet-4-5");
+    assert_eq!(first.body["system"], "Be brief.");
+    assert_eq!(first.headers["x-api-key"], ANTHROPIC_KEY);
+
+    assert_eq!(results[1]["text"], "Hello from claude");
+    assert_eq!(results[1]["output_tokens"], 15);
+
+    assert_eq!(results[2]["stop_reason"], "tool_use");
+    let calls = results[2]["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["id"], "toolu_paris");
+    assert_eq!(calls[1]["input"]["city"], "Oslo");
+
+    assert_eq!(results[3]["text"], "Hello");
+    assert!(results[3]["error"].is_string(), "{}", results[3]);
+    assert!(
+        results[3]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Overloaded"),
+        "{}",
+        results[3]
+    );
+
+    assert_eq!(results[4]["status"], 400);
+    assert_eq!(results[4]["body"]["type"], "error");
+    assert_eq!(results[4]["body"]["error"]["type"], "invalid_request_error");
+
+    assert_eq!(
+        results[5]["status"], 503,
+        "the only Anthropic target is overloaded"
+    );
+    assert_eq!(results[5]["body"]["error"]["type"], "overloaded_error");
+}
+
+#[tokio::test]
+async fn messages_stream_usage_is_recorded() {
+    let (gateway, _anthropic, _openai) = start().await;
+    let response = client()
+        .post(gateway.url("/v1/messages"))
+        .header("x-api-key", ALICE_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-request-id", "ai-messages-stream")
+        .json(&json!({"model": "smart", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.starts_with("event: message_start\n"), "{body}");
+    assert!(body.contains("event: message_stop\n"), "{body}");
+    let ai = &gateway.access_log_line("ai-messages-stream")["ai"];
+    assert_eq!(ai["target"], "claude-main/claude-sonnet-4-5");
+    assert_eq!(ai["input_tokens"], 30);
+    assert_eq!(ai["cache_read_tokens"], 1000);
+    assert_eq!(ai["output_tokens"], 15);
+    assert_eq!(ai["usage_estimated"], false);
+    assert!(ai["cost"].as_f64().unwrap() > 0.0);
 }

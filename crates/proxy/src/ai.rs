@@ -56,6 +56,7 @@ pub async fn serve(
         .handle(AiRequest {
             method: parts.method.clone(),
             path: relative,
+            headers: parts.headers.clone(),
             body,
             request_id: request_id.to_string(),
         })

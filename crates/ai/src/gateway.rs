@@ -247,7 +247,12 @@ impl Gateway {
                 )),
                 _ => Translator::OpenAi(OpenAiStream::new(include_usage)),
             };
-            let body = TranslatedStream::new(upstream_body, translator, call.clone());
+            let body = TranslatedStream::new(
+                upstream_body,
+                translator,
+                call.clone(),
+                target.provider.response_timeout,
+            );
             let mut response = Response::new(body.boxed_unsync());
             let headers = response.headers_mut();
             headers.insert(
@@ -393,7 +398,12 @@ impl Gateway {
         let (parts, upstream_body) = served.response.into_parts();
         let mut response = if stream {
             let translator = Translator::AnthropicPassthrough(AnthropicPassthrough::default());
-            let body = TranslatedStream::new(upstream_body, translator, call.clone());
+            let body = TranslatedStream::new(
+                upstream_body,
+                translator,
+                call.clone(),
+                target.provider.response_timeout,
+            );
             Response::new(body.boxed_unsync())
         } else {
             let bytes = read_recording_usage(upstream_body, &call, Usage::from_anthropic).await?;

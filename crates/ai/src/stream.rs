@@ -7,14 +7,17 @@
 //! so a client that disconnects mid-stream is still billed for what was received.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use tokio::time::Sleep;
 
 use crate::anthropic::{self, JSON_TOOL};
 use crate::error::AiError;
@@ -339,16 +342,26 @@ pub struct TranslatedStream {
     translator: Translator,
     record: Arc<CallRecord>,
     done: bool,
+    /// Longest pause allowed between two frames of the provider's body.
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
 }
 
 impl TranslatedStream {
-    pub fn new(upstream: Incoming, translator: Translator, record: Arc<CallRecord>) -> Self {
+    pub fn new(
+        upstream: Incoming,
+        translator: Translator,
+        record: Arc<CallRecord>,
+        idle_timeout: Duration,
+    ) -> Self {
         TranslatedStream {
             upstream,
             parser: SseParser::new(MAX_EVENT_BYTES),
             translator,
             record,
             done: false,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
         }
     }
 
@@ -400,8 +413,19 @@ impl Body for TranslatedStream {
             }
             let mut out = BytesMut::new();
             match Pin::new(&mut this.upstream).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let seconds = this.idle_timeout.as_secs_f64();
+                    this.fail(
+                        &mut out,
+                        format!("the provider sent nothing for {seconds} s"),
+                    );
+                }
                 Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };

@@ -111,7 +111,8 @@ pub struct ProviderTimeouts {
     /// Time to open a connection (the next target is tried past it).
     #[serde(with = "duration")]
     pub connect: std::time::Duration,
-    /// Time from sending a request to receiving the response headers.
+    /// Time from sending a request to receiving the response headers, and the longest pause
+    /// between two chunks of a streamed response.
     #[serde(with = "duration")]
     pub response: std::time::Duration,
 }

@@ -33,6 +33,11 @@ ai:
       type: openai
       base_url: http://{openai}/v1
       api_key: ${{OPENAI_API_KEY}}
+    - name: claude-impatient
+      type: anthropic
+      base_url: http://{anthropic}
+      api_key: ${{ANTHROPIC_API_KEY}}
+      timeouts: {{ response: 300ms }}
     - name: local
       type: openai-compatible
       base_url: http://{openai}/v1
@@ -413,6 +418,35 @@ async fn error_mid_stream_reaches_the_client() {
     assert_eq!(ai["input_tokens"], 30);
 }
 
+#[tokio::test]
+async fn stalled_stream_ends_with_error() {
+    let (gateway, _anthropic, _openai) = start().await;
+    let started = Instant::now();
+    let response = chat(
+        &gateway,
+        "ai-stalled",
+        json!({"model": "claude-impatient/claude-hang", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let data = sse_data(&response.text().await.unwrap());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stream was not cut off"
+    );
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sent nothing"),
+        "{last}"
+    );
+    let ai = &gateway.access_log_line("ai-stalled")["ai"];
+    assert_eq!(ai["stream_error"], true);
+    assert_eq!(ai["input_tokens"], 30);
+}
+
 // Two workers, because `access_log_line` blocks one while the client connection must still
 // be closed on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,4 +728,56 @@ async fn messages_stream_usage_is_recorded() {
     assert_eq!(ai["output_tokens"], 15);
     assert_eq!(ai["usage_estimated"], false);
     assert!(ai["cost"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn ai_route_without_ai_section() {
+    let upstream = common::upstream().await;
+    let gateway = Gateway::start(&common::example_config(upstream));
+    let client = client();
+
+    let response = common::admin(&client, reqwest::Method::POST, &gateway, "/routes")
+        .json(&json!({"name": "llm", "paths": ["/v1"], "ai": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let route: Value = common::admin(&client, reqwest::Method::GET, &gateway, "/routes/llm")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(route["ai"], json!({}));
+    assert!(route["service"].is_null());
+
+    let response = client.get(gateway.url("/v1/models")).send().await.unwrap();
+    let body = common::error_body(response, 503).await;
+    assert_eq!(body["error"]["code"], "ai_not_configured");
+    let response = client
+        .get(gateway.url("/echo/x"))
+        .bearer_auth(ALICE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the node keeps serving its other routes"
+    );
+
+    let response = common::admin(&client, reqwest::Method::POST, &gateway, "/routes")
+        .json(&json!({"name": "both", "paths": ["/both"], "ai": {}, "service": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    let body = common::error_body(response, 400).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("takes no `service`"),
+        "{body}"
+    );
 }

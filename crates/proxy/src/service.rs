@@ -284,9 +284,9 @@ impl Proxy {
         }
         let Some(service) = &route.service else {
             return Err(Rejection::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "route_without_service",
-                "the route has no service",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ai_not_configured",
+                "this node has no `ai` section, so it cannot serve AI routes",
             ));
         };
         let target = service.next_target();

@@ -126,13 +126,15 @@ pub fn compile<'k>(
     for spec in &entities.routes {
         let (service, service_chain, ai) = match (&spec.service, &spec.ai) {
             (None, Some(_)) => {
-                let ai = context.ai.clone().ok_or_else(|| {
-                    SnapshotError(format!(
-                        "route `{}` is an `ai` route, but the node's config has no `ai` section",
-                        spec.name
-                    ))
-                })?;
-                (None, &no_chain, Some(ai))
+                // The route may come from another node through the store, so a node without
+                // an `ai` section keeps serving its other routes and answers this one with 503.
+                if context.ai.is_none() {
+                    tracing::warn!(
+                        route.name = %spec.name,
+                        "the node's config has no `ai` section, so the `ai` route answers 503"
+                    );
+                }
+                (None, &no_chain, context.ai.clone())
             }
             (Some(service_name), _) => {
                 let (service, service_chain) =

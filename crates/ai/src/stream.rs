@@ -1,4 +1,5 @@
-//! Streaming responses: provider SSE in, OpenAI `chat.completion.chunk` SSE out.
+//! Streaming responses: provider SSE in, OpenAI `chat.completion.chunk` SSE out, or the
+//! provider's Anthropic events unchanged for the Anthropic-compatible endpoint.
 //!
 //! [`TranslatedStream`] reads the provider's body frame by frame, parses events with a bounded
 //! [`SseParser`], and writes the translated events of each frame as one output frame. It keeps
@@ -342,7 +343,7 @@ pub struct TranslatedStream {
     translator: Translator,
     record: Arc<CallRecord>,
     done: bool,
-    /// Longest pause allowed between two frames of the provider's body.
+    /// Maximum pause between two frames of the provider's body.
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
 }

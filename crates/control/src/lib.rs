@@ -243,6 +243,7 @@ impl ControlPlane {
             ("log", next.log != current.log),
             ("timeouts", next.timeouts != current.timeouts),
             ("redis", next.redis != current.redis),
+            ("ai", next.ai != current.ai),
             (
                 "version_check_interval",
                 next.version_check_interval != current.version_check_interval,

@@ -127,7 +127,7 @@ pub fn compile<'k>(
         let (service, service_chain, ai) = match (&spec.service, &spec.ai) {
             (None, Some(_)) => {
                 // The route may come from another node through the store, so a node without
-                // an `ai` section keeps serving its other routes and answers this one with 503.
+                // an `ai` section keeps serving its other routes and responds to this one with 503.
                 if context.ai.is_none() {
                     tracing::warn!(
                         route.name = %spec.name,

@@ -290,9 +290,18 @@ impl Gateway {
                 }
                 _ => {
                     let usage = Usage::from_openai(&value["usage"]);
+                    // Counted for the estimate when the provider sent no usage.
+                    let output_chars: usize = value["choices"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|choice| choice.pointer("/message/content")?.as_str())
+                        .map(str::len)
+                        .sum();
                     call.update(|state| {
                         state.usage_final = usage.is_some();
                         state.usage = usage.unwrap_or_default();
+                        state.output_chars = output_chars as u64;
                     });
                     let mut response = Response::new(full(bytes));
                     if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {

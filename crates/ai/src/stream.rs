@@ -562,6 +562,43 @@ mod tests {
     }
 
     #[test]
+    fn json_mode_streams_tool_input_as_content() {
+        let record = record();
+        let mut stream = AnthropicStream::new(false, true, 7);
+        let mut out = BytesMut::new();
+        let events = [
+            json!({"type": "message_start", "message": {"id": "msg_j", "model": "claude-x", "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_j", "name": JSON_TOOL, "input": {}}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"a\":"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "1}"}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 6}}),
+            json!({"type": "message_stop"}),
+        ];
+        for event in &events {
+            stream.on_event(event, &mut out, &record);
+        }
+        let chunks: Vec<Value> = data_lines(&out)
+            .iter()
+            .filter(|line| *line != "[DONE]")
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let content: String = chunks
+            .iter()
+            .filter_map(|chunk| chunk.pointer("/choices/0/delta/content")?.as_str())
+            .collect();
+        assert_eq!(content, "{\"a\":1}");
+        assert!(
+            chunks
+                .iter()
+                .all(|chunk| chunk.pointer("/choices/0/delta/tool_calls").is_none())
+        );
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "stop"
+        );
+    }
+
+    #[test]
     fn usage_chunk_only_when_asked() {
         let lines = run_anthropic(&tool_stream(), false, &record());
         let last_chunk: Value = serde_json::from_str(&lines[lines.len() - 2]).unwrap();

@@ -1,9 +1,9 @@
-//! Mock OpenAI and Anthropic servers on ephemeral ports, speaking each provider's wire format
-//! as shown in the providers' API references, streams included.
+//! Mock OpenAI and Anthropic servers on ephemeral ports, speaking each provider's wire format,
+//! streams included.
 //!
-//! The provider model name picks the behaviour: a name containing `429`, `500` or `529` fails
-//! with that status, `error-mid` sends an error event mid-stream, `hang` stops a stream after
-//! its first events and holds the connection open, `tools` answers with two tool calls, and
+//! The provider model name picks the behaviour: a name containing `429`, `500`, `503` (OpenAI)
+//! or `529` (Anthropic) fails with that status, `error-mid` sends an error event mid-stream, `hang` stops a stream after
+//! its first events and keeps the connection open, `tools` answers with two tool calls, and
 //! `nousage` streams without usage. Every request is recorded for assertions.
 
 #![allow(dead_code)]
@@ -195,7 +195,7 @@ fn json_response(status: u16, value: Value) -> Response<MockBody> {
     response
 }
 
-/// Streams `events` with `delay` between them; a `None` event holds the connection open for
+/// Streams `events` with `delay` between them. A `None` event keeps the connection open for
 /// up to 20 seconds without ending the stream.
 fn sse_response(events: Vec<Option<String>>, delay: Duration) -> Response<MockBody> {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);

@@ -234,7 +234,14 @@ impl Gateway {
             })
             .await?;
         let target = &targets[served.target];
-        let call = self.call_record(model, target, served.attempts, stream, prompt_chars);
+        let call = self.call_record(
+            model,
+            target,
+            served.attempts,
+            stream,
+            prompt_chars,
+            &request.request_id,
+        );
         let (parts, upstream_body) = served.response.into_parts();
         let created = time::OffsetDateTime::now_utc().unix_timestamp();
 
@@ -345,7 +352,14 @@ impl Gateway {
             })
             .await?;
         let target = &targets[served.target];
-        let call = self.call_record(model, target, served.attempts, false, prompt_chars);
+        let call = self.call_record(
+            model,
+            target,
+            served.attempts,
+            false,
+            prompt_chars,
+            &request.request_id,
+        );
         let bytes =
             read_recording_usage(served.response.into_body(), &call, Usage::from_openai).await?;
         let mut response = Response::new(full(bytes));
@@ -403,7 +417,14 @@ impl Gateway {
             })
             .await?;
         let target = &targets[served.target];
-        let call = self.call_record(model, target, served.attempts, stream, prompt_chars);
+        let call = self.call_record(
+            model,
+            target,
+            served.attempts,
+            stream,
+            prompt_chars,
+            &request.request_id,
+        );
         let (parts, upstream_body) = served.response.into_parts();
         let mut response = if stream {
             let translator = Translator::AnthropicPassthrough(AnthropicPassthrough::default());
@@ -434,8 +455,9 @@ impl Gateway {
         attempts: u32,
         stream: bool,
         prompt_chars: usize,
+        request_id: &str,
     ) -> Arc<CallRecord> {
-        Arc::new(CallRecord::new(
+        let record = CallRecord::new(
             requested_model,
             target.provider.name.clone(),
             target.model.clone(),
@@ -444,7 +466,8 @@ impl Gateway {
             stream,
             prompt_chars as u64,
             self.prices.get(target.key.as_ref()).copied(),
-        ))
+        );
+        Arc::new(record.with_request_id(request_id))
     }
 
     /// Sends the request to each target in turn until one responds with a status that is

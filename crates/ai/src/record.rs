@@ -38,6 +38,8 @@ pub struct CallRecord {
     pub streamed: bool,
     /// Characters of the request's messages, for estimating input when it was never reported.
     pub prompt_chars: u64,
+    /// The gateway's request id, repeated in error events written into the stream.
+    pub request_id: String,
     price: Option<Price>,
     state: Mutex<CallState>,
 }
@@ -85,9 +87,16 @@ impl CallRecord {
             attempts,
             streamed,
             prompt_chars,
+            request_id: String::new(),
             price,
             state: Mutex::new(CallState::default()),
         }
+    }
+
+    /// Sets the request id that error events in the stream carry.
+    pub fn with_request_id(mut self, request_id: &str) -> Self {
+        self.request_id = request_id.to_string();
+        self
     }
 
     /// Runs `update` on the state under the lock.

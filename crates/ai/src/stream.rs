@@ -333,7 +333,7 @@ fn write_data(out: &mut BytesMut, value: &Value) {
 
 fn write_error(out: &mut BytesMut, error: &AiError, record: &CallRecord) {
     record.update(|state| state.stream_error = true);
-    write_data(out, &json!({"error": error.to_value("")}));
+    write_data(out, &json!({"error": error.to_value(&record.request_id)}));
 }
 
 /// A provider stream translated for the client.

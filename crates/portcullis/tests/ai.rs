@@ -159,6 +159,7 @@ async fn chat_is_translated_for_anthropic() {
     );
 
     let line = gateway.access_log_line("ai-chat-1");
+    assert!(line["bytes_in"].as_u64().unwrap() > 0, "{line}");
     let ai = &line["ai"];
     assert_eq!(ai["model"], "smart");
     assert_eq!(ai["provider"], "claude-main");
@@ -410,6 +411,7 @@ async fn error_mid_stream_reaches_the_client() {
     let data = sse_data(&response.text().await.unwrap());
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "overloaded_error");
+    assert_eq!(last["error"]["request_id"], "ai-error-mid");
     assert!(!data.iter().any(|line| line == "[DONE]"));
     let first: Value = serde_json::from_str(&data[1]).unwrap();
     assert_eq!(first["choices"][0]["delta"]["content"], "Hello");

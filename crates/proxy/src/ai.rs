@@ -11,9 +11,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use portcullis_ai::{AiRequest, CallRecord, Gateway};
 
-use crate::body::ResponseBody;
+use crate::body::{BodyStats, ResponseBody};
 use crate::error::Rejection;
-use crate::router;
 
 /// A served AI call: the response and what the access log needs from it.
 pub struct Served {
@@ -22,15 +21,17 @@ pub struct Served {
     pub upstream_latency: Option<std::time::Duration>,
 }
 
-/// Serves one request of an `ai` route whose matched prefix is `matched`.
+/// Serves one request of an `ai` route. `relative_path` is the path after the route's matched
+/// prefix, such as `/chat/completions`. The request body's size is counted in `stats` for the
+/// access log.
 pub async fn serve(
     gateway: &Gateway,
     parts: &request::Parts,
     body: Incoming,
-    path: &str,
-    matched: &str,
+    relative_path: String,
     max_body_bytes: u64,
     request_id: &str,
+    stats: &BodyStats,
 ) -> Result<Served, Rejection> {
     let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
     let body = Limited::new(body, limit)
@@ -51,11 +52,13 @@ pub async fn serve(
             }
         })?
         .to_bytes();
-    let relative = router::strip_prefix(path, matched);
+    stats
+        .bytes
+        .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let reply = gateway
         .handle(AiRequest {
             method: parts.method.clone(),
-            path: relative,
+            path: relative_path,
             headers: parts.headers.clone(),
             body,
             request_id: request_id.to_string(),

@@ -264,10 +264,10 @@ impl Proxy {
                 gateway,
                 parts,
                 body,
-                &canonical.path,
-                &matched,
+                router::strip_prefix(&canonical.path, &matched),
                 snapshot.limits.max_body_bytes,
                 request_id,
+                stats,
             )
             .await
             .map_err(|mut rejection| {

@@ -473,6 +473,9 @@ impl Gateway {
     /// Sends the request to each target in turn until one responds with a status that is
     /// neither 429 nor 5xx. A status like 400 is final, because the next target would reject
     /// the same request.
+    ///
+    /// NOTE: an error that a provider sends as the first event of a 200 stream, as Anthropic
+    /// can for `overloaded_error`, ends that stream and does not move on to the next target.
     async fn call(
         &self,
         targets: &[Target],

@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
-# Creates or updates the Python virtual environment `.venv` at the repository root with the
-# pinned client libraries that the integration tests drive the gateway with.
+# Creates `.venv` in the repository with the pinned Python packages that the tests use: the JWT
+# tests make tokens with an independent library (PyJWT with `cryptography`), and the AI gateway
+# tests call the gateway with the official `openai` and `anthropic` SDKs.
+#
+# Reruns are fast: the script does nothing when `.venv/requirements.txt` already matches the
+# pinned list below. Set PORTCULLIS_TEST_PYTHON to use another interpreter in the tests instead.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-requirements=scripts/python-requirements.txt
-if [[ ! -x .venv/bin/python ]]; then
-  echo "creating the Python virtual environment in .venv"
-  python3 -m venv .venv
-fi
-# Installing is skipped when every pinned package is already present.
-if ! .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --dry-run \
-  -r "$requirements" 2>/dev/null | grep -q "Would install"; then
+requirements='pyjwt[crypto]==2.10.1
+cryptography==44.0.2
+openai==3.51.0
+anthropic==2.10.0'
+
+venv=.venv
+if [[ -x "$venv/bin/python" && -f "$venv/requirements.txt" ]] &&
+  [[ "$(cat "$venv/requirements.txt")" == "$requirements" ]]; then
   exit 0
 fi
-.venv/bin/python -m pip install --disable-pip-version-check -q -r "$requirements"
+
+python="${PYTHON:-python3}"
+if ! command -v "$python" >/dev/null; then
+  echo "error: $python not found; install Python 3.9 or later (Debian: apt-get install python3 python3-venv)" >&2
+  exit 1
+fi
+echo "creating $venv with: $(echo "$requirements" | tr '\n' ' ')"
+"$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check $requirements
+echo "$requirements" >"$venv/requirements.txt"

@@ -30,7 +30,9 @@ if [[ -z "${PORTCULLIS_TEST_POSTGRES_URL:-}" ]]; then
 fi
 echo "PostgreSQL for tests: $postgres_url"
 
-# The AI gateway tests drive the gateway with the official Python SDKs.
-scripts/python-env.sh
+# The JWT tests make tokens with PyJWT from this virtualenv (or PORTCULLIS_TEST_PYTHON).
+if [[ -z "${PORTCULLIS_TEST_PYTHON:-}" ]]; then
+  scripts/python-env.sh
+fi
 
 cargo test --workspace --locked "$@"

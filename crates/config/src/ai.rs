@@ -165,13 +165,30 @@ pub fn split_target(target: &str) -> Option<(&str, &str)> {
         .filter(|(provider, model)| !provider.is_empty() && !model.is_empty())
 }
 
+/// Checks the `ai` section, and that the file's `ai` routes have one to use.
+pub(crate) fn validate_config(config: &crate::model::Config) -> Vec<KeyError> {
+    let mut errors = match &config.ai {
+        Some(ai) => validate(ai),
+        None => Vec::new(),
+    };
+    for (i, route) in config.entities.routes.iter().enumerate() {
+        if route.ai.is_some() && config.ai.is_none() {
+            errors.push(KeyError::new(
+                format!("routes[{i}].ai"),
+                "an `ai` route needs the top-level `ai` section with its providers",
+            ));
+        }
+    }
+    errors
+}
+
 /// Checks the `ai` section.
-pub(crate) fn validate(ai: &AiConfig) -> Vec<KeyError> {
+fn validate(ai: &AiConfig) -> Vec<KeyError> {
     let mut errors = Vec::new();
     let mut providers = HashSet::new();
     for (i, provider) in ai.providers.iter().enumerate() {
         let at = format!("ai.providers[{i}]");
-        crate::load::check_name(&mut errors, &format!("{at}.name"), &provider.name);
+        crate::load::check_entity_name(&mut errors, &format!("{at}.name"), &provider.name);
         if !providers.insert(provider.name.as_str()) {
             errors.push(KeyError::new(
                 format!("{at}.name"),

@@ -67,6 +67,11 @@ impl KeyError {
     }
 }
 
+/// Checks an entity-style name (1 to 128 letters, digits, `-`, `_` or `.`) for other modules.
+pub(crate) fn check_entity_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
+    check_name(errors, key, name);
+}
+
 /// Reads, parses and validates the file at `path`, resolving `${VAR}` from the process
 /// environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -134,19 +139,9 @@ pub fn load_str(
     resolve_paths(&mut config);
 
     let mut errors: Vec<KeyError> = validate_node(&config);
+    errors.extend(crate::ai::validate_config(&config));
     errors.extend(validate_entities(&config.entities));
     errors.extend(validate_policies("policies", &config.policies));
-    if let Some(ai) = &config.ai {
-        errors.extend(crate::ai::validate(ai));
-    }
-    for (i, route) in config.entities.routes.iter().enumerate() {
-        if route.ai.is_some() && config.ai.is_none() {
-            errors.push(KeyError::new(
-                format!("routes[{i}].ai"),
-                "an `ai` route needs the top-level `ai` section with its providers",
-            ));
-        }
-    }
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -688,7 +683,7 @@ fn validate_rate_limit(key: &str, spec: &RateLimitSpec) -> Vec<KeyError> {
     errors
 }
 
-pub(crate) fn check_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
+fn check_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
     let valid = !name.is_empty()
         && name.len() <= 128
         && name

@@ -77,7 +77,6 @@ async fn start() -> (Gateway, Mock, Mock) {
     let anthropic = llm_mock::anthropic().await;
     let openai = llm_mock::openai().await;
     let gateway = Gateway::start_with_env(
-        tempfile::tempdir().unwrap(),
         &config(&anthropic, &openai),
         &[
             ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
@@ -554,12 +553,17 @@ async fn models_and_embeddings() {
     assert_eq!(response.status(), 400);
 }
 
-/// Returns the interpreter of the test virtual environment that `scripts/python-env.sh` creates.
+/// Returns the Python interpreter with the `openai` and `anthropic` SDKs:
+/// `PORTCULLIS_TEST_PYTHON`, or the `.venv` that `scripts/python-env.sh` creates.
 fn venv_python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("PORTCULLIS_TEST_PYTHON") {
+        return std::path::PathBuf::from(path);
+    }
     let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
     assert!(
         python.exists(),
-        "{} is missing; run scripts/python-env.sh to create the test virtual environment",
+        "no Python with the openai and anthropic SDKs at {}: run scripts/python-env.sh, or set \
+         PORTCULLIS_TEST_PYTHON to an interpreter that has them",
         python.display()
     );
     python

@@ -29,11 +29,21 @@ impl Gateway {
 
     /// Starts the gateway in an existing folder, for configs that reference files in it.
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
-        Gateway::start_with_env(dir, config, &[])
+        Gateway::start_in_with_env(dir, config, &[])
     }
 
-    /// Starts the gateway with extra environment variables, for configs that read `${VAR}`.
-    pub fn start_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
+    /// Starts the gateway like [`Gateway::start`], with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("create a temporary folder");
+        Gateway::start_in_with_env(dir, config, env)
+    }
+
+    /// Starts the gateway in an existing folder with extra environment variables.
+    pub fn start_in_with_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let config_path = dir.path().join("gateway.yaml");
         std::fs::write(&config_path, config).expect("write the config");
         let addresses = dir.path().join("addresses.json");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates `.venv` in the repository with the pinned Python packages that the tests use: the JWT
-# tests make tokens with an independent library (PyJWT with `cryptography`), and the AI gateway
+# Creates `.venv` in the repository with the pinned Python packages that the tests use. The JWT
+# tests make tokens with an independent library (PyJWT with `cryptography`). The AI gateway
 # tests call the gateway with the official `openai` and `anthropic` SDKs.
 #
 # Reruns are fast: the script does nothing when `.venv/requirements.txt` already matches the

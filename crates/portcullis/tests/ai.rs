@@ -293,6 +293,7 @@ async fn anthropic_stream_with_tool_calls() {
     .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
+
     let data = sse_data(&response.text().await.unwrap());
     assert_eq!(data.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = data[..data.len() - 1]
@@ -315,6 +316,7 @@ async fn anthropic_stream_with_tool_calls() {
             calls[index as usize].2.push_str(arguments);
         }
     }
+
     assert_eq!(calls.len(), 2, "two tool calls, not merged");
     assert_eq!(calls[0].1, "toolu_paris");
     assert_eq!(calls[1].1, "toolu_oslo");

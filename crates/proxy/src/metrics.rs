@@ -49,6 +49,7 @@ fn latency_histogram() -> Histogram {
 
 /// All data-plane metrics.
 pub struct Metrics {
+    pub ai: portcullis_ai::AiMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -57,13 +58,13 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
-    pub ai: portcullis_ai::AiMetrics,
 }
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let metrics = Metrics {
+            ai: portcullis_ai::AiMetrics::register(registry),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             upstream_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -72,7 +73,6 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             config_version: Gauge::default(),
             access_log_dropped: Counter::default(),
-            ai: portcullis_ai::AiMetrics::register(registry),
         };
         registry.register(
             "portcullis_requests",

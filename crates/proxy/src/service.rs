@@ -48,6 +48,8 @@ pub struct ConnectionInfo {
 /// Facts gathered while a request moves through the phases, for the log and metrics.
 #[derive(Default)]
 struct Trace {
+    /// The usage record of a call on an `ai` route.
+    ai_call: Option<Arc<portcullis_ai::CallRecord>>,
     path: Option<String>,
     host: String,
     client_ip: Option<String>,
@@ -57,8 +59,6 @@ struct Trace {
     credential_id: Option<Arc<str>>,
     upstream_addr: Option<Arc<str>>,
     upstream_latency: Option<Duration>,
-    /// The usage record of a call on an `ai` route.
-    ai_call: Option<Arc<portcullis_ai::CallRecord>>,
 }
 
 /// Response header with the milliseconds the gateway added to an AI call: the time to the
@@ -160,12 +160,12 @@ impl Proxy {
             ai: None,
         };
         response.body_mut().on_complete(Box::new(LogOnComplete {
+            ai_call: trace.ai_call,
             proxy: self.clone(),
             record,
             started,
             stats,
             upstream_latency: trace.upstream_latency,
-            ai_call: trace.ai_call,
         }));
         response
     }
@@ -520,23 +520,23 @@ fn protocol_name(version: http::Version) -> &'static str {
 
 /// Writes the access-log line and the request metrics when the response body ends.
 struct LogOnComplete {
+    ai_call: Option<Arc<portcullis_ai::CallRecord>>,
     proxy: Arc<Proxy>,
     record: AccessRecord,
     started: Instant,
     stats: Arc<BodyStats>,
     upstream_latency: Option<Duration>,
-    ai_call: Option<Arc<portcullis_ai::CallRecord>>,
 }
 
 impl Completion for LogOnComplete {
     fn complete(self: Box<Self>, bytes_out: u64, outcome: Outcome) {
         let LogOnComplete {
+            ai_call,
             proxy,
             mut record,
             started,
             stats,
             upstream_latency,
-            ai_call,
         } = *self;
         let elapsed = started.elapsed();
         let route = Name(record.route.clone().unwrap_or_else(|| Arc::from("")));

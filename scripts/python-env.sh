@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates `.venv` in the repository with the pinned Python packages that the JWT tests use to
-# make tokens with an independent library (PyJWT with `cryptography`).
+# Creates `.venv` in the repository with the pinned Python packages that the tests use. The JWT
+# tests make tokens with an independent library (PyJWT with `cryptography`). The AI gateway
+# tests call the gateway with the official `openai` and `anthropic` SDKs.
 #
 # Reruns are fast: the script does nothing when `.venv/requirements.txt` already matches the
 # pinned list below. Set PORTCULLIS_TEST_PYTHON to use another interpreter in the tests instead.
@@ -8,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 requirements='pyjwt[crypto]==2.10.1
-cryptography==44.0.2'
+cryptography==44.0.2
+openai==3.51.0
+anthropic==2.10.0'
 
 venv=.venv
 if [[ -x "$venv/bin/python" && -f "$venv/requirements.txt" ]] &&

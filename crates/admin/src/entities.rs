@@ -72,9 +72,14 @@ impl Resource for RouteSpec {
         let mut errors = portcullis_config::validate_route_fields("", self);
         errors.extend(name_errors(&self.name));
         match &self.service {
+            None if self.ai.is_some() => {}
             None => errors.push(KeyError {
                 key: ".service".into(),
-                message: "a route needs a service".into(),
+                message: "a route needs a service, or `ai: {}` to serve the AI gateway".into(),
+            }),
+            Some(_) if self.ai.is_some() => errors.push(KeyError {
+                key: ".service".into(),
+                message: "an `ai` route serves requests itself and takes no `service`".into(),
             }),
             Some(service)
                 if !entities

@@ -342,10 +342,15 @@ fn schemas() -> Value {
         },
         "Route": {
             "type": "object",
-            "required": ["name", "service", "paths"],
+            "required": ["name", "paths"],
             "properties": {
                 "name": { "type": "string" },
-                "service": { "type": "string" },
+                "service": { "type": "string", "description": "Required unless `ai` is set" },
+                "ai": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "description": "`{}` makes the route serve the node's AI gateway instead of a service"
+                },
                 "paths": { "type": "array", "items": { "oneOf": [
                     { "type": "string", "description": "Prefix that matches whole segments" },
                     { "type": "object", "required": ["exact"], "properties": { "exact": { "type": "string" } } }

@@ -4,6 +4,7 @@
 //! and relative paths against the file's folder. Every error names the file, the line and the
 //! key path, so `portcullis validate` can point at the exact spot.
 
+pub mod ai;
 mod duration;
 mod load;
 pub mod model;
@@ -11,6 +12,10 @@ pub mod upstream;
 mod upstream_checks;
 mod yaml;
 
+pub use ai::{
+    AiConfig, AiRouteSpec, ApiKey, ModelAliasSpec, PriceSpec, ProviderKind, ProviderSpec,
+    split_target,
+};
 pub use load::{
     ConfigError, ConfigErrors, KeyError, embedded_default, line_index, load_file, load_str,
     validate_consumer_fields, validate_entities, validate_policies, validate_route_fields,

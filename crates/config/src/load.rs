@@ -68,6 +68,11 @@ impl KeyError {
     }
 }
 
+/// Checks an entity-style name (1 to 128 letters, digits, `-`, `_` or `.`) for other modules.
+pub(crate) fn check_entity_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
+    check_name(errors, key, name);
+}
+
 /// Reads, parses and validates the file at `path`, resolving `${VAR}` from the process
 /// environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -135,6 +140,7 @@ pub fn load_str(
     resolve_paths(&mut config);
 
     let mut errors: Vec<KeyError> = validate_node(&config);
+    errors.extend(crate::ai::validate_config(&config));
     errors.extend(validate_entities(&config.entities));
     errors.extend(validate_policies("policies", &config.policies));
     errors.extend(check_secret_variables(&config, env));
@@ -374,15 +380,21 @@ pub fn validate_entities(entities: &Entities) -> Vec<KeyError> {
                 format!("duplicate route name `{}`", route.name),
             ));
         }
-        match &route.service {
-            Some(name) if !service_names.contains(name.as_str()) => errors.push(KeyError::new(
+        match (&route.service, &route.ai) {
+            (Some(_), Some(_)) => errors.push(KeyError::new(
                 format!("{at}.service"),
-                format!("service `{name}` is not defined"),
+                "an `ai` route serves requests itself and takes no `service`",
             )),
-            Some(_) => {}
-            None => errors.push(KeyError::new(
+            (Some(name), None) if !service_names.contains(name.as_str()) => {
+                errors.push(KeyError::new(
+                    format!("{at}.service"),
+                    format!("service `{name}` is not defined"),
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            (None, None) => errors.push(KeyError::new(
                 format!("{at}.service"),
-                "a route needs a service",
+                "a route needs a service, or `ai: {}` to serve the AI gateway",
             )),
         }
         errors.extend(validate_route_fields(&at, route));

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::ai::{AiConfig, AiRouteSpec};
 use crate::duration;
 use crate::upstream::{
     CircuitBreakerSpec, HealthChecksSpec, Http2Settings, LoadBalancingSpec, RetrySpec, TargetSpec,
@@ -54,6 +55,9 @@ pub struct Config {
     /// Policies that apply to every route.
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
+    /// LLM providers, model aliases and prices for routes with `ai: {}`.
+    #[serde(default)]
+    pub ai: Option<AiConfig>,
     /// Services, routes and consumers, gathered from the three top-level keys after loading.
     #[serde(skip)]
     pub entities: Entities,
@@ -445,7 +449,12 @@ impl Default for UpstreamTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     pub name: String,
+    /// The service that requests are forwarded to; absent on an `ai` route.
+    #[serde(default)]
     pub service: Option<String>,
+    /// Serve the OpenAI-compatible API from the `ai` section instead of forwarding to a service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiRouteSpec>,
     pub paths: Vec<PathMatch>,
     /// Methods the route accepts; empty means any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -41,6 +41,8 @@ pub enum ControlError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Ai(#[from] portcullis_ai::SetupError),
 }
 
 /// The node's health as reported by `/health/ready`.
@@ -93,6 +95,10 @@ impl ControlPlane {
             key_usage: Arc::new(KeyUsage::default()),
             hasher,
             targets,
+            ai: match &config.ai {
+                Some(ai) => Some(Arc::new(portcullis_ai::Gateway::new(ai)?)),
+                None => None,
+            },
         };
         let state = store.load().await?;
         let first = compile(&config, &state, &context)?;
@@ -241,6 +247,7 @@ impl ControlPlane {
             ("timeouts", next.timeouts != current.timeouts),
             ("http2", next.http2 != current.http2),
             ("redis", next.redis != current.redis),
+            ("ai", next.ai != current.ai),
             (
                 "version_check_interval",
                 next.version_check_interval != current.version_check_interval,

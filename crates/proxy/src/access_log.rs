@@ -59,6 +59,9 @@ pub struct AccessRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
     pub outcome: Outcome,
+    /// Model, provider, tokens and cost of a call on an `ai` route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ai: Option<portcullis_ai::CallSummary>,
 }
 
 fn is_zero(value: &u32) -> bool {

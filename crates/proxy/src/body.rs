@@ -225,6 +225,8 @@ pub trait Completion: Send + 'static {
 enum Content {
     Full(Option<Bytes>),
     Upstream(Incoming),
+    /// A body the gateway produces itself, such as a translated AI stream.
+    Generated(portcullis_ai::AiBody),
 }
 
 /// A response body on its way to the client.
@@ -242,6 +244,11 @@ impl ResponseBody {
 
     pub fn upstream(body: Incoming) -> Self {
         ResponseBody::new(Content::Upstream(body))
+    }
+
+    /// Wraps a body that the gateway generates, such as an AI response.
+    pub fn generated(body: portcullis_ai::AiBody) -> Self {
+        ResponseBody::new(Content::Generated(body))
     }
 
     fn new(content: Content) -> Self {
@@ -301,6 +308,7 @@ impl Body for ResponseBody {
                     frame.map(|result| result.map_err(|error| Box::new(error) as BoxError))
                 }),
             },
+            Content::Generated(body) => Pin::new(body).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -322,6 +330,7 @@ impl Body for ResponseBody {
         match &self.content {
             Content::Full(bytes) => bytes.is_none(),
             Content::Upstream(body) => body.is_end_stream(),
+            Content::Generated(body) => body.is_end_stream(),
         }
     }
 
@@ -330,6 +339,7 @@ impl Body for ResponseBody {
             Content::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Content::Full(None) => SizeHint::with_exact(0),
             Content::Upstream(body) => body.size_hint(),
+            Content::Generated(body) => body.size_hint(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! control plane, and never calls the store on a request.
 
 pub mod access_log;
+pub mod ai;
 pub mod balancer;
 pub mod body;
 pub mod canonical;

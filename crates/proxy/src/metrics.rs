@@ -77,6 +77,7 @@ fn latency_histogram() -> Histogram {
 
 /// All data-plane metrics.
 pub struct Metrics {
+    pub ai: portcullis_ai::AiMetrics,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -99,6 +100,7 @@ impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let metrics = Metrics {
+            ai: portcullis_ai::AiMetrics::register(registry),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             upstream_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),

@@ -52,6 +52,8 @@ pub struct ConnectionInfo {
 /// Facts gathered while a request moves through the phases, for the log and metrics.
 #[derive(Default)]
 struct Trace {
+    /// The usage record of a call on an `ai` route.
+    ai_call: Option<Arc<portcullis_ai::CallRecord>>,
     path: Option<String>,
     host: String,
     client_ip: Option<String>,
@@ -67,6 +69,10 @@ struct Trace {
     /// Counts the request on its target until the response body ends.
     in_flight: Option<InFlight>,
 }
+
+/// Response header with the milliseconds the gateway added to an AI call: the time to the
+/// response headers minus the time spent waiting for providers.
+const X_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-portcullis-overhead-ms");
 
 impl Proxy {
     /// Serves one request through all phases and returns the response to send.
@@ -99,6 +105,19 @@ impl Proxy {
         };
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID, value);
+        }
+        if let (Some(_), Some(upstream)) = (&trace.ai_call, trace.upstream_latency) {
+            let overhead = started.elapsed().saturating_sub(upstream);
+            let milliseconds = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
+            if let Ok(value) = HeaderValue::from_str(&milliseconds) {
+                response.headers_mut().insert(X_OVERHEAD_MS, value);
+            }
+            let route = trace.route.as_deref().unwrap_or("").to_string();
+            self.metrics
+                .ai
+                .overhead
+                .get_or_create(&portcullis_ai::metrics::OverheadLabels { route })
+                .observe(overhead.as_secs_f64());
         }
 
         if let Some(rejection) = &rejection {
@@ -148,8 +167,10 @@ impl Proxy {
             rejected_by: rejection.as_ref().and_then(|rejection| rejection.policy),
             error: rejection.as_ref().map(|rejection| rejection.code),
             outcome: Outcome::Completed,
+            ai: None,
         };
         response.body_mut().on_complete(Box::new(LogOnComplete {
+            ai_call: trace.ai_call,
             proxy: self.clone(),
             record,
             started,
@@ -224,7 +245,7 @@ impl Proxy {
         let route: &CompiledRoute = found.route;
         let matched = found.matched.to_string();
         trace.route = Some(route.name.clone());
-        trace.service = Some(route.service.name.clone());
+        trace.service = route.service.as_ref().map(|service| service.name.clone());
 
         // Authenticate, authorize, limit and inspect.
         let mut exchange = Exchange {
@@ -253,8 +274,37 @@ impl Proxy {
             return Err(rejection);
         }
 
-        // Forward.
-        let service = &route.service;
+        // Forward: an `ai` route is served by the AI gateway instead of a service.
+        if let Some(gateway) = &route.ai {
+            let served = crate::ai::serve(
+                gateway,
+                parts,
+                body,
+                router::strip_prefix(&canonical.path, &matched),
+                snapshot.limits.max_body_bytes,
+                request_id,
+                stats,
+            )
+            .await
+            .map_err(|mut rejection| {
+                rejection.add_missing_headers(&response_headers);
+                rejection
+            })?;
+            trace.ai_call = served.call;
+            trace.upstream_latency = served.upstream_latency;
+            let mut response = served.response;
+            for (name, value) in &response_headers {
+                response.headers_mut().append(name, value.clone());
+            }
+            return Ok(response);
+        }
+        let Some(service) = &route.service else {
+            return Err(Rejection::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ai_not_configured",
+                "this node has no `ai` section, so it cannot serve AI routes",
+            ));
+        };
         let upstream_path = if route.strip_prefix {
             router::strip_prefix(&canonical.path, &matched)
         } else {
@@ -495,6 +545,7 @@ fn protocol_name(version: http::Version) -> &'static str {
 
 /// Writes the access-log line and the request metrics when the response body ends.
 struct LogOnComplete {
+    ai_call: Option<Arc<portcullis_ai::CallRecord>>,
     proxy: Arc<Proxy>,
     record: AccessRecord,
     started: Instant,
@@ -509,6 +560,7 @@ struct LogOnComplete {
 impl Completion for LogOnComplete {
     fn complete(self: Box<Self>, bytes_out: u64, outcome: Outcome) {
         let LogOnComplete {
+            ai_call,
             proxy,
             mut record,
             started,
@@ -520,6 +572,7 @@ impl Completion for LogOnComplete {
         drop(leases);
         let elapsed = started.elapsed();
         let route = Name(record.route.clone().unwrap_or_else(|| Arc::from("")));
+        let route_name = route.0.clone();
         let metrics = &proxy.metrics;
         metrics
             .requests
@@ -539,6 +592,14 @@ impl Completion for LogOnComplete {
                 .upstream_duration
                 .get_or_create(&RouteLabels { route })
                 .observe(latency.as_secs_f64());
+        }
+        if let Some(call) = ai_call {
+            // Read at the end of the body, including a client disconnect, so the tokens
+            // received so far are counted.
+            let summary = call.summary();
+            let consumer = record.consumer.as_deref().unwrap_or("");
+            metrics.ai.record(&summary, consumer, &route_name);
+            record.ai = Some(summary);
         }
         if !proxy.access_log.is_on() {
             return;

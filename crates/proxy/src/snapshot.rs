@@ -42,7 +42,10 @@ pub struct Snapshot {
 /// A route with its service and merged policy chain.
 pub struct CompiledRoute {
     pub name: Arc<str>,
-    pub service: Arc<CompiledService>,
+    /// The service requests are forwarded to; `None` on an `ai` route.
+    pub service: Option<Arc<CompiledService>>,
+    /// The AI gateway that serves an `ai` route after the policy chain.
+    pub ai: Option<Arc<portcullis_ai::Gateway>>,
     pub strip_prefix: bool,
     pub chain: Vec<ChainEntry>,
 }
@@ -92,6 +95,8 @@ pub struct CompileContext {
     pub key_usage: Arc<KeyUsage>,
     pub hasher: KeyHasher,
     pub targets: Arc<TargetRegistry>,
+    /// The AI gateway built from the node's `ai` section, shared by every `ai` route.
+    pub ai: Option<Arc<portcullis_ai::Gateway>>,
 }
 
 /// Compiles a snapshot. `entities` are the store's, which already include the file's.
@@ -118,17 +123,37 @@ pub fn compile<'k>(
     }
 
     let mut definitions = Vec::new();
+    let no_chain: Vec<ChainEntry> = Vec::new();
     for spec in &entities.routes {
-        let service_name = spec
-            .service
-            .as_deref()
-            .ok_or_else(|| SnapshotError(format!("route `{}` has no service", spec.name)))?;
-        let (service, service_chain) = services.get(service_name).ok_or_else(|| {
-            SnapshotError(format!(
-                "route `{}` names the missing service `{service_name}`",
-                spec.name
-            ))
-        })?;
+        let (service, service_chain, ai) = match (&spec.service, &spec.ai) {
+            (None, Some(_)) => {
+                // The route may come from another node through the store, so a node without
+                // an `ai` section keeps serving its other routes and responds to this one with 503.
+                if context.ai.is_none() {
+                    tracing::warn!(
+                        route.name = %spec.name,
+                        "the node's config has no `ai` section, so the `ai` route answers 503"
+                    );
+                }
+                (None, &no_chain, context.ai.clone())
+            }
+            (Some(service_name), _) => {
+                let (service, service_chain) =
+                    services.get(service_name.as_str()).ok_or_else(|| {
+                        SnapshotError(format!(
+                            "route `{}` names the missing service `{service_name}`",
+                            spec.name
+                        ))
+                    })?;
+                (Some(service.clone()), service_chain, None)
+            }
+            (None, None) => {
+                return Err(SnapshotError(format!(
+                    "route `{}` has no service",
+                    spec.name
+                )));
+            }
+        };
         let route_chain = policies::build(
             &spec.policies,
             &format!("route:{}", spec.name),
@@ -144,7 +169,8 @@ pub fn compile<'k>(
             .map_err(|_| SnapshotError(format!("route `{}` has an invalid method", spec.name)))?;
         let route = CompiledRoute {
             name: spec.name.as_str().into(),
-            service: service.clone(),
+            service,
+            ai,
             strip_prefix: spec.strip_prefix,
             chain,
         };

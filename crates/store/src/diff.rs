@@ -330,6 +330,7 @@ mod tests {
         RouteSpec {
             name: name.to_owned(),
             service: Some(service.to_owned()),
+            ai: None,
             paths: vec![PathMatch::Prefix(format!("/{name}"))],
             methods: Vec::new(),
             hosts: Vec::new(),

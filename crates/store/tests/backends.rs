@@ -334,6 +334,7 @@ fn route(name: &str, service: Option<&str>) -> RouteSpec {
     RouteSpec {
         name: name.to_owned(),
         service: service.map(str::to_owned),
+        ai: None,
         paths: vec![
             PathMatch::Prefix(format!("/{name}")),
             PathMatch::Exact {

@@ -160,10 +160,17 @@ impl RateLimit {
                 key.push_str("route:");
                 key.push_str(&exchange.route.name);
             }
-            LimitKey::Service => {
-                key.push_str("service:");
-                key.push_str(&exchange.route.service.name);
-            }
+            // An `ai` route has no service, so its route name stands in.
+            LimitKey::Service => match &exchange.route.service {
+                Some(service) => {
+                    key.push_str("service:");
+                    key.push_str(&service.name);
+                }
+                None => {
+                    key.push_str("route:");
+                    key.push_str(&exchange.route.name);
+                }
+            },
             LimitKey::Ip => key.push_str(&client_ip()),
             LimitKey::Header => {
                 key.push_str("header:");

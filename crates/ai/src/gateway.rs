@@ -1,0 +1,768 @@
+//! The AI gateway's endpoints, provider calls and fallback.
+//!
+//! A route with `ai: {}` hands its requests here with the route prefix removed, so `/v1` routes
+//! serve `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`, and `/v1/messages` for
+//! Anthropic clients. A request's `model` is an alias from `ai.models` or a direct
+//! `provider/model`. Targets are tried in order: a connect error, a timeout, 429 or 5xx moves to
+//! the next target, but only before any response byte reached the client, so a stream is never
+//! restarted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderName, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis_config::{AiConfig, ProviderKind, ProviderSpec, split_target};
+use serde_json::{Value, json};
+
+use crate::anthropic;
+use crate::error::AiError;
+use crate::record::CallRecord;
+use crate::stream::{
+    AnthropicPassthrough, AnthropicStream, OpenAiStream, TranslatedStream, Translator,
+};
+use crate::usage::{Price, Usage};
+
+/// Boxed error of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every AI response.
+pub type AiBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Response header naming the `provider/model` that served the call.
+pub const X_TARGET: HeaderName = HeaderName::from_static("x-portcullis-target");
+/// Version of the Anthropic Messages API the translation implements.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// Largest non-streaming provider response read, in bytes.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest provider error body read for its message, in bytes.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+type ProviderClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An AI request after routing, with the route prefix removed from `path`.
+pub struct AiRequest {
+    pub method: Method,
+    pub path: String,
+    /// The client's request headers; `/messages` passes the `anthropic-*` ones on.
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub request_id: String,
+}
+
+/// The response and, for a call that reached a provider, its usage record.
+pub struct AiResponse {
+    pub response: Response<AiBody>,
+    pub call: Option<Arc<CallRecord>>,
+    /// Time spent waiting for provider response headers, over every target tried.
+    pub upstream_latency: Option<Duration>,
+}
+
+struct Provider {
+    name: Arc<str>,
+    kind: ProviderKind,
+    /// Base URL without a trailing `/`.
+    base_url: String,
+    api_key: Option<portcullis_config::ApiKey>,
+    default_max_tokens: u32,
+    response_timeout: Duration,
+    client: ProviderClient,
+}
+
+struct Target {
+    provider: Arc<Provider>,
+    model: String,
+    /// `provider/model`.
+    key: Arc<str>,
+}
+
+/// A provider request ready to send.
+struct Prepared {
+    url: String,
+    body: Bytes,
+    json_mode: bool,
+    /// Headers the client set for the provider, such as `anthropic-version`.
+    headers: http::HeaderMap,
+}
+
+/// A provider response with a success status, and how the call got there.
+struct Served {
+    target: usize,
+    response: Response<Incoming>,
+    json_mode: bool,
+    attempts: u32,
+    latency: Duration,
+}
+
+/// The compiled `ai` section.
+pub struct Gateway {
+    providers: HashMap<String, Arc<Provider>>,
+    /// Aliases in config order, for `/models`.
+    aliases: Vec<(String, Vec<String>)>,
+    prices: HashMap<String, Price>,
+}
+
+/// A provider could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up AI provider `{provider}`: {message}")]
+pub struct SetupError {
+    pub provider: String,
+    pub message: String,
+}
+
+impl Gateway {
+    /// Builds the providers' clients, aliases and prices from a validated `ai` section.
+    pub fn new(config: &AiConfig) -> Result<Gateway, SetupError> {
+        let mut providers = HashMap::new();
+        for spec in &config.providers {
+            providers.insert(spec.name.clone(), Arc::new(provider(spec)?));
+        }
+        Ok(Gateway {
+            providers,
+            aliases: config
+                .models
+                .iter()
+                .map(|alias| (alias.name.clone(), alias.targets.clone()))
+                .collect(),
+            prices: config
+                .prices
+                .iter()
+                .map(|spec| (spec.model.clone(), Price::from_spec(spec)))
+                .collect(),
+        })
+    }
+
+    /// Serves one request, and renders any error in OpenAI's error shape.
+    pub async fn handle(&self, request: AiRequest) -> AiResponse {
+        let request_id = request.request_id.clone();
+        let anthropic_shape = request.path == "/messages";
+        let result = match (request.method.clone(), request.path.as_str()) {
+            (Method::GET, "/models") => Ok(self.models()),
+            (Method::POST, "/chat/completions") => self.chat(request).await,
+            (Method::POST, "/embeddings") => self.embeddings(request).await,
+            (Method::POST, "/messages") => self.messages(request).await,
+            (_, "/models" | "/chat/completions" | "/embeddings" | "/messages") => Err(AiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                kind: "invalid_request_error",
+                code: "method_not_allowed".into(),
+                message: format!("{} is not allowed on {}", request.method, request.path),
+                param: None,
+            }),
+            (_, path) => Err(AiError::not_found(
+                "unknown_endpoint",
+                format!(
+                    "unknown AI endpoint `{path}`; use /chat/completions, /embeddings, /messages or /models"
+                ),
+            )),
+        };
+        result.unwrap_or_else(|error| AiResponse {
+            response: if anthropic_shape {
+                anthropic_error_response(&error, &request_id)
+            } else {
+                error_response(&error, &request_id)
+            },
+            call: None,
+            upstream_latency: None,
+        })
+    }
+
+    fn models(&self) -> AiResponse {
+        let data: Vec<Value> = self
+            .aliases
+            .iter()
+            .map(|(name, _)| json!({"id": name, "object": "model", "created": 0, "owned_by": "portcullis"}))
+            .collect();
+        AiResponse {
+            response: json_response(StatusCode::OK, &json!({"object": "list", "data": data})),
+            call: None,
+            upstream_latency: None,
+        }
+    }
+
+    /// Returns the targets for `model`: an alias's targets, or one `provider/model`.
+    fn targets(&self, model: &str) -> Result<Vec<Target>, AiError> {
+        let keys: Vec<&str> = match self.aliases.iter().find(|(name, _)| name == model) {
+            Some((_, targets)) => targets.iter().map(String::as_str).collect(),
+            None => vec![model],
+        };
+        keys.into_iter()
+            .map(|key| {
+                let (provider, model_name) = split_target(key)
+                    .and_then(|(provider, model)| Some((self.providers.get(provider)?, model)))
+                    .ok_or_else(|| {
+                        AiError::not_found(
+                            "model_not_found",
+                            format!(
+                                "model `{model}` is not an alias in ai.models or a `provider/model` of a configured provider"
+                            ),
+                        )
+                        .with_param("model")
+                    })?;
+                Ok(Target {
+                    provider: provider.clone(),
+                    model: model_name.to_string(),
+                    key: Arc::from(key),
+                })
+            })
+            .collect()
+    }
+
+    async fn chat(&self, request: AiRequest) -> Result<AiResponse, AiError> {
+        let body = parse_body(&request.body)?;
+        let model = requested_model(&body)?;
+        let targets = self.targets(&model)?;
+        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+        let include_usage = body
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        let prompt_chars = body
+            .get("messages")
+            .map_or(0, |messages| messages.to_string().len());
+
+        let served = self
+            .call(&targets, &request.request_id, |target| {
+                prepare_chat(target, &body, stream)
+            })
+            .await?;
+        let target = &targets[served.target];
+        let call = self.call_record(
+            model,
+            target,
+            served.attempts,
+            stream,
+            prompt_chars,
+            &request.request_id,
+        );
+        let (parts, upstream_body) = served.response.into_parts();
+        let created = time::OffsetDateTime::now_utc().unix_timestamp();
+
+        let response = if stream {
+            let translator = match target.provider.kind {
+                ProviderKind::Anthropic => Translator::Anthropic(AnthropicStream::new(
+                    include_usage,
+                    served.json_mode,
+                    created,
+                )),
+                _ => Translator::OpenAi(OpenAiStream::new(include_usage)),
+            };
+            let body = TranslatedStream::new(
+                upstream_body,
+                translator,
+                call.clone(),
+                target.provider.response_timeout,
+            );
+            let mut response = Response::new(body.boxed_unsync());
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        } else {
+            let bytes = read_limited(upstream_body, MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|message| {
+                    AiError::upstream(StatusCode::BAD_GATEWAY, "provider_error", message)
+                })?;
+            let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                AiError::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "provider_error",
+                    format!(
+                        "provider `{}` returned a body that is not JSON",
+                        target.provider.name
+                    ),
+                )
+            })?;
+            match target.provider.kind {
+                ProviderKind::Anthropic => {
+                    let usage = Usage::from_anthropic(&value["usage"]);
+                    call.update(|state| {
+                        state.usage = usage.unwrap_or_default();
+                        state.usage_final = true;
+                    });
+                    let completion =
+                        anthropic::to_chat_completion(&value, served.json_mode, created);
+                    json_response(StatusCode::OK, &completion)
+                }
+                _ => {
+                    let usage = Usage::from_openai(&value["usage"]);
+                    // Counted for the estimate when the provider sent no usage.
+                    let output_chars: usize = value["choices"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|choice| choice.pointer("/message/content")?.as_str())
+                        .map(str::len)
+                        .sum();
+                    call.update(|state| {
+                        state.usage_final = usage.is_some();
+                        state.usage = usage.unwrap_or_default();
+                        state.output_chars = output_chars as u64;
+                    });
+                    let mut response = Response::new(full(bytes));
+                    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+                        response
+                            .headers_mut()
+                            .insert(header::CONTENT_TYPE, content_type.clone());
+                    }
+                    response
+                }
+            }
+        };
+        Ok(served_response(response, target, call, served.latency))
+    }
+
+    async fn embeddings(&self, request: AiRequest) -> Result<AiResponse, AiError> {
+        let body = parse_body(&request.body)?;
+        let model = requested_model(&body)?;
+        let targets: Vec<Target> = self
+            .targets(&model)?
+            .into_iter()
+            .filter(|target| target.provider.kind != ProviderKind::Anthropic)
+            .collect();
+        if targets.is_empty() {
+            return Err(AiError::invalid_request(
+                "embeddings_not_supported",
+                format!("model `{model}` has no OpenAI-compatible target, and Anthropic has no embeddings API"),
+            )
+            .with_param("model"));
+        }
+        let prompt_chars = body.get("input").map_or(0, |input| input.to_string().len());
+        let served = self
+            .call(&targets, &request.request_id, |target| {
+                let mut body = body.clone();
+                body["model"] = json!(target.model);
+                Ok(Prepared {
+                    url: format!("{}/embeddings", target.provider.base_url),
+                    body: Bytes::from(body.to_string()),
+                    json_mode: false,
+                    headers: http::HeaderMap::new(),
+                })
+            })
+            .await?;
+        let target = &targets[served.target];
+        let call = self.call_record(
+            model,
+            target,
+            served.attempts,
+            false,
+            prompt_chars,
+            &request.request_id,
+        );
+        let bytes =
+            read_recording_usage(served.response.into_body(), &call, Usage::from_openai).await?;
+        let mut response = Response::new(full(bytes));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(served_response(response, target, call, served.latency))
+    }
+
+    /// Passes an Anthropic Messages request through to the model's Anthropic targets, for
+    /// clients such as the `anthropic` SDK. The request is not translated, so targets of other
+    /// providers are skipped.
+    async fn messages(&self, request: AiRequest) -> Result<AiResponse, AiError> {
+        let body = parse_body(&request.body)?;
+        let model = requested_model(&body)?;
+        let targets: Vec<Target> = self
+            .targets(&model)?
+            .into_iter()
+            .filter(|target| target.provider.kind == ProviderKind::Anthropic)
+            .collect();
+        if targets.is_empty() {
+            return Err(AiError::invalid_request(
+                "no_anthropic_target",
+                format!(
+                    "model `{model}` has no Anthropic target; /messages passes requests to Anthropic providers only, so use /chat/completions for the others"
+                ),
+            )
+            .with_param("model"));
+        }
+        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+        let prompt_chars = body
+            .get("messages")
+            .map_or(0, |messages| messages.to_string().len())
+            + body
+                .get("system")
+                .map_or(0, |system| system.to_string().len());
+        let mut headers = http::HeaderMap::new();
+        for name in ["anthropic-version", "anthropic-beta"] {
+            for value in request.headers.get_all(name) {
+                headers.append(name, value.clone());
+            }
+        }
+
+        let served = self
+            .call(&targets, &request.request_id, |target| {
+                let mut body = body.clone();
+                body["model"] = json!(target.model);
+                Ok(Prepared {
+                    url: format!("{}/v1/messages", target.provider.base_url),
+                    body: Bytes::from(body.to_string()),
+                    json_mode: false,
+                    headers: headers.clone(),
+                })
+            })
+            .await?;
+        let target = &targets[served.target];
+        let call = self.call_record(
+            model,
+            target,
+            served.attempts,
+            stream,
+            prompt_chars,
+            &request.request_id,
+        );
+        let (parts, upstream_body) = served.response.into_parts();
+        let mut response = if stream {
+            let translator = Translator::AnthropicPassthrough(AnthropicPassthrough::default());
+            let body = TranslatedStream::new(
+                upstream_body,
+                translator,
+                call.clone(),
+                target.provider.response_timeout,
+            );
+            Response::new(body.boxed_unsync())
+        } else {
+            let bytes = read_recording_usage(upstream_body, &call, Usage::from_anthropic).await?;
+            Response::new(full(bytes))
+        };
+        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+            if let Some(value) = parts.headers.get(&name) {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
+        Ok(served_response(response, target, call, served.latency))
+    }
+
+    /// Creates the usage record of a call that `target` served.
+    fn call_record(
+        &self,
+        requested_model: String,
+        target: &Target,
+        attempts: u32,
+        stream: bool,
+        prompt_chars: usize,
+        request_id: &str,
+    ) -> Arc<CallRecord> {
+        let record = CallRecord::new(
+            requested_model,
+            target.provider.name.clone(),
+            target.model.clone(),
+            target.key.clone(),
+            attempts,
+            stream,
+            prompt_chars as u64,
+            self.prices.get(target.key.as_ref()).copied(),
+        );
+        Arc::new(record.with_request_id(request_id))
+    }
+
+    /// Sends the request to each target in turn until one responds with a status that is
+    /// neither 429 nor 5xx. A status like 400 is final, because the next target would reject
+    /// the same request.
+    ///
+    /// NOTE: an error that a provider sends as the first event of a 200 stream, as Anthropic
+    /// can for `overloaded_error`, ends that stream and does not move on to the next target.
+    async fn call(
+        &self,
+        targets: &[Target],
+        request_id: &str,
+        prepare: impl Fn(&Target) -> Result<Prepared, AiError>,
+    ) -> Result<Served, AiError> {
+        let mut latency = Duration::ZERO;
+        let mut last_error = None;
+        for (index, target) in targets.iter().enumerate() {
+            let prepared = prepare(target)?;
+            let provider = &target.provider;
+            let started = Instant::now();
+            let result = send(provider, &prepared, request_id).await;
+            latency += started.elapsed();
+            let error = match result {
+                Ok(response) if response.status().is_success() => {
+                    return Ok(Served {
+                        target: index,
+                        response,
+                        json_mode: prepared.json_mode,
+                        attempts: index as u32 + 1,
+                        latency,
+                    });
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let body = read_limited(response.into_body(), MAX_ERROR_BYTES)
+                        .await
+                        .unwrap_or_default();
+                    let error = AiError::from_provider(status, &body, &provider.name);
+                    let retryable =
+                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    if !retryable {
+                        tracing::info!(request.id = request_id, ai.target = %target.key, status = status.as_u16(), "provider rejected the request");
+                        return Err(error);
+                    }
+                    tracing::warn!(request.id = request_id, ai.target = %target.key, status = status.as_u16(), "provider failed; trying the next target");
+                    error
+                }
+                Err(error) => {
+                    tracing::warn!(request.id = request_id, ai.target = %target.key, error = %error.message, "provider call failed; trying the next target");
+                    error
+                }
+            };
+            last_error = Some(error);
+        }
+        Err(last_error.unwrap_or_else(|| {
+            AiError::upstream(
+                StatusCode::BAD_GATEWAY,
+                "no_target",
+                "the model has no targets",
+            )
+        }))
+    }
+}
+
+fn provider(spec: &ProviderSpec) -> Result<Provider, SetupError> {
+    let setup_error = |message: String| SetupError {
+        provider: spec.name.clone(),
+        message,
+    };
+    let base_url = spec
+        .base_url
+        .as_deref()
+        .or(spec.kind.default_base_url())
+        .ok_or_else(|| setup_error("`base_url` is required".into()))?
+        .trim_end_matches('/')
+        .to_string();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(spec.timeouts.connect));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+        .map_err(|error| setup_error(error.to_string()))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Provider {
+        name: Arc::from(spec.name.as_str()),
+        kind: spec.kind,
+        base_url,
+        api_key: spec.api_key.clone(),
+        default_max_tokens: spec.default_max_tokens,
+        response_timeout: spec.timeouts.response,
+        client: Client::builder(TokioExecutor::new()).build(connector),
+    })
+}
+
+fn prepare_chat(target: &Target, body: &Value, stream: bool) -> Result<Prepared, AiError> {
+    let provider = &target.provider;
+    if provider.kind == ProviderKind::Anthropic {
+        let translated =
+            anthropic::to_messages_request(body, &target.model, provider.default_max_tokens)?;
+        return Ok(Prepared {
+            url: format!("{}/v1/messages", provider.base_url),
+            body: Bytes::from(translated.body.to_string()),
+            json_mode: translated.json_mode,
+            headers: http::HeaderMap::new(),
+        });
+    }
+    let mut body = body.clone();
+    body["model"] = json!(target.model);
+    // Mistral sends usage in the last chunk without being asked. The others need
+    // `include_usage`, and the stream translation removes the usage chunk again unless the
+    // client requested it.
+    if stream && provider.kind != ProviderKind::Mistral {
+        match body
+            .get_mut("stream_options")
+            .and_then(Value::as_object_mut)
+        {
+            Some(options) => {
+                options.insert("include_usage".into(), json!(true));
+            }
+            None => body["stream_options"] = json!({"include_usage": true}),
+        }
+    }
+    Ok(Prepared {
+        url: format!("{}/chat/completions", provider.base_url),
+        body: Bytes::from(body.to_string()),
+        json_mode: false,
+        headers: http::HeaderMap::new(),
+    })
+}
+
+async fn send(
+    provider: &Provider,
+    prepared: &Prepared,
+    request_id: &str,
+) -> Result<Response<Incoming>, AiError> {
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(&prepared.url)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        builder = builder.header("x-request-id", value);
+    }
+    for (name, value) in &prepared.headers {
+        builder = builder.header(name, value);
+    }
+    if provider.kind == ProviderKind::Anthropic {
+        if !prepared.headers.contains_key("anthropic-version") {
+            builder = builder.header("anthropic-version", ANTHROPIC_VERSION);
+        }
+        if let Some(key) = &provider.api_key {
+            builder = builder.header("x-api-key", key.expose());
+        }
+    } else if let Some(key) = &provider.api_key {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {}", key.expose()));
+    }
+    let request = builder
+        .body(Full::new(prepared.body.clone()))
+        .map_err(|_| {
+            AiError::upstream(
+                StatusCode::BAD_GATEWAY,
+                "invalid_provider_url",
+                format!("provider `{}` has an invalid URL", provider.name),
+            )
+        })?;
+    match tokio::time::timeout(provider.response_timeout, provider.client.request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => {
+            let detail = std::iter::successors(
+                Some(&error as &(dyn std::error::Error + 'static)),
+                |error| error.source(),
+            )
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": ");
+            Err(AiError::upstream(
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                format!("provider `{}` is not reachable: {detail}", provider.name),
+            ))
+        }
+        Err(_) => Err(AiError::upstream(
+            StatusCode::GATEWAY_TIMEOUT,
+            "provider_timeout",
+            format!("provider `{}` did not respond in time", provider.name),
+        )),
+    }
+}
+
+async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|error| format!("cannot read the provider response: {error}"))
+}
+
+/// Reads a provider's JSON response whole and records the usage that `parse` finds in its
+/// `usage` field.
+async fn read_recording_usage(
+    body: Incoming,
+    call: &CallRecord,
+    parse: fn(&Value) -> Option<Usage>,
+) -> Result<Bytes, AiError> {
+    let bytes = read_limited(body, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|message| AiError::upstream(StatusCode::BAD_GATEWAY, "provider_error", message))?;
+    let usage = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|value| parse(&value["usage"]));
+    call.update(|state| {
+        state.usage_final = usage.is_some();
+        state.usage = usage.unwrap_or_default();
+    });
+    Ok(bytes)
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, AiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        AiError::invalid_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {error}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(AiError::invalid_request(
+            "invalid_json",
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn requested_model(body: &Value) -> Result<String, AiError> {
+    body.get("model")
+        .and_then(Value::as_str)
+        .filter(|model| !model.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            AiError::invalid_request("missing_model", "`model` is required").with_param("model")
+        })
+}
+
+fn full(bytes: Bytes) -> AiBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<AiBody> {
+    let mut response = Response::new(full(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Renders an error in Anthropic's shape.
+fn anthropic_error_response(error: &AiError, request_id: &str) -> Response<AiBody> {
+    let mut response = Response::new(full(error.anthropic_body(request_id)));
+    *response.status_mut() = error.status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Renders an error in OpenAI's shape.
+pub fn error_response(error: &AiError, request_id: &str) -> Response<AiBody> {
+    let mut response = Response::new(full(error.body(request_id)));
+    *response.status_mut() = error.status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn served_response(
+    mut response: Response<AiBody>,
+    target: &Target,
+    call: Arc<CallRecord>,
+    latency: Duration,
+) -> AiResponse {
+    if let Ok(value) = HeaderValue::from_str(&target.key) {
+        response.headers_mut().insert(X_TARGET, value);
+    }
+    AiResponse {
+        response,
+        call: Some(call),
+        upstream_latency: Some(latency),
+    }
+}

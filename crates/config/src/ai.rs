@@ -1,0 +1,471 @@
+//! The `ai` section: LLM providers, model aliases and token prices for routes with `ai: {}`.
+//!
+//! Providers are node settings read from the file only, because their API keys come from the
+//! environment through `${VAR}`. They are never written to the store, and [`ApiKey`] prints as
+//! `[redacted]` so that no log line or debug dump shows a key.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration;
+use crate::load::KeyError;
+
+/// The `ai` section of a configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiConfig {
+    #[serde(default)]
+    pub providers: Vec<ProviderSpec>,
+    /// Aliases that clients send as `model`, each with fallback targets in order.
+    #[serde(default)]
+    pub models: Vec<ModelAliasSpec>,
+    #[serde(default)]
+    pub prices: Vec<PriceSpec>,
+}
+
+/// One LLM provider account.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ProviderKind,
+    /// Base URL of the API; defaults to the provider's public URL for `openai`, `anthropic` and
+    /// `mistral`, and is required for `openai-compatible`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<ApiKey>,
+    /// `max_tokens` sent to Anthropic when the client sets neither `max_tokens` nor
+    /// `max_completion_tokens`, because the Messages API requires it.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u32,
+    #[serde(default)]
+    pub timeouts: ProviderTimeouts,
+}
+
+fn default_max_tokens() -> u32 {
+    4096
+}
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions and Embeddings.
+    Openai,
+    /// Anthropic Messages; requests are translated from the OpenAI shape.
+    Anthropic,
+    /// A server with an OpenAI-compatible API, such as vLLM, Ollama or llama.cpp.
+    OpenaiCompatible,
+    /// Mistral's OpenAI-compatible API.
+    Mistral,
+}
+
+impl ProviderKind {
+    /// Returns the provider's public base URL, or `None` for `openai-compatible`.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Mistral => Some("https://api.mistral.ai/v1"),
+            ProviderKind::OpenaiCompatible => None,
+        }
+    }
+
+    /// Returns the type name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenaiCompatible => "openai-compatible",
+            ProviderKind::Mistral => "mistral",
+        }
+    }
+}
+
+/// A provider API key. Its `Debug` form is `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Returns the key itself, for the request header that carries it upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Timeouts for requests to one provider.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderTimeouts {
+    /// Time to open a connection (the next target is tried past it).
+    #[serde(with = "duration")]
+    pub connect: std::time::Duration,
+    /// Time from sending a request to receiving the response headers, and the longest pause
+    /// between two chunks of a streamed response.
+    #[serde(with = "duration")]
+    pub response: std::time::Duration,
+}
+
+impl Default for ProviderTimeouts {
+    fn default() -> Self {
+        ProviderTimeouts {
+            connect: std::time::Duration::from_secs(5),
+            response: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
+/// A model alias and the `provider/model` targets that serve it, tried in order.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelAliasSpec {
+    pub name: String,
+    pub targets: Vec<String>,
+}
+
+/// Prices of one `provider/model`, in currency units per million tokens.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    pub model: String,
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    /// Price of input tokens read from the provider's prompt cache; defaults to the input price.
+    #[serde(default)]
+    pub cache_read_per_million: Option<f64>,
+    /// Price of input tokens written to the prompt cache; defaults to the input price.
+    #[serde(default)]
+    pub cache_write_per_million: Option<f64>,
+    /// Price of reasoning tokens; defaults to the output price.
+    #[serde(default)]
+    pub reasoning_per_million: Option<f64>,
+}
+
+/// The `ai` kind of a route: it serves the OpenAI-compatible API itself instead of forwarding to
+/// a service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiRouteSpec {}
+
+/// Splits `provider/model` at the first `/`; model names may contain more slashes.
+pub fn split_target(target: &str) -> Option<(&str, &str)> {
+    target
+        .split_once('/')
+        .filter(|(provider, model)| !provider.is_empty() && !model.is_empty())
+}
+
+/// Checks the `ai` section, and that the file's `ai` routes have one to use.
+pub(crate) fn validate_config(config: &crate::model::Config) -> Vec<KeyError> {
+    let mut errors = match &config.ai {
+        Some(ai) => validate(ai),
+        None => Vec::new(),
+    };
+    for (i, route) in config.entities.routes.iter().enumerate() {
+        if route.ai.is_some() && config.ai.is_none() {
+            errors.push(KeyError::new(
+                format!("routes[{i}].ai"),
+                "an `ai` route needs the top-level `ai` section with its providers",
+            ));
+        }
+    }
+    errors
+}
+
+/// Checks the `ai` section.
+fn validate(ai: &AiConfig) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    let mut providers = HashSet::new();
+    for (i, provider) in ai.providers.iter().enumerate() {
+        let at = format!("ai.providers[{i}]");
+        crate::load::check_entity_name(&mut errors, &format!("{at}.name"), &provider.name);
+        if !providers.insert(provider.name.as_str()) {
+            errors.push(KeyError::new(
+                format!("{at}.name"),
+                format!("duplicate provider name `{}`", provider.name),
+            ));
+        }
+        match &provider.base_url {
+            Some(url) => {
+                if let Err(message) = check_base_url(url) {
+                    errors.push(KeyError::new(format!("{at}.base_url"), message));
+                }
+            }
+            None if provider.kind.default_base_url().is_none() => errors.push(KeyError::new(
+                format!("{at}.base_url"),
+                "an `openai-compatible` provider needs `base_url`, such as http://127.0.0.1:8000/v1",
+            )),
+            None => {}
+        }
+        if let Some(key) = &provider.api_key {
+            if key.0.is_empty() || key.0.bytes().any(|b| !b.is_ascii_graphic()) {
+                errors.push(KeyError::new(
+                    format!("{at}.api_key"),
+                    "the API key is empty or has spaces or control characters; check the \
+                     environment variable it comes from",
+                ));
+            }
+        }
+        if provider.default_max_tokens == 0 {
+            errors.push(KeyError::new(
+                format!("{at}.default_max_tokens"),
+                "must be greater than 0",
+            ));
+        }
+        for (field, value) in [
+            ("connect", provider.timeouts.connect),
+            ("response", provider.timeouts.response),
+        ] {
+            if value.is_zero() {
+                errors.push(KeyError::new(
+                    format!("{at}.timeouts.{field}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+    }
+
+    let mut aliases = HashSet::new();
+    for (i, alias) in ai.models.iter().enumerate() {
+        let at = format!("ai.models[{i}]");
+        if alias.name.is_empty() || alias.name.contains('/') {
+            errors.push(KeyError::new(
+                format!("{at}.name"),
+                format!(
+                    "invalid alias `{}`; an alias is a non-empty name without `/`",
+                    alias.name
+                ),
+            ));
+        }
+        if !aliases.insert(alias.name.as_str()) {
+            errors.push(KeyError::new(
+                format!("{at}.name"),
+                format!("duplicate model alias `{}`", alias.name),
+            ));
+        }
+        if alias.targets.is_empty() {
+            errors.push(KeyError::new(
+                format!("{at}.targets"),
+                "a model alias needs at least one `provider/model` target",
+            ));
+        }
+        for (j, target) in alias.targets.iter().enumerate() {
+            if let Err(message) = check_model_target(target, &providers) {
+                errors.push(KeyError::new(format!("{at}.targets[{j}]"), message));
+            }
+        }
+    }
+
+    let mut priced = HashSet::new();
+    for (i, price) in ai.prices.iter().enumerate() {
+        let at = format!("ai.prices[{i}]");
+        if let Err(message) = check_model_target(&price.model, &providers) {
+            errors.push(KeyError::new(format!("{at}.model"), message));
+        }
+        if !priced.insert(price.model.as_str()) {
+            errors.push(KeyError::new(
+                format!("{at}.model"),
+                format!("`{}` already has a price", price.model),
+            ));
+        }
+        let fields = [
+            ("input_per_million", Some(price.input_per_million)),
+            ("output_per_million", Some(price.output_per_million)),
+            ("cache_read_per_million", price.cache_read_per_million),
+            ("cache_write_per_million", price.cache_write_per_million),
+            ("reasoning_per_million", price.reasoning_per_million),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                if !value.is_finite() || value < 0.0 {
+                    errors.push(KeyError::new(
+                        format!("{at}.{field}"),
+                        "must be a number of 0 or more",
+                    ));
+                }
+            }
+        }
+    }
+    errors
+}
+
+fn check_model_target(target: &str, providers: &HashSet<&str>) -> Result<(), String> {
+    let Some((provider, _)) = split_target(target) else {
+        return Err(format!(
+            "invalid target `{target}`; write `provider/model`, such as openai-main/gpt-4.1"
+        ));
+    };
+    if !providers.contains(provider) {
+        return Err(format!(
+            "provider `{provider}` is not defined in `ai.providers`"
+        ));
+    }
+    Ok(())
+}
+
+fn check_base_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("invalid base URL `{url}`"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(format!(
+                "base URL `{url}` must start with http:// or https://"
+            ));
+        }
+    }
+    if uri.host().is_none() {
+        return Err(format!("base URL `{url}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("base URL `{url}` must not have a query string"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::load::load_str;
+
+    const EXAMPLE: &str = "ai:
+  providers:
+    - name: claude-main
+      type: anthropic
+      base_url: http://127.0.0.1:9101
+      api_key: ${ANTHROPIC_API_KEY}
+    - name: openai-main
+      type: openai
+      base_url: http://127.0.0.1:9102/v1
+      api_key: ${OPENAI_API_KEY}
+  models:
+    - name: smart
+      targets: [claude-main/claude-sonnet-4-5, openai-main/gpt-4.1]
+  prices:
+    - model: claude-main/claude-sonnet-4-5
+      input_per_million: 3.00
+      output_per_million: 15.00
+routes:
+  - name: llm
+    paths: [/v1]
+    ai: {}
+    policies:
+      - key-auth: {}
+";
+
+    fn env(name: &str) -> Option<String> {
+        Some(format!("key-for-{name}"))
+    }
+
+    /// Returns the errors of `source` as `line: key: message` strings.
+    fn errors(source: &str) -> Vec<String> {
+        match load_str(source, None, &env) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn example_loads() {
+        let config = load_str(EXAMPLE, None, &env).unwrap();
+        let ai = config.ai.unwrap();
+        assert_eq!(ai.providers.len(), 2);
+        assert_eq!(ai.providers[0].default_max_tokens, 4096);
+        assert_eq!(
+            ai.providers[0].api_key.as_ref().unwrap().expose(),
+            "key-for-ANTHROPIC_API_KEY"
+        );
+        assert_eq!(
+            format!("{:?}", ai.providers[0])
+                .matches("[redacted]")
+                .count(),
+            1
+        );
+        assert!(!format!("{:?}", ai.providers[0]).contains("key-for"));
+        assert!(config.entities.routes[0].ai.is_some());
+        assert!(config.entities.routes[0].service.is_none());
+    }
+
+    #[test]
+    fn unknown_provider_in_target() {
+        let source = EXAMPLE.replace("openai-main/gpt-4.1", "openai-other/gpt-4.1");
+        let errors = errors(&source);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("line 13: key `ai.models[0].targets[1]`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("`openai-other` is not defined"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let cases = [
+            ("type: openai\n", "type: gemini\n", "ai.providers[1].type"),
+            (
+                "base_url: http://127.0.0.1:9102/v1",
+                "base_url: ftp://x",
+                "ai.providers[1].base_url",
+            ),
+            (
+                "input_per_million: 3.00",
+                "input_per_million: -1",
+                "ai.prices[0].input_per_million",
+            ),
+            (
+                "model: claude-main/claude-sonnet-4-5",
+                "model: sonnet",
+                "ai.prices[0].model",
+            ),
+            ("- name: smart", "- name: a/b", "ai.models[0].name"),
+        ];
+        for (from, to, key) in cases {
+            let source = EXAMPLE.replacen(from, to, 1);
+            let errors = errors(&source);
+            assert!(
+                errors
+                    .iter()
+                    .any(|error| error.contains(&format!("key `{key}`"))),
+                "{key}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn openai_compatible_needs_base_url() {
+        let source = EXAMPLE.replace(
+            "      type: openai\n      base_url: http://127.0.0.1:9102/v1\n",
+            "      type: openai-compatible\n",
+        );
+        let errors = errors(&source);
+        assert!(
+            errors[0].contains("key `ai.providers[1].base_url`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn ai_route_rules() {
+        let with_service = EXAMPLE.replace("    ai: {}\n", "    ai: {}\n    service: echo\n");
+        let errors = errors(&with_service);
+        assert!(errors[0].contains("key `routes[0].service`"), "{errors:?}");
+        assert!(errors[0].contains("takes no `service`"), "{errors:?}");
+
+        let without_section = &EXAMPLE[EXAMPLE.find("routes:").unwrap()..];
+        let errors = self::errors(without_section);
+        assert!(errors[0].contains("key `routes[0].ai`"), "{errors:?}");
+    }
+}

@@ -1,0 +1,115 @@
+"""Runs calls through the gateway with the official `openai` SDK and prints the results as JSON.
+
+Usage: openai_client.py BASE_URL API_KEY CASES_JSON, where CASES_JSON is a list of
+[mode, model] pairs and mode is chat, stream, tools, stream_tools, embeddings or stream_error.
+"""
+
+import json
+import sys
+
+import openai
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris and Oslo?"},
+]
+
+
+def run(client, mode, model):
+    if mode == "chat":
+        response = client.chat.completions.create(model=model, messages=MESSAGES)
+        return {
+            "content": response.choices[0].message.content,
+            "finish_reason": response.choices[0].finish_reason,
+            "prompt_tokens": response.usage.prompt_tokens,
+            "completion_tokens": response.usage.completion_tokens,
+        }
+    if mode == "stream":
+        content = ""
+        usage = None
+        stream = client.chat.completions.create(
+            model=model,
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                content += choice.delta.content or ""
+        return {"content": content, "completion_tokens": usage}
+    if mode == "tools":
+        response = client.chat.completions.create(
+            model=model, messages=MESSAGES, tools=[WEATHER_TOOL]
+        )
+        calls = response.choices[0].message.tool_calls or []
+        return {
+            "finish_reason": response.choices[0].finish_reason,
+            "calls": [
+                {"id": call.id, "name": call.function.name, "arguments": json.loads(call.function.arguments)}
+                for call in calls
+            ],
+        }
+    if mode == "stream_tools":
+        calls = {}
+        finish_reason = None
+        stream = client.chat.completions.create(
+            model=model, messages=MESSAGES, tools=[WEATHER_TOOL], stream=True
+        )
+        for chunk in stream:
+            for choice in chunk.choices:
+                finish_reason = choice.finish_reason or finish_reason
+                for call in choice.delta.tool_calls or []:
+                    entry = calls.setdefault(call.index, {"id": None, "name": None, "arguments": ""})
+                    if call.id:
+                        entry["id"] = call.id
+                    if call.function and call.function.name:
+                        entry["name"] = call.function.name
+                    if call.function and call.function.arguments:
+                        entry["arguments"] += call.function.arguments
+        ordered = [calls[index] for index in sorted(calls)]
+        for entry in ordered:
+            entry["arguments"] = json.loads(entry["arguments"])
+        return {"finish_reason": finish_reason, "calls": ordered}
+    if mode == "embeddings":
+        response = client.embeddings.create(model=model, input="hello")
+        return {"embedding": response.data[0].embedding, "prompt_tokens": response.usage.prompt_tokens}
+    if mode == "stream_error":
+        content = ""
+        try:
+            for chunk in client.chat.completions.create(model=model, messages=MESSAGES, stream=True):
+                for choice in chunk.choices:
+                    content += choice.delta.content or ""
+        except openai.APIError as error:
+            return {"content": content, "error": type(error).__name__, "message": error.message}
+        return {"content": content, "error": None}
+    raise ValueError(f"unknown mode {mode}")
+
+
+def main():
+    base_url, api_key, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=15)
+    results = []
+    for mode, model in cases:
+        try:
+            results.append(run(client, mode, model))
+        except openai.APIStatusError as error:
+            results.append({"status": error.status_code, "body": error.body})
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,9 @@
 #   nginx       wrk -> nginx proxy_pass (keep-alive upstream pool) -> echo-upstream
 #   portcullis  wrk -> portcullis, no policies, no access log -> echo-upstream
 #   policies    wrk -> portcullis, key-auth + rate limit + JSON access log file -> echo-upstream
+#   introspection  wrk -> portcullis, oauth2-introspection with a warm cache, no access log
+#                  -> echo-upstream; bench/introspection_server.py is the endpoint and answers
+#                  one call, because every request carries the same token
 #
 # wrk and echo-upstream share BENCH_LOAD_CORE; the proxy under test runs alone on
 # BENCH_PROXY_CORE. The script also reads the resident memory (VmRSS) of the policy
@@ -58,11 +61,14 @@ readonly CLOCK_TICKS
 readonly HOST=127.0.0.1
 readonly API_KEY=alice-demo-key-0001
 readonly ADMIN_TOKEN=bench-admin-token-000000000001
-readonly TARGETS=(direct nginx portcullis policies)
+readonly INTROSPECTION_CLIENT_ID=bench-gateway
+readonly INTROSPECTION_SECRET=bench-introspection-secret-0001
+readonly INTROSPECTION_TOKEN=bench-opaque-access-token-0001
+readonly TARGETS=(direct nginx portcullis policies introspection)
 
 WORK_DIR=""
 PIDS=()
-declare -A IDLE_REPORT URL SENT ATTEMPTS_USED RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY OTHER_BUSY PROXY_CPU_US RSS_KIB
+declare -A EXTRA_HEADER IDLE_REPORT URL SENT ATTEMPTS_USED RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY OTHER_BUSY PROXY_CPU_US RSS_KIB
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {
@@ -245,7 +251,29 @@ start_nginx() {
     log "nginx $(nginx -v 2>&1 | sed 's|.*/||') on $HOST:$port, pinned to core $PROXY_CORE"
 }
 
-# Write a portcullis config to DIR/portcullis.yaml. WITH_POLICIES is 1 or 0.
+# Start bench/introspection_server.py on a free port, pinned to the load core.
+start_introspection_server() {
+    local log_file=$WORK_DIR/introspection-server.log port
+    port=$(free_port)
+    BENCH_INTROSPECTION_SECRET=$INTROSPECTION_SECRET taskset -c "$LOAD_CORE" \
+        python3 "$BENCH_DIR/introspection_server.py" --port "$port" \
+        --client-id "$INTROSPECTION_CLIENT_ID" >"$log_file" 2>&1 &
+    INTROSPECTION_PID=$!
+    PIDS+=("$INTROSPECTION_PID")
+    INTROSPECTION_URL="http://$HOST:$port"
+    wait_until "introspection server" "$INTROSPECTION_PID" 10 "$log_file" \
+        status_is "$INTROSPECTION_URL/calls" 200
+    log "introspection endpoint on $HOST:$port, pinned to core $LOAD_CORE"
+}
+
+# Print the number of introspection calls the endpoint has answered.
+introspection_calls() {
+    curl --silent --max-time 5 "$INTROSPECTION_URL/calls" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["calls"])'
+}
+
+# Write a portcullis config to DIR/portcullis.yaml. WITH_POLICIES is 1 (key-auth and rate
+# limit), 2 (oauth2-introspection) or 0.
 write_portcullis_config() {
     local dir=$1 with_policies=$2
     mkdir -p "$dir"
@@ -261,7 +289,21 @@ store:
 log:
   level: warn
 EOF
-        if ((with_policies)); then
+        if ((with_policies == 2)); then
+            cat <<EOF
+access_log: off
+services:
+  - name: echo
+    targets: [http://$UPSTREAM_ADDRESS]
+    policies:
+      - oauth2-introspection:
+          introspection_endpoint: $INTROSPECTION_URL/introspect
+          client_id: $INTROSPECTION_CLIENT_ID
+          client_secret_env: BENCH_INTROSPECTION_SECRET
+consumers:
+  - name: alice
+EOF
+        elif ((with_policies)); then
             cat <<EOF
 access_log: access.log
 services:
@@ -296,8 +338,9 @@ EOF
 start_portcullis() {
     local name=$1 with_policies=0 dir=$WORK_DIR/$1 proxy_address admin_address
     [[ $name == policies ]] && with_policies=1
+    [[ $name == introspection ]] && with_policies=2
     write_portcullis_config "$dir" "$with_policies"
-    taskset -c "$PROXY_CORE" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
+    BENCH_INTROSPECTION_SECRET=$INTROSPECTION_SECRET taskset -c "$PROXY_CORE" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
         --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
@@ -308,7 +351,12 @@ start_portcullis() {
     wait_until "portcullis ($name)" "$PROXY_PID" 30 "$dir/portcullis.log" \
         status_is "$ADMIN_URL/health/ready" 200
     URL[$name]="http://$proxy_address/echo/fast"
-    expect_status "${URL[$name]}" 200 --header "apikey: $API_KEY"
+    if ((with_policies == 2)); then
+        EXTRA_HEADER[$name]="authorization: Bearer $INTROSPECTION_TOKEN"
+        expect_status "${URL[$name]}" 200 --header "${EXTRA_HEADER[$name]}"
+    else
+        expect_status "${URL[$name]}" 200 --header "apikey: $API_KEY"
+    fi
     if ((with_policies)); then
         # Without the key the request must be rejected, or the policy chain is not active.
         expect_status "${URL[$name]}" 401
@@ -442,6 +490,9 @@ measure_once() {
     local wrk=(taskset -c "$LOAD_CORE" wrk -t1 -c"$connections" --latency
         -s "$BENCH_DIR/wrk-report.lua" -H "apikey: $API_KEY")
     local output=$WORK_DIR/wrk-$key
+    if [[ -n ${EXTRA_HEADER[$name]:-} ]]; then
+        wrk+=(-H "${EXTRA_HEADER[$name]}")
+    fi
 
     wait_for_quiet
     log "$name: warm-up ${warmup}, then ${duration} with $connections connections"
@@ -568,6 +619,12 @@ run_proxy_targets() {
     ACCESS_LOG_LINES=$(wc -l <"$WORK_DIR/policies/access.log")
     measure_idle_connections policies
     stop_proxy
+
+    start_introspection_server
+    start_portcullis introspection
+    measure_target introspection
+    INTROSPECTION_CALLS=$(introspection_calls)
+    stop_proxy
 }
 
 milliseconds() {
@@ -641,6 +698,8 @@ print_ratios() {
     # connection, so the log may have a few lines per connection and run more than this sum.
     printf 'access log lines written by portcullis (policies): %s; requests counted by wrk: %s, plus 2 checks\n' \
         "$ACCESS_LOG_LINES" "${SENT[policies]}"
+    printf 'introspection calls answered by the endpoint: %s; requests counted by wrk: %s\n' \
+        "$INTROSPECTION_CALLS" "${SENT[introspection]}"
 }
 
 print_memory() {

@@ -91,6 +91,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
         counters: MemoryCounters::new(),
         clock: Arc::new(MonotonicClock::default()),
         jwks: Arc::default(),
+        introspection_calls: metrics.introspection_calls.clone(),
     };
     let control = ControlPlane::start(config.clone(), store, metrics.clone(), policy)
         .await

@@ -37,6 +37,15 @@ pub struct RejectionLabels {
     pub code: Name,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IntrospectionLabels {
+    /// The introspection endpoint URL, or the issuer while discovery has not found it.
+    pub endpoint: Name,
+    /// `active`, `inactive`, `rejected` (a JWT response that failed verification) or
+    /// `unavailable` (connection error, timeout, non-200 status or unreadable response).
+    pub result: &'static str,
+}
+
 /// Latency buckets in seconds, from 100 microseconds to 30 seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -57,6 +66,7 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
+    pub introspection_calls: Family<IntrospectionLabels, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +81,7 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             config_version: Gauge::default(),
             access_log_dropped: Counter::default(),
+            introspection_calls: Family::default(),
         };
         registry.register(
             "portcullis_requests",
@@ -111,6 +122,11 @@ impl Metrics {
             "portcullis_access_log_dropped",
             "Access-log lines dropped because the writer fell behind",
             metrics.access_log_dropped.clone(),
+        );
+        registry.register(
+            "portcullis_introspection_calls",
+            "Token introspection calls to authorization servers, by endpoint and result",
+            metrics.introspection_calls.clone(),
         );
         Arc::new(metrics)
     }

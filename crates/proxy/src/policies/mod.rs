@@ -1,6 +1,7 @@
 //! Adapters that run the policy models of `portcullis-policy` in the chain.
 
 pub mod acl;
+pub mod introspection;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
@@ -10,9 +11,12 @@ use std::sync::Arc;
 
 use portcullis_config::PolicySpec;
 use portcullis_policy::rate_limit::Counters;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::chain::ChainEntry;
 use crate::jwks::JwksRegistry;
+use crate::metrics::IntrospectionLabels;
 
 /// What an adapter needs from outside its spec when it is built.
 #[derive(Clone)]
@@ -21,6 +25,8 @@ pub struct PolicyContext {
     pub clock: Arc<dyn Clock>,
     /// JWK Set sources, kept across snapshots so that reloads keep the cached keys.
     pub jwks: Arc<JwksRegistry>,
+    /// `portcullis_introspection_calls`, shared with [`crate::metrics::Metrics`].
+    pub introspection_calls: Family<IntrospectionLabels, Counter>,
 }
 
 /// Monotonic time for policies, injectable in tests.
@@ -70,6 +76,11 @@ pub fn build(
                     jwt::Jwt::new(spec, context)
                         .map_err(|message| format!("{scope}: jwt policy: {message}"))?,
                 ),
+                PolicySpec::Oauth2Introspection(spec) => {
+                    Arc::new(introspection::Introspection::new(spec, context).map_err(
+                        |message| format!("{scope}: oauth2-introspection policy: {message}"),
+                    )?)
+                }
             };
             Ok(ChainEntry {
                 override_key: spec.override_key().into(),

@@ -100,6 +100,7 @@ struct ServerState {
 /// A local RFC 7662 authorization server.
 struct AuthServer {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<Mutex<ServerState>>,
     calls: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -110,6 +111,31 @@ struct AuthServer {
 impl AuthServer {
     /// Starts the server, which delays every introspection response by `delay`.
     async fn start(auth: ExpectedAuth, delay: Duration) -> AuthServer {
+        AuthServer::start_with(auth, delay, None).await
+    }
+
+    /// Starts the server over TLS with the certificate and key of `certified`.
+    async fn start_tls(auth: ExpectedAuth, certified: &rcgen::CertifiedKey) -> AuthServer {
+        let chain = vec![certified.cert.der().clone()];
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der()).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        AuthServer::start_with(auth, Duration::ZERO, Some(acceptor)).await
+    }
+
+    async fn start_with(
+        auth: ExpectedAuth,
+        delay: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> AuthServer {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state: Arc<Mutex<ServerState>> = Arc::default();
@@ -126,16 +152,27 @@ impl AuthServer {
                     let service = hyper::service::service_fn(move |request| {
                         let (state, calls, auth) = (state.clone(), calls.clone(), auth.clone());
                         async move {
+                            let endpoint = format!("{scheme}://{addr}/introspect");
                             Ok::<_, Infallible>(
-                                handle(request, addr, &state, &calls, &auth, delay).await,
+                                handle(request, &endpoint, &state, &calls, &auth, delay).await,
                             )
                         }
                     });
+                    let tls = tls.clone();
                     let connection = tokio::spawn(async move {
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service)
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        match tls {
+                            None => {
+                                let io = hyper_util::rt::TokioIo::new(stream);
+                                let _ = http.serve_connection(io, service).await;
+                            }
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    let io = hyper_util::rt::TokioIo::new(stream);
+                                    let _ = http.serve_connection(io, service).await;
+                                }
+                            }
+                        }
                     });
                     connections.lock().unwrap().push(connection.abort_handle());
                 }
@@ -143,6 +180,7 @@ impl AuthServer {
         };
         AuthServer {
             addr,
+            scheme,
             state,
             calls,
             task,
@@ -151,7 +189,7 @@ impl AuthServer {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     fn answer(&self, token: &str, answer: Answer) {
@@ -305,7 +343,7 @@ fn check_client(
 
 async fn handle(
     request: hyper::Request<hyper::body::Incoming>,
-    addr: SocketAddr,
+    endpoint: &str,
     state: &Mutex<ServerState>,
     calls: &AtomicUsize,
     auth: &ExpectedAuth,
@@ -322,18 +360,15 @@ async fn handle(
     if path != "/introspect" {
         return response(404, "text/plain", String::new());
     }
+
     calls.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = request.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     let form = parse_form(std::str::from_utf8(&body).unwrap());
-    let endpoint = format!("http://{addr}/introspect");
-    let auth_check = {
-        let headers = parts.headers.clone();
-        let form = form.clone();
-        let auth = auth.clone();
-        // `authz.py` blocks, so it runs off the runtime's worker threads.
-        tokio::task::block_in_place(|| check_client(&headers, &form, &auth, &endpoint, state))
-    };
+
+    // `authz.py` blocks, so `block_in_place` moves this worker's other tasks elsewhere.
+    let auth_check =
+        tokio::task::block_in_place(|| check_client(&parts.headers, &form, auth, endpoint, state));
     if let Err(reason) = auth_check {
         state.lock().unwrap().auth_failures.push(reason);
         return response(
@@ -342,11 +377,23 @@ async fn handle(
             r#"{"error":"invalid_client"}"#.into(),
         );
     }
+
     tokio::time::sleep(delay).await;
     let token = form_value(&form, "token").unwrap_or_default();
     let answer = state.lock().unwrap().answers.get(&token).cloned();
+    let accepts_jwt = parts
+        .headers
+        .get("accept")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("application/token-introspection+jwt"));
     match answer {
         Some(Answer::Json(value)) => response(200, "application/json", value.to_string()),
+        // RFC 9701 section 4: a JWT response only for a request whose `Accept` names its type.
+        Some(Answer::Jwt(_)) if !accepts_jwt => response(
+            406,
+            "application/json",
+            r#"{"error":"not_acceptable"}"#.into(),
+        ),
         Some(Answer::Jwt(jwt)) => response(200, "application/token-introspection+jwt", jwt),
         None => response(200, "application/json", r#"{"active":false}"#.into()),
     }
@@ -860,4 +907,108 @@ async fn endpoint_found_by_discovery() {
     let response = get(&gateway, "/orders", Some("tok-1")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(server.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_through_admin_api() {
+    let server = AuthServer::start(ExpectedAuth::Post, Duration::ZERO).await;
+    server.answer("tok-1", active("alice", ""));
+    let upstream = upstream().await;
+    let gateway = Gateway::start_with_env(
+        &config(upstream, &policy(&server, "client_secret_post", "")),
+        &[(SECRET_ENV, SECRET)],
+    );
+    let http = client();
+    let admin = |method: reqwest::Method, path: &str| {
+        http.request(method, gateway.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+
+    let response = admin(reqwest::Method::POST, "/routes")
+        .json(&json!({
+            "name": "bad", "service": "orders", "paths": ["/bad"],
+            "policies": [{"oauth2-introspection": {"client_id": "gateway", "client_auth": "private_key_jwt"}}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 400).await;
+    let details = body["error"]["details"].to_string();
+    assert!(
+        details.contains("policies[0].oauth2-introspection"),
+        "{body}"
+    );
+    assert!(details.contains("private_key_env"), "{body}");
+
+    let response = admin(reqwest::Method::POST, "/routes")
+        .json(&json!({
+            "name": "live", "service": "orders", "paths": ["/live"],
+            "policies": [{"oauth2-introspection": {
+                "introspection_endpoint": server.url("/introspect"),
+                "client_id": CLIENT_ID,
+                "client_auth": "client_secret_post",
+                "client_secret_env": SECRET_ENV,
+            }}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "{}",
+        response.text().await.unwrap()
+    );
+    let response = get(&gateway, "/live", Some("tok-1")).await;
+    assert_eq!(response.status(), 200);
+
+    // Only the variable name is stored and shown.
+    let route = admin(reqwest::Method::GET, "/routes/live")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(route.contains(SECRET_ENV), "{route}");
+    assert!(
+        !route.contains(SECRET),
+        "the admin API shows the secret: {route}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoint_trusts_ca_file() {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let server = AuthServer::start_tls(ExpectedAuth::Basic, &certified).await;
+    server.answer("tok-1", active("alice", ""));
+    let upstream = upstream().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("as-ca.pem"), certified.cert.pem()).unwrap();
+    let gateway = Gateway::start_in_with_env(
+        dir,
+        &config(
+            upstream,
+            &policy(&server, "client_secret_basic", "ca_file: as-ca.pem"),
+        ),
+        &[(SECRET_ENV, SECRET)],
+    );
+    let response = get(&gateway, "/orders", Some("tok-1")).await;
+    assert_eq!(response.status(), 200, "{}", gateway.stderr());
+    assert_eq!(server.calls(), 1);
+
+    // Without the CA file, the self-signed certificate is not trusted and the call fails.
+    let untrusted = Gateway::start_with_env(
+        &config(upstream, &policy(&server, "client_secret_basic", "")),
+        &[(SECRET_ENV, SECRET)],
+    );
+    let response = get(&untrusted, "/orders", Some("tok-1")).await;
+    let body = error_body(response, 503).await;
+    assert_eq!(body["error"]["code"], "introspection_unavailable");
+    assert_eq!(
+        server.calls(),
+        1,
+        "a call passed TLS verification without the CA"
+    );
 }

@@ -75,9 +75,10 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 #[derive(Debug, Clone)]
 enum CallOutcome {
     Completed(Introspected),
-    /// A JWT response that failed verification; the code is for the debug log.
+    /// A JWT response that failed verification. The code is for the debug log.
     Rejected(&'static str),
-    /// The endpoint could not be asked; the message names the cause, never the token.
+    /// The endpoint could not be reached or returned no usable response. The message names the
+    /// cause, never the token.
     Unavailable(String),
 }
 
@@ -91,7 +92,7 @@ enum Endpoint {
     },
 }
 
-/// Warning rate limit: when the last warning was logged and how many were skipped since.
+/// Warning rate-limit state: the time of the last warning and the number skipped since.
 #[derive(Default)]
 struct WarnState {
     last: Option<Instant>,
@@ -716,7 +717,7 @@ fn invalid(error: JwtError) -> Rejection {
     unauthorized("invalid_token", message, INVALID_TOKEN_CHALLENGE)
 }
 
-/// Returns the 503 for an authorization server that could not be asked.
+/// Returns the 503 for an authorization server that could not be reached.
 fn unavailable() -> Rejection {
     Rejection::upstream(
         StatusCode::SERVICE_UNAVAILABLE,

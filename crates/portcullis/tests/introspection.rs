@@ -724,6 +724,12 @@ async fn jwt_responses_verified() {
         assert_eq!(response.status(), 401, "case {name}");
         expect_invalid(response, &token, name).await;
     }
+    assert_eq!(server.calls(), 4);
+
+    // A response that failed verification is cached as inactive, so a retry makes no call.
+    let response = get(&gateway, "/orders", Some("tok-bad_signature")).await;
+    expect_invalid(response, "tok-bad_signature", "bad_signature again").await;
+    assert_eq!(server.calls(), 4, "a rejected response was not cached");
     assert!(
         server.auth_failures().is_empty(),
         "{:?}",

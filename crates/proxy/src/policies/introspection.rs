@@ -265,20 +265,25 @@ impl Introspection {
         }
     }
 
-    /// Caches a completed call. An active result is fresh until `exp` and at most `cache_ttl`,
-    /// then stale for `stale_if_error`. An inactive result is fresh for `negative_cache_ttl`.
+    /// Caches a call's result. An active result is fresh until `exp` and at most `cache_ttl`,
+    /// then stale for `stale_if_error`. An inactive result, and a JWT response that failed
+    /// verification, are cached as inactive for `negative_cache_ttl`, so a token with a forged
+    /// or broken response does not cause a call per request.
     fn store(&self, key: CacheKey, outcome: &CallOutcome) {
-        let CallOutcome::Completed(result) = outcome else {
-            return;
-        };
-        let (fresh_for, stale_for) = match result {
-            Introspected::Active(claims) => (
+        let (result, fresh_for, stale_for) = match outcome {
+            CallOutcome::Completed(Introspected::Active(claims)) => (
+                Introspected::Active(claims.clone()),
                 introspection::active_ttl(claims, unix_now(), self.cache_ttl),
                 self.stale_if_error,
             ),
-            Introspected::Inactive => (self.negative_cache_ttl, Duration::ZERO),
+            CallOutcome::Completed(Introspected::Inactive) | CallOutcome::Rejected(_) => (
+                Introspected::Inactive,
+                self.negative_cache_ttl,
+                Duration::ZERO,
+            ),
+            CallOutcome::Unavailable(_) => return,
         };
-        lock(&self.cache).insert(key, result.clone(), Instant::now(), fresh_for, stale_for);
+        lock(&self.cache).insert(key, result, Instant::now(), fresh_for, stale_for);
     }
 
     /// Calls the endpoint once, counts the result and logs failures.

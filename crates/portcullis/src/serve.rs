@@ -12,6 +12,7 @@ use portcullis_control::ControlPlane;
 use portcullis_policy::rate_limit::MemoryCounters;
 use portcullis_proxy::access_log::AccessLog;
 use portcullis_proxy::metrics::Metrics;
+use portcullis_proxy::policies::introspection::IntrospectionRegistry;
 use portcullis_proxy::policies::{MonotonicClock, PolicyContext};
 use portcullis_proxy::server::{self, ConnectionSettings, ConnectionTracker, Listener};
 use portcullis_proxy::service::Proxy;
@@ -91,7 +92,9 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
         counters: MemoryCounters::new(),
         clock: Arc::new(MonotonicClock::default()),
         jwks: Arc::default(),
-        introspection_calls: metrics.introspection_calls.clone(),
+        introspection: Arc::new(IntrospectionRegistry::new(
+            metrics.introspection_calls.clone(),
+        )),
     };
     let control = ControlPlane::start(config.clone(), store, metrics.clone(), policy)
         .await

@@ -967,6 +967,23 @@ async fn policy_through_admin_api() {
     );
     let response = get(&gateway, "/live", Some("tok-1")).await;
     assert_eq!(response.status(), 200);
+    assert_eq!(server.calls(), 1);
+
+    // Another change rebuilds every policy, and the cache survives it.
+    let response = admin(reqwest::Method::POST, "/routes")
+        .json(&json!({"name": "other", "service": "orders", "paths": ["/other"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&gateway, "/other", None).await.status() == 404 {
+        assert!(Instant::now() < deadline, "the new route never became live");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = get(&gateway, "/live", Some("tok-1")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(server.calls(), 1, "the snapshot rebuild emptied the cache");
 
     // Only the variable name is stored and shown.
     let route = admin(reqwest::Method::GET, "/routes/live")

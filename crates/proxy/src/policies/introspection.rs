@@ -10,18 +10,19 @@
 //! Caching: an active result is cached until the token's `exp` and at most `cache_ttl`, an
 //! inactive one for `negative_cache_ttl`. Concurrent requests with the same uncached token share
 //! one call. Results are keyed by the token's SHA-256, and no log line or response contains the
-//! token.
+//! token. The cache lives in [`IntrospectionRegistry`], so it survives snapshot rebuilds while
+//! the policy's settings stay the same.
 //!
 //! Failure policy: a connection error, a timeout, a non-200 status or an unreadable response
 //! fails closed with 503 `introspection_unavailable`, because the token may be valid. Within
 //! `stale_if_error` after its cache lifetime, an active cached result is used instead. Each
 //! failure is counted in `portcullis_introspection_calls` and logged at warn with the endpoint,
-//! at most once per [`WARN_INTERVAL`] per policy. A JWT response that fails verification is a 401,
-//! like an inactive token.
+//! at most once per [`WARN_INTERVAL`] for each set of policy settings. A JWT response that fails
+//! verification is a 401, like an inactive token.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -62,8 +63,8 @@ const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"portcullis\", error=\"inva
 /// Largest introspection response or discovery document accepted, in bytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// Shortest time between two warnings about failed calls of one policy. Failures in between
-/// are counted and reported with the next warning.
+/// Shortest time between two warnings about failed calls, for each set of policy settings.
+/// Failures in between are counted and reported with the next warning.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Media type of JWT introspection responses (RFC 9701 section 4).
@@ -111,8 +112,7 @@ pub struct Introspection {
     token_rules: ClaimRules,
     max_token_bytes: usize,
     timeout: Duration,
-    cache: Mutex<ResultCache<Introspected>>,
-    in_flight: Mutex<HashMap<CacheKey, Arc<OnceCell<CallOutcome>>>>,
+    shared: Arc<SharedState>,
     cache_ttl: Duration,
     negative_cache_ttl: Duration,
     stale_if_error: Duration,
@@ -123,7 +123,57 @@ pub struct Introspection {
     forward_claims: Vec<(String, HeaderName)>,
     hide_credentials: bool,
     calls: Family<IntrospectionLabels, Counter>,
+}
+
+/// The state that outlives one snapshot: cached results, calls in flight and the warning rate
+/// limit, shared by every policy instance with the same spec.
+struct SharedState {
+    cache: Mutex<ResultCache<Introspected>>,
+    in_flight: Mutex<HashMap<CacheKey, Arc<OnceCell<CallOutcome>>>>,
     warnings: Mutex<WarnState>,
+}
+
+/// The shared state of the `oauth2-introspection` policies alive in this process, kept across
+/// snapshots so that a reload or an admin change does not empty their caches.
+///
+/// State is keyed by the whole spec in JSON, so any change to a policy's settings starts it
+/// with an empty cache. It is dropped with the last policy that uses it.
+pub struct IntrospectionRegistry {
+    states: Mutex<HashMap<String, Weak<SharedState>>>,
+    /// `portcullis_introspection_calls`, shared with [`crate::metrics::Metrics`].
+    calls: Family<IntrospectionLabels, Counter>,
+}
+
+impl IntrospectionRegistry {
+    pub fn new(calls: Family<IntrospectionLabels, Counter>) -> Self {
+        IntrospectionRegistry {
+            states: Mutex::new(HashMap::new()),
+            calls,
+        }
+    }
+
+    /// Returns the state for `spec`, creating it when no live policy uses it.
+    fn state(&self, spec: &IntrospectionSpec) -> Arc<SharedState> {
+        let key = serde_json::to_string(spec).unwrap_or_default();
+        let mut states = lock(&self.states);
+        states.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
+            return state;
+        }
+        let state = Arc::new(SharedState {
+            cache: Mutex::new(ResultCache::new(spec.cache_max_entries)),
+            in_flight: Mutex::new(HashMap::new()),
+            warnings: Mutex::new(WarnState::default()),
+        });
+        states.insert(key, Arc::downgrade(&state));
+        state
+    }
+}
+
+impl Default for IntrospectionRegistry {
+    fn default() -> Self {
+        IntrospectionRegistry::new(Family::default())
+    }
 }
 
 impl Introspection {
@@ -203,8 +253,7 @@ impl Introspection {
             },
             max_token_bytes: spec.max_token_bytes,
             timeout: spec.timeout,
-            cache: Mutex::new(ResultCache::new(spec.cache_max_entries)),
-            in_flight: Mutex::new(HashMap::new()),
+            shared: context.introspection.state(spec),
             cache_ttl: spec.cache_ttl,
             negative_cache_ttl: spec.negative_cache_ttl,
             stale_if_error: spec.stale_if_error,
@@ -214,8 +263,7 @@ impl Introspection {
             scopes_claim: spec.scopes_claim.clone(),
             forward_claims,
             hide_credentials: spec.hide_credentials,
-            calls: context.introspection_calls.clone(),
-            warnings: Mutex::new(WarnState::default()),
+            calls: context.introspection.calls.clone(),
         })
     }
 
@@ -224,14 +272,14 @@ impl Introspection {
     /// active result within `stale_if_error`.
     async fn introspect(&self, token: &str) -> CallOutcome {
         let key = introspection::cache_key(token);
-        let cached = lock(&self.cache).get(&key, Instant::now());
+        let cached = lock(&self.shared.cache).get(&key, Instant::now());
         let stale = match cached {
             Lookup::Fresh(result) => return CallOutcome::Completed(result),
             Lookup::Stale(result) => Some(result),
             Lookup::Missing => None,
         };
 
-        let cell = lock(&self.in_flight)
+        let cell = lock(&self.shared.in_flight)
             .entry(key)
             .or_insert_with(|| Arc::new(OnceCell::new()))
             .clone();
@@ -244,7 +292,7 @@ impl Introspection {
             .await
             .clone();
         {
-            let mut in_flight = lock(&self.in_flight);
+            let mut in_flight = lock(&self.shared.in_flight);
             if in_flight
                 .get(&key)
                 .is_some_and(|current| Arc::ptr_eq(current, &cell))
@@ -283,7 +331,7 @@ impl Introspection {
             ),
             CallOutcome::Unavailable(_) => return,
         };
-        lock(&self.cache).insert(key, result, Instant::now(), fresh_for, stale_for);
+        lock(&self.shared.cache).insert(key, result, Instant::now(), fresh_for, stale_for);
     }
 
     /// Calls the endpoint once, counts the result and logs failures.
@@ -531,7 +579,7 @@ impl Introspection {
     /// Logs a failed call at warn, at most once per [`WARN_INTERVAL`].
     fn warn(&self, endpoint: &str, error: &str) {
         let suppressed = {
-            let mut state = lock(&self.warnings);
+            let mut state = lock(&self.shared.warnings);
             let now = Instant::now();
             if state
                 .last

@@ -11,12 +11,9 @@ use std::sync::Arc;
 
 use portcullis_config::PolicySpec;
 use portcullis_policy::rate_limit::Counters;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
 use crate::chain::ChainEntry;
 use crate::jwks::JwksRegistry;
-use crate::metrics::IntrospectionLabels;
 
 /// What an adapter needs from outside its spec when it is built.
 #[derive(Clone)]
@@ -25,8 +22,8 @@ pub struct PolicyContext {
     pub clock: Arc<dyn Clock>,
     /// JWK Set sources, kept across snapshots so that reloads keep the cached keys.
     pub jwks: Arc<JwksRegistry>,
-    /// `portcullis_introspection_calls`, shared with [`crate::metrics::Metrics`].
-    pub introspection_calls: Family<IntrospectionLabels, Counter>,
+    /// Introspection caches, kept across snapshots so that reloads keep the cached results.
+    pub introspection: Arc<introspection::IntrospectionRegistry>,
 }
 
 /// Monotonic time for policies, injectable in tests.

@@ -9,6 +9,9 @@
 //! the response is sent, so the next request through this node already sees it. Other nodes
 //! pick the change up from the store's config version.
 
+// The OpenAPI schemas are one `json!` literal, deeper than the default macro recursion limit.
+#![recursion_limit = "256"]
+
 mod entities;
 mod error;
 mod keys;

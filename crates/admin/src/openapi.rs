@@ -377,7 +377,8 @@ fn schemas() -> Value {
                 { "type": "object", "required": ["acl"], "additionalProperties": false, "properties": { "acl": schema_ref("Acl") } },
                 { "type": "object", "required": ["ip-restriction"], "additionalProperties": false, "properties": { "ip-restriction": schema_ref("IpRestriction") } },
                 { "type": "object", "required": ["rate-limit"], "additionalProperties": false, "properties": { "rate-limit": schema_ref("RateLimit") } },
-                { "type": "object", "required": ["jwt"], "additionalProperties": false, "properties": { "jwt": schema_ref("Jwt") } }
+                { "type": "object", "required": ["jwt"], "additionalProperties": false, "properties": { "jwt": schema_ref("Jwt") } },
+                { "type": "object", "required": ["oauth2-introspection"], "additionalProperties": false, "properties": { "oauth2-introspection": schema_ref("Oauth2Introspection") } }
             ]
         },
         "KeyAuth": {
@@ -435,6 +436,39 @@ fn schemas() -> Value {
                 "jwks_refresh_interval": duration,
                 "jwks_min_refresh_interval": duration,
                 "jwks_timeout": duration
+            }
+        },
+        "Oauth2Introspection": {
+            "type": "object",
+            "description": "OAuth 2.0 token introspection (RFC 7662, RFC 9701) at one authorization server; see docs/configuration.md",
+            "required": ["client_id"],
+            "properties": {
+                "introspection_endpoint": { "type": "string" },
+                "issuer": { "type": "string" },
+                "client_id": { "type": "string" },
+                "client_auth": { "type": "string", "enum": ["client_secret_basic", "client_secret_post", "private_key_jwt"], "default": "client_secret_basic" },
+                "client_secret_env": { "type": "string", "description": "Name of the environment variable with the client secret" },
+                "private_key_env": { "type": "string", "description": "Name of the environment variable with the PEM private key for client assertions" },
+                "private_key_id": { "type": "string" },
+                "response_format": { "type": "string", "enum": ["json", "jwt"], "default": "json" },
+                "jwks_uri": { "type": "string" },
+                "response_algorithms": { "type": "array", "items": { "type": "string" }, "default": ["RS256", "PS256", "ES256"] },
+                "audiences": { "type": "array", "items": { "type": "string" } },
+                "leeway": duration,
+                "consumer_claim": { "type": "string", "default": "sub" },
+                "unknown_consumer": { "type": "string", "enum": ["reject", "anonymous"], "default": "reject" },
+                "roles_claim": { "type": "string" },
+                "scopes_claim": { "type": "string", "default": "scope" },
+                "forward_claims": { "type": "object", "additionalProperties": { "type": "string" } },
+                "hide_credentials": { "type": "boolean", "default": true },
+                "max_token_bytes": { "type": "integer", "default": 8192 },
+                "ca_file": { "type": "string" },
+                "timeout": duration,
+                "cache_ttl": duration,
+                "negative_cache_ttl": duration,
+                "cache_max_entries": { "type": "integer", "default": 10000 },
+                "stale_if_error": duration,
+                "jwks_refresh_interval": duration
             }
         },
         "IpRestriction": {

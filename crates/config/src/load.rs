@@ -5,8 +5,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
-    Config, CounterBackend, DeclaredKey, Entities, HashedKey, JWT_ALGORITHMS, JwtSpec,
-    LimitAlgorithm, LimitKey, PathMatch, PolicySpec, RateLimitSpec,
+    ClientAuthMethod, Config, CounterBackend, DeclaredKey, Entities, HashedKey,
+    IntrospectionFormat, IntrospectionSpec, JWT_ALGORITHMS, JwtSpec, LimitAlgorithm, LimitKey,
+    PathMatch, PolicySpec, RateLimitSpec,
 };
 use crate::yaml::{self, LineIndex};
 
@@ -166,6 +167,25 @@ fn check_secret_variables(config: &Config, env: &dyn Fn(&str) -> Option<String>)
     let mut errors = Vec::new();
     for (at, policies) in levels {
         for (i, policy) in policies.iter().enumerate() {
+            if let PolicySpec::Oauth2Introspection(spec) = policy {
+                let variables = [
+                    (
+                        "client_secret_env",
+                        &spec.client_secret_env,
+                        "client secret",
+                    ),
+                    ("private_key_env", &spec.private_key_env, "private key"),
+                ];
+                for (field, variable, what) in variables {
+                    if let Some(name) = variable.as_ref().filter(|name| env(name).is_none()) {
+                        errors.push(KeyError::new(
+                            format!("{at}[{i}].oauth2-introspection.{field}"),
+                            format!("environment variable `{name}` with the {what} is not set"),
+                        ));
+                    }
+                }
+                continue;
+            }
             let PolicySpec::Jwt(spec) = policy else {
                 continue;
             };
@@ -222,6 +242,30 @@ fn resolve_paths(config: &mut Config) {
     }
     if let Some(path) = &mut config.admin.token_file {
         resolve(path);
+    }
+    let entities = &mut config.entities;
+    let policy_levels = std::iter::once(&mut config.policies)
+        .chain(
+            entities
+                .services
+                .iter_mut()
+                .map(|service| &mut service.policies),
+        )
+        .chain(entities.routes.iter_mut().map(|route| &mut route.policies))
+        .chain(
+            entities
+                .consumers
+                .iter_mut()
+                .map(|consumer| &mut consumer.policies),
+        );
+    for policies in policy_levels {
+        for policy in policies {
+            if let PolicySpec::Oauth2Introspection(spec) = policy {
+                if let Some(path) = &mut spec.ca_file {
+                    resolve(path);
+                }
+            }
+        }
     }
 }
 
@@ -644,6 +688,9 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
             }
             PolicySpec::RateLimit(spec) => errors.extend(validate_rate_limit(&key, spec)),
             PolicySpec::Jwt(spec) => errors.extend(validate_jwt(&key, spec)),
+            PolicySpec::Oauth2Introspection(spec) => {
+                errors.extend(validate_introspection(&key, spec));
+            }
             PolicySpec::Acl(spec) => {
                 let empty = spec.roles.is_empty()
                     && spec.deny_roles.is_empty()
@@ -1010,6 +1057,177 @@ fn validate_jwt(key: &str, spec: &JwtSpec) -> Vec<KeyError> {
         || spec.jwks_timeout > std::time::Duration::from_secs(60)
     {
         push("jwks_timeout", "must be between 100ms and 60s".into());
+    }
+    errors
+}
+
+/// Longest `cache_ttl`, `negative_cache_ttl` and `stale_if_error` of `oauth2-introspection`.
+pub const MAX_INTROSPECTION_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Largest `cache_max_entries` of `oauth2-introspection`.
+pub const MAX_INTROSPECTION_CACHE_ENTRIES: usize = 1_000_000;
+
+fn validate_introspection(key: &str, spec: &IntrospectionSpec) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    let mut push = |field: &str, message: String| {
+        let at = if field.is_empty() {
+            key.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+        errors.push(KeyError::new(at, message));
+    };
+
+    match (&spec.introspection_endpoint, &spec.issuer) {
+        (None, None) => push(
+            "",
+            "oauth2-introspection needs `introspection_endpoint`, or `issuer` for discovery".into(),
+        ),
+        (Some(endpoint), _) => {
+            if let Err(message) = check_fetch_url(endpoint) {
+                push("introspection_endpoint", message);
+            }
+        }
+        (None, Some(_)) => {}
+    }
+    if let Some(issuer) = &spec.issuer {
+        if let Err(message) = check_fetch_url(issuer) {
+            push("issuer", message);
+        }
+    }
+    if let Some(uri) = &spec.jwks_uri {
+        if let Err(message) = check_fetch_url(uri) {
+            push("jwks_uri", message);
+        }
+    }
+    if spec.client_id.is_empty() {
+        push("client_id", "must not be empty".into());
+    }
+
+    let is_variable_name = |name: &str| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    for (field, variable) in [
+        ("client_secret_env", &spec.client_secret_env),
+        ("private_key_env", &spec.private_key_env),
+    ] {
+        if let Some(name) = variable {
+            if !is_variable_name(name) {
+                push(
+                    field,
+                    format!(
+                        "`{name}` is not an environment variable name; write the name, not `${{{name}}}`"
+                    ),
+                );
+            }
+        }
+    }
+    match spec.client_auth {
+        ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
+            if spec.client_secret_env.is_none() {
+                push(
+                    "client_secret_env",
+                    "`client_secret_basic` and `client_secret_post` need `client_secret_env`"
+                        .into(),
+                );
+            }
+            if spec.private_key_env.is_some() {
+                push(
+                    "private_key_env",
+                    "`private_key_env` is only read with `client_auth: private_key_jwt`".into(),
+                );
+            }
+        }
+        ClientAuthMethod::PrivateKeyJwt => {
+            if spec.private_key_env.is_none() {
+                push(
+                    "private_key_env",
+                    "`private_key_jwt` needs the private key in `private_key_env`".into(),
+                );
+            }
+            if spec.client_secret_env.is_some() {
+                push(
+                    "client_secret_env",
+                    "`client_secret_env` is not read with `client_auth: private_key_jwt`".into(),
+                );
+            }
+        }
+    }
+
+    if spec.response_format == IntrospectionFormat::Jwt {
+        if spec.issuer.is_none() {
+            push(
+                "issuer",
+                "`response_format: jwt` needs `issuer`, the expected `iss` of responses".into(),
+            );
+        }
+        if spec.response_algorithms.is_empty() {
+            push(
+                "response_algorithms",
+                "list at least one algorithm, such as `RS256`".into(),
+            );
+        }
+    }
+    for (i, name) in spec.response_algorithms.iter().enumerate() {
+        if !JWT_ALGORITHMS.contains(&name.as_str()) || name.starts_with("HS") {
+            push(
+                &format!("response_algorithms[{i}]"),
+                format!("unsupported algorithm `{name}`; use an RS, PS, ES or EdDSA algorithm"),
+            );
+        }
+    }
+    for (i, audience) in spec.audiences.iter().enumerate() {
+        if audience.is_empty() {
+            push(&format!("audiences[{i}]"), "must not be empty".into());
+        }
+    }
+    for (field, name) in [
+        ("consumer_claim", Some(&spec.consumer_claim)),
+        ("scopes_claim", Some(&spec.scopes_claim)),
+        ("roles_claim", spec.roles_claim.as_ref()),
+    ] {
+        if name.is_some_and(|name| name.is_empty()) {
+            push(field, "must not be empty".into());
+        }
+    }
+    for (claim, header) in &spec.forward_claims {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            push(
+                &format!("forward_claims.{claim}"),
+                format!("invalid header name `{header}`"),
+            );
+        }
+    }
+    if spec.max_token_bytes == 0 || spec.max_token_bytes > MAX_JWT_TOKEN_BYTES {
+        push(
+            "max_token_bytes",
+            format!("must be between 1 and {MAX_JWT_TOKEN_BYTES}"),
+        );
+    }
+    if spec.leeway > std::time::Duration::from_secs(600) {
+        push("leeway", "must be at most 10m".into());
+    }
+    if spec.timeout < std::time::Duration::from_millis(100)
+        || spec.timeout > std::time::Duration::from_secs(60)
+    {
+        push("timeout", "must be between 100ms and 60s".into());
+    }
+    for (field, value) in [
+        ("cache_ttl", spec.cache_ttl),
+        ("negative_cache_ttl", spec.negative_cache_ttl),
+        ("stale_if_error", spec.stale_if_error),
+    ] {
+        if value > MAX_INTROSPECTION_CACHE_TTL {
+            push(field, "must be at most 1h".into());
+        }
+    }
+    if spec.cache_max_entries == 0 || spec.cache_max_entries > MAX_INTROSPECTION_CACHE_ENTRIES {
+        push(
+            "cache_max_entries",
+            format!("must be between 1 and {MAX_INTROSPECTION_CACHE_ENTRIES}"),
+        );
+    }
+    if spec.jwks_refresh_interval < std::time::Duration::from_secs(1) {
+        push("jwks_refresh_interval", "must be at least 1s".into());
     }
     errors
 }

@@ -587,6 +587,7 @@ pub enum PolicySpec {
     IpRestriction(IpRestrictionSpec),
     RateLimit(RateLimitSpec),
     Jwt(JwtSpec),
+    Oauth2Introspection(IntrospectionSpec),
 }
 
 impl PolicySpec {
@@ -598,6 +599,7 @@ impl PolicySpec {
             PolicySpec::IpRestriction(_) => "ip-restriction",
             PolicySpec::RateLimit(_) => "rate-limit",
             PolicySpec::Jwt(_) => "jwt",
+            PolicySpec::Oauth2Introspection(_) => "oauth2-introspection",
         }
     }
 
@@ -912,6 +914,122 @@ pub enum UnknownConsumer {
     Anonymous,
 }
 
+/// OAuth 2.0 token introspection (RFC 7662) of opaque or JWT bearer tokens at one
+/// authorization server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSpec {
+    /// URL of the introspection endpoint. Without it, the endpoint is read from the issuer's
+    /// discovery document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection_endpoint: Option<String>,
+    /// Issuer identifier of the authorization server: the base URL for discovery, the expected
+    /// `iss` of introspected tokens and of JWT introspection responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Client identifier of the gateway at the authorization server.
+    pub client_id: String,
+    /// How the gateway authenticates to the introspection endpoint.
+    #[serde(default)]
+    pub client_auth: ClientAuthMethod,
+    /// Name of the environment variable that contains the client secret, for
+    /// `client_secret_basic` and `client_secret_post`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
+    /// Name of the environment variable that contains the PEM private key (PKCS #8, or PKCS #1
+    /// for RSA) that signs `private_key_jwt` client assertions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_env: Option<String>,
+    /// `kid` header of the client assertions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_id: Option<String>,
+    /// Format of introspection responses: plain JSON or signed JWTs (RFC 9701).
+    #[serde(default)]
+    pub response_format: IntrospectionFormat,
+    /// URL of the authorization server's JWK Set, which verifies JWT responses. Without it, the
+    /// `jwks_uri` of the issuer's OpenID discovery document is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Accepted `alg` values of JWT responses.
+    #[serde(default = "default_introspection_algorithms")]
+    pub response_algorithms: Vec<String>,
+    /// Accepted `aud` values of introspected tokens; empty skips the check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_jwt_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// Claim whose value names the consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// The action when the consumer claim names no configured consumer.
+    #[serde(default)]
+    pub unknown_consumer: UnknownConsumer,
+    /// Claim with the caller's roles: a space-separated string or an array of strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_claim: Option<String>,
+    /// Claim with the token's scopes: a space-separated string or an array of strings.
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// Claims sent to the upstream as request headers, as claim name to header name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+    /// Remove the `Authorization` header before forwarding.
+    #[serde(default = "default_true")]
+    pub hide_credentials: bool,
+    /// Largest token accepted, in bytes.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// PEM file with the CA certificates trusted for an `https` endpoint, discovery and JWK Set
+    /// fetches of this policy. Without it, the system's trust store is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Time limit of one introspection call, connection included.
+    #[serde(default = "default_jwks_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Longest time an active result is cached; the token's `exp` shortens it.
+    #[serde(default = "default_introspection_cache_ttl", with = "duration")]
+    pub cache_ttl: Duration,
+    /// Time an inactive result is cached.
+    #[serde(default = "default_introspection_negative_ttl", with = "duration")]
+    pub negative_cache_ttl: Duration,
+    /// Maximum number of cached results.
+    #[serde(default = "default_introspection_cache_entries")]
+    pub cache_max_entries: usize,
+    /// How long after its cache lifetime an active result may still be used while the endpoint
+    /// is unavailable. Zero rejects with 503 as soon as the endpoint fails.
+    #[serde(default = "default_zero_duration", with = "duration")]
+    pub stale_if_error: Duration,
+    /// Time between scheduled JWK Set refreshes, for JWT responses.
+    #[serde(default = "default_jwks_refresh_interval", with = "duration")]
+    pub jwks_refresh_interval: Duration,
+}
+
+/// Client authentication at the introspection endpoint (RFC 6749 section 2.3, OpenID Connect
+/// Core section 9).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the client id and secret.
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// A JWT client assertion (RFC 7523) signed with the client's private key.
+    PrivateKeyJwt,
+}
+
+/// The format of introspection responses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionFormat {
+    /// `application/json` (RFC 7662 section 2.2).
+    #[default]
+    Json,
+    /// `application/token-introspection+jwt` (RFC 9701).
+    Jwt,
+}
+
 /// The `alg` values a `jwt` policy accepts.
 pub const JWT_ALGORITHMS: [&str; 12] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
@@ -944,6 +1062,26 @@ fn default_jwks_min_refresh_interval() -> Duration {
 
 fn default_jwks_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_introspection_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "PS256".into(), "ES256".into()]
+}
+
+fn default_introspection_cache_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_introspection_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_introspection_cache_entries() -> usize {
+    10_000
+}
+
+fn default_zero_duration() -> Duration {
+    Duration::ZERO
 }
 
 fn default_true() -> bool {

@@ -775,3 +775,114 @@ fn invalid_upstream_settings_name_file_line_and_key() {
         "{errors}"
     );
 }
+
+const INTROSPECTION_AS_DOCUMENTED: &str = r#"
+routes:
+  - name: orders
+    paths: [/orders]
+    service: orders
+    policies:
+      - oauth2-introspection:
+          introspection_endpoint: https://as.test/oauth2/introspect
+          client_id: gateway
+          client_auth: client_secret_basic
+          client_secret_env: INTROSPECTION_SECRET
+          ca_file: certs/as-ca.pem
+services:
+  - name: orders
+    targets: [http://127.0.0.1:9000]
+"#;
+
+fn env_with_secret(name: &str) -> Option<String> {
+    (name == "INTROSPECTION_SECRET").then(|| "secret".to_string())
+}
+
+#[test]
+fn introspection_policy_as_documented_loads() {
+    let config = load_str(
+        INTROSPECTION_AS_DOCUMENTED,
+        Some(Path::new("/etc/portcullis/gateway.yaml")),
+        &env_with_secret,
+    )
+    .unwrap();
+    let PolicySpec::Oauth2Introspection(spec) = &config.entities.routes[0].policies[0] else {
+        panic!("not an oauth2-introspection policy");
+    };
+    assert_eq!(spec.client_id, "gateway");
+    assert_eq!(spec.cache_ttl, std::time::Duration::from_secs(300));
+    assert_eq!(spec.negative_cache_ttl, std::time::Duration::from_secs(10));
+    assert_eq!(spec.stale_if_error, std::time::Duration::ZERO);
+    assert_eq!(
+        spec.ca_file.as_deref(),
+        Some(Path::new("/etc/portcullis/certs/as-ca.pem"))
+    );
+}
+
+#[test]
+fn introspection_errors_name_line_and_key() {
+    let cases = [
+        (
+            "introspection_endpoint: https://as.test/oauth2/introspect",
+            "introspection_endpoint: ftp://as.test/introspect",
+            "oauth2-introspection.introspection_endpoint`: `ftp://as.test/introspect` must start",
+        ),
+        (
+            "introspection_endpoint: https://as.test/oauth2/introspect",
+            "leeway: 5s",
+            "oauth2-introspection`: oauth2-introspection needs `introspection_endpoint`, or `issuer`",
+        ),
+        (
+            "client_auth: client_secret_basic",
+            "client_auth: private_key_jwt",
+            "oauth2-introspection.private_key_env`: `private_key_jwt` needs the private key",
+        ),
+        (
+            "client_auth: client_secret_basic",
+            "client_auth: client_secret_basic\n          response_format: jwt",
+            "oauth2-introspection.issuer`: `response_format: jwt` needs `issuer`",
+        ),
+        (
+            "client_auth: client_secret_basic",
+            "client_auth: client_secret_basic\n          response_algorithms: [HS256]",
+            "oauth2-introspection.response_algorithms[0]`: unsupported algorithm `HS256`",
+        ),
+        (
+            "client_auth: client_secret_basic",
+            "client_auth: client_secret_basic\n          negative_cache_ttl: 2h",
+            "oauth2-introspection.negative_cache_ttl`: must be at most 1h",
+        ),
+        (
+            "client_auth: client_secret_basic",
+            "client_auth: client_secret_basic\n          cache_max_entries: 0",
+            "oauth2-introspection.cache_max_entries`: must be between 1 and",
+        ),
+        (
+            "client_auth: client_secret_basic",
+            "client_auth: client_secret_basic\n          timeout: 10ms",
+            "oauth2-introspection.timeout`: must be between 100ms and 60s",
+        ),
+        (
+            "client_secret_env: INTROSPECTION_SECRET",
+            "client_secret_env: UNSET_INTROSPECTION_SECRET",
+            "oauth2-introspection.client_secret_env`: environment variable `UNSET_INTROSPECTION_SECRET` with the client secret is not set",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let source = INTROSPECTION_AS_DOCUMENTED.replace(from, to);
+        let errors = load_str(
+            &source,
+            Some(Path::new("/etc/portcullis/gateway.yaml")),
+            &env_with_secret,
+        )
+        .unwrap_err();
+        let message = errors.to_string();
+        assert!(
+            message.starts_with("/etc/portcullis/gateway.yaml:"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("routes[0].policies[0].{expected}")),
+            "{to}: {message}"
+        );
+    }
+}

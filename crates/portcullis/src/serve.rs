@@ -12,6 +12,7 @@ use portcullis_control::ControlPlane;
 use portcullis_policy::rate_limit::{Counters, MemoryCounters, RedisCounters, RedisSettings};
 use portcullis_proxy::access_log::AccessLog;
 use portcullis_proxy::metrics::Metrics;
+use portcullis_proxy::policies::introspection::IntrospectionRegistry;
 use portcullis_proxy::policies::{PolicyContext, SystemClock};
 use portcullis_proxy::server::{self, ConnectionSettings, ConnectionTracker, Listener};
 use portcullis_proxy::service::Proxy;
@@ -258,6 +259,9 @@ async fn policy_context(config: &Config, metrics: &Metrics) -> anyhow::Result<Po
         shared_counters,
         clock: Arc::new(SystemClock::default()),
         jwks: Arc::default(),
+        introspection: Arc::new(IntrospectionRegistry::new(
+            metrics.introspection_calls.clone(),
+        )),
         backend_errors: metrics.rate_limit_backend_errors.clone(),
     })
 }

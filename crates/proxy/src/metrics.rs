@@ -65,6 +65,15 @@ pub struct UnavailableLabels {
     pub reason: Name,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IntrospectionLabels {
+    /// The introspection endpoint URL, or the issuer while discovery has not found it.
+    pub endpoint: Name,
+    /// `active`, `inactive`, `rejected` (a JWT response that failed verification) or
+    /// `unavailable` (connection error, timeout, non-200 status or unreadable response).
+    pub result: &'static str,
+}
+
 /// Latency buckets in seconds, from 100 microseconds to 30 seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -94,6 +103,7 @@ pub struct Metrics {
     pub upstream_retries: Family<ServiceLabels, Counter>,
     pub upstream_retries_denied: Family<ServiceLabels, Counter>,
     pub upstream_unavailable: Family<UnavailableLabels, Counter>,
+    pub introspection_calls: Family<IntrospectionLabels, Counter>,
 }
 
 impl Metrics {
@@ -115,6 +125,7 @@ impl Metrics {
             upstream_retries: Family::default(),
             upstream_retries_denied: Family::default(),
             upstream_unavailable: Family::default(),
+            introspection_calls: Family::default(),
         };
         registry.register(
             "portcullis_requests",
@@ -186,6 +197,11 @@ impl Metrics {
             "portcullis_upstream_unavailable",
             "Requests answered 503 because no target was available, by reason",
             metrics.upstream_unavailable.clone(),
+        );
+        registry.register(
+            "portcullis_introspection_calls",
+            "Token introspection calls to authorization servers, by endpoint and result",
+            metrics.introspection_calls.clone(),
         );
         Arc::new(metrics)
     }

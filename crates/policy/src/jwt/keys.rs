@@ -282,7 +282,7 @@ fn check_rsa_modulus(n: &[u8]) -> Result<(), KeyError> {
 }
 
 /// Decodes the first PEM block in `text` into its label and DER bytes.
-fn pem_decode(text: &str) -> Result<(String, Vec<u8>), KeyError> {
+pub(crate) fn pem_decode(text: &str) -> Result<(String, Vec<u8>), KeyError> {
     let begin = text
         .find("-----BEGIN ")
         .ok_or_else(|| key_error("no `-----BEGIN` line in the PEM text"))?;

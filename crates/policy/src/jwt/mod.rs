@@ -27,6 +27,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 pub use claims::{ClaimRules, claim_at, string_list};
+pub(crate) use keys::pem_decode;
 pub use keys::{KeyError, KeySet, Selection, VerifyingKey};
 
 /// Default maximum size of a token, in bytes.

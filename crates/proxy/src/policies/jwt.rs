@@ -263,7 +263,7 @@ fn invalid(error: JwtError) -> Rejection {
 
 /// Renders a claim as a header value: strings as they are, numbers and booleans as JSON, arrays
 /// of strings joined by `,`. Other values and values that are not valid header text are skipped.
-fn claim_header_value(value: &Value) -> Option<HeaderValue> {
+pub(crate) fn claim_header_value(value: &Value) -> Option<HeaderValue> {
     let text = match value {
         Value::String(text) => Cow::Borrowed(text.as_str()),
         Value::Number(_) | Value::Bool(_) => Cow::Owned(value.to_string()),

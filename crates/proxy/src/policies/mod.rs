@@ -1,6 +1,7 @@
 //! Adapters that run the policy models of `portcullis-policy` in the chain.
 
 pub mod acl;
+pub mod introspection;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
@@ -29,6 +30,8 @@ pub struct PolicyContext {
     pub jwks: Arc<JwksRegistry>,
     /// `portcullis_rate_limit_backend_errors`, shared with the metrics registry.
     pub backend_errors: Family<BackendErrorLabels, Counter>,
+    /// Introspection caches, kept across snapshots so that reloads keep the cached results.
+    pub introspection: Arc<introspection::IntrospectionRegistry>,
 }
 
 impl PolicyContext {
@@ -39,6 +42,7 @@ impl PolicyContext {
             shared_counters: None,
             clock: Arc::new(SystemClock::default()),
             jwks: Arc::default(),
+            introspection: Arc::new(introspection::IntrospectionRegistry::new(Family::default())),
             backend_errors: Family::default(),
         }
     }
@@ -97,6 +101,11 @@ pub fn build(
                     jwt::Jwt::new(spec, context)
                         .map_err(|message| format!("{scope}: jwt policy: {message}"))?,
                 ),
+                PolicySpec::Oauth2Introspection(spec) => {
+                    Arc::new(introspection::Introspection::new(spec, context).map_err(
+                        |message| format!("{scope}: oauth2-introspection policy: {message}"),
+                    )?)
+                }
             };
             Ok(ChainEntry {
                 override_key: spec.override_key().into(),

@@ -1,7 +1,8 @@
-//! The `portcullis` command: run the gateway, validate a config, migrate a store, and sync a
-//! store with a declared set of entities.
+//! The `portcullis` command: run the gateway, validate a config, migrate a store, sync a store
+//! with a declared set of entities, and manage API keys in a store.
 
 mod export;
+mod keys;
 mod serve;
 mod sync;
 mod token;
@@ -76,6 +77,11 @@ enum Command {
         #[arg(long, short, value_name = "PATH")]
         output: Option<PathBuf>,
     },
+    /// List, issue, rotate and revoke API keys directly in the store, printing JSON.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
         Command::Diff { source } => run_to_status(sync::diff(source), ExitCode::from(2)),
         Command::Apply { source } => run_async(sync::apply(source)),
         Command::Export { config, output } => run_async(export::export(config, output)),
+        Command::Keys { command } => run_async(keys::run(command)),
     }
 }
 

@@ -261,6 +261,7 @@ pub(crate) async fn rotate_due_keys(control: &ControlPlane, state: &StoreState) 
         })
         .collect();
     let mut rotated = 0;
+    let mut undeliverable: Vec<&str> = Vec::new();
     for key in &state.keys {
         let Some(schedule) = schedules.get(key.consumer.as_str()) else {
             continue;
@@ -270,7 +271,7 @@ pub(crate) async fn rotate_due_keys(control: &ControlPlane, state: &StoreState) 
         }
         let (Some(url), Some(sender)) = (schedule.webhook.as_deref(), webhooks) else {
             // Without a webhook the new plaintext could not be delivered, so the key stays as it is.
-            tracing::warn!(consumer.name = %key.consumer, key.id = %key.id, "key is due for rotation, but no webhook and secret are set to deliver the new key; skipping it");
+            undeliverable.push(&key.id);
             continue;
         };
         let rotation = match rotate_key(
@@ -325,6 +326,10 @@ pub(crate) async fn rotate_due_keys(control: &ControlPlane, state: &StoreState) 
             // its overlap ends, so an operator can still rotate the new key by its id in time.
             tracing::error!(webhook.url = %url, consumer.name = %key.consumer, key.id = %successor.id, key.previous = %previous.id, %error, "webhook delivery of a rotated key failed after every attempt");
         }
+    }
+    if !undeliverable.is_empty() {
+        // One line per pass, so a long-lived gap does not log once per key.
+        tracing::warn!(keys = ?undeliverable, "keys are due for rotation, but no webhook and `key_rotation.webhook_secret` are set to deliver new keys; skipping them");
     }
     rotated
 }

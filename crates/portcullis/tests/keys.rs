@@ -192,6 +192,46 @@ async fn rotation_keeps_earlier_expiry() {
         lifetime(&old),
         "the new key keeps the lifetime"
     );
+
+    // Both keys expire within 7 days, and revoking one twice counts once.
+    let id = rotated["id"].as_str().unwrap();
+    for _ in 0..2 {
+        let response = admin(
+            &client,
+            Method::DELETE,
+            &gateway,
+            &format!("/consumers/alice/keys/{id}"),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 204);
+    }
+    let metrics = client
+        .get(gateway.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = metrics.lines().collect();
+    assert!(
+        lines.contains(&"portcullis_api_keys_issued_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        lines.contains(&"portcullis_api_keys_rotated_total{trigger=\"admin\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        lines.contains(&"portcullis_api_keys_revoked_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        lines.contains(&"portcullis_api_keys_expiring_soon 1"),
+        "only the old key is active and expiring: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

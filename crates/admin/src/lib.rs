@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
+pub use keys::{IssuedKey, KeyView, RotatedKeyView};
 
 /// Shared state of the admin handlers.
 pub struct AdminState {
@@ -62,6 +63,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(keys::get_key).delete(keys::revoke_key),
         )
         .route("/services/{name}/health", get(upstreams::service_health))
+        .route(
+            "/consumers/{name}/keys/{id}/rotate",
+            axum::routing::post(keys::rotate_key),
+        )
+        .route("/keys", get(keys::find_keys))
         .route("/config/reload", axum::routing::post(ops::reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

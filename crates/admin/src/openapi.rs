@@ -163,6 +163,39 @@ fn build() -> Value {
         }),
     );
     paths.insert(
+        "/consumers/{name}/keys/{id}/rotate".into(),
+        json!({
+            "parameters": [name_parameter("consumer"), { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "post": {
+                "summary": "Rotate an API key",
+                "description": "Issues a new key with the old key's scopes and lifetime, and sets the old key to expire after the overlap (an earlier expiry stays). Returns the new plaintext once.",
+                "operationId": "rotate_key",
+                "requestBody": { "required": false, "content": { "application/json": { "schema": schema_ref("RotateKey") } } },
+                "responses": {
+                    "201": json_response("The new key with its plaintext, and the old key", schema_ref("RotatedKey")),
+                    "400": error_response("Invalid overlap"),
+                    "404": error_response("No such key"),
+                    "409": error_response("The key is revoked, expired or rotated already")
+                }
+            }
+        }),
+    );
+    paths.insert(
+        "/keys".into(),
+        json!({
+            "get": {
+                "summary": "Find API keys of any consumer by their public prefix",
+                "description": "Matches keys whose stored prefix (the first 12 characters, such as `pcs_4vQe1kZ8`) starts with `prefix`. Revoked keys are included. Without parameters, lists every key.",
+                "operationId": "find_keys",
+                "parameters": [
+                    { "name": "prefix", "in": "query", "required": false, "description": "Up to 12 leading characters of a key; longer values are rejected, because the rest is secret", "schema": { "type": "string", "maxLength": 12 } },
+                    { "name": "consumer", "in": "query", "required": false, "description": "Only keys of this consumer", "schema": { "type": "string" } }
+                ],
+                "responses": { "200": json_response("The matching keys, without plaintext or hash", list_of("Key")), "400": error_response("Invalid query or a prefix longer than 12 characters") }
+            }
+        }),
+    );
+    paths.insert(
         "/config/reload".into(),
         json!({ "post": {
             "summary": "Re-read the configuration file, as SIGHUP does",
@@ -367,7 +400,17 @@ fn schemas() -> Value {
             "properties": {
                 "name": { "type": "string" },
                 "roles": { "type": "array", "items": { "type": "string" } },
-                "policies": { "type": "array", "items": schema_ref("Policy") }
+                "policies": { "type": "array", "items": schema_ref("Policy") },
+                "key_rotation": schema_ref("KeyRotation")
+            }
+        },
+        "KeyRotation": {
+            "type": "object",
+            "description": "Scheduled rotation of the consumer's issued keys; unset fields take the top-level `key_rotation` values",
+            "properties": {
+                "every": { "type": "string", "description": "Age at which an issued key is rotated, such as `30d`" },
+                "overlap": { "type": "string", "description": "How long the old key keeps working next to the new one, such as `7d`" },
+                "webhook": { "type": "string", "description": "http:// or https:// URL that receives each new key in a signed `key.rotated` event" }
             }
         },
         "Policy": {
@@ -520,11 +563,22 @@ fn schemas() -> Value {
                 "created_at": { "type": "string", "format": "date-time" },
                 "expires_at": { "type": ["string", "null"], "format": "date-time" },
                 "revoked_at": { "type": ["string", "null"], "format": "date-time" },
-                "rotated_from": { "type": ["string", "null"] },
+                "rotated_from": { "type": ["string", "null"], "description": "Id of the key this one replaced" },
+                "rotated_to": { "type": ["string", "null"], "description": "Id of the key that replaced this one" },
                 "scopes": { "type": "array", "items": { "type": "string" } },
                 "source": { "type": "string", "enum": ["config", "admin"] },
+                "last_used_at": { "type": ["string", "null"], "format": "date-time", "description": "Last use, recorded in batches" },
                 "status": { "type": "string", "enum": ["active", "expired", "revoked"] }
             }
+        },
+        "RotateKey": {
+            "type": "object",
+            "properties": {
+                "overlap": { "type": "string", "description": "How long the old key keeps working, such as `24h`; `key_rotation.overlap` from the config when absent" }
+            }
+        },
+        "RotatedKey": {
+            "allOf": [schema_ref("IssuedKey"), { "type": "object", "required": ["previous"], "properties": { "previous": schema_ref("Key") } }]
         },
         "IssuedKey": {
             "allOf": [schema_ref("Key"), { "type": "object", "required": ["key"], "properties": { "key": { "type": "string", "description": "The plaintext key, shown only here" } } }]
@@ -546,7 +600,7 @@ mod tests {
     use super::build;
 
     /// Every path the router serves, in OpenAPI form.
-    const ROUTER_PATHS: [&str; 15] = [
+    const ROUTER_PATHS: [&str; 17] = [
         "/services",
         "/services/{name}",
         "/services/{name}/health",
@@ -556,6 +610,8 @@ mod tests {
         "/consumers/{name}",
         "/consumers/{name}/keys",
         "/consumers/{name}/keys/{id}",
+        "/consumers/{name}/keys/{id}/rotate",
+        "/keys",
         "/config/reload",
         "/health/live",
         "/health/ready",

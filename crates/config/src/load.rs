@@ -146,11 +146,56 @@ pub fn load_str(
     errors.extend(validate_policies("policies", &config.policies));
     errors.extend(check_secret_variables(&config, env));
     errors.extend(validate_redis_backends(&config));
+    errors.extend(check_rotation_webhooks(&config));
     if errors.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(errors.into_iter().map(locate).collect()))
     }
+}
+
+/// Checks that each scheduled rotation the file sets up has a webhook and a signing secret,
+/// because the new key reaches its owner only through the webhook.
+fn check_rotation_webhooks(config: &Config) -> Vec<KeyError> {
+    let global = &config.key_rotation;
+    let mut errors = Vec::new();
+    let mut needs_secret = global.webhook.is_some();
+    if global.every.is_some() && global.webhook.is_none() {
+        let every_without_webhook = config.entities.consumers.iter().any(|consumer| {
+            consumer
+                .key_rotation
+                .as_ref()
+                .is_none_or(|spec| spec.webhook.is_none())
+        });
+        if every_without_webhook {
+            errors.push(KeyError::new(
+                "key_rotation.every",
+                "scheduled rotation needs `key_rotation.webhook` (or a webhook on every consumer) \
+                 to deliver the new keys",
+            ));
+        }
+    }
+    for (i, consumer) in config.entities.consumers.iter().enumerate() {
+        let Some(spec) = &consumer.key_rotation else {
+            continue;
+        };
+        needs_secret |= spec.webhook.is_some();
+        if spec.every.is_some() && spec.webhook.is_none() && global.webhook.is_none() {
+            errors.push(KeyError::new(
+                format!("consumers[{i}].key_rotation.every"),
+                "scheduled rotation needs a `webhook` here or in the top-level `key_rotation` \
+                 to deliver the new keys",
+            ));
+        }
+    }
+    if needs_secret && global.webhook_secret.is_none() {
+        errors.push(KeyError::new(
+            "key_rotation.webhook_secret",
+            "a rotation webhook is set, so `key_rotation.webhook_secret` is required to sign its \
+             requests",
+        ));
+    }
+    errors
 }
 
 /// Checks that every `secret_env` of a `jwt` key names a set variable, so a missing secret
@@ -360,6 +405,7 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
             ));
         }
     }
+    errors.extend(validate_key_rotation(&config.key_rotation));
     let limits = &config.limits;
     for (key, value) in [
         ("limits.max_header_bytes", limits.max_header_bytes as u64),
@@ -373,6 +419,62 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
     errors.extend(crate::upstream_checks::validate_http2(&config.http2));
     if let Err(error) = config.log.level.parse::<LevelCheck>() {
         errors.push(KeyError::new("log.level", error));
+    }
+    errors
+}
+
+fn validate_key_rotation(rotation: &crate::model::KeyRotationConfig) -> Vec<KeyError> {
+    let mut errors = check_rotation_fields(
+        "key_rotation",
+        rotation.every,
+        Some(rotation.overlap),
+        rotation.webhook.as_deref(),
+    );
+    if let Some(secret) = &rotation.webhook_secret {
+        if secret.len() < 32 {
+            errors.push(KeyError::new(
+                "key_rotation.webhook_secret",
+                "the webhook secret must be at least 32 characters",
+            ));
+        }
+    }
+    if !(1..=20).contains(&rotation.webhook_attempts) {
+        errors.push(KeyError::new(
+            "key_rotation.webhook_attempts",
+            "must be from 1 to 20",
+        ));
+    }
+    if rotation.check_interval < std::time::Duration::from_millis(100) {
+        errors.push(KeyError::new(
+            "key_rotation.check_interval",
+            "must be at least 100ms",
+        ));
+    }
+    errors
+}
+
+/// Checks the fields that a consumer's `key_rotation` shares with the top-level one.
+fn check_rotation_fields(
+    at: &str,
+    every: Option<std::time::Duration>,
+    overlap: Option<std::time::Duration>,
+    webhook: Option<&str>,
+) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    if every.is_some_and(|every| every < std::time::Duration::from_secs(1)) {
+        errors.push(KeyError::new(format!("{at}.every"), "must be at least 1s"));
+    }
+    // An overlap past year 9999 cannot be stored as an expiry time.
+    if overlap.is_some_and(|overlap| overlap > std::time::Duration::from_secs(100 * 365 * 86_400)) {
+        errors.push(KeyError::new(
+            format!("{at}.overlap"),
+            "must be at most 100 years",
+        ));
+    }
+    if let Some(url) = webhook {
+        if let Err(error) = check_fetch_url(url) {
+            errors.push(KeyError::new(format!("{at}.webhook"), error));
+        }
     }
     errors
 }
@@ -597,6 +699,14 @@ pub fn validate_consumer_fields(at: &str, consumer: &crate::model::ConsumerSpec)
     }
     for (j, role) in consumer.roles.iter().enumerate() {
         check_name(&mut errors, &format!("{at}.roles[{j}]"), role);
+    }
+    if let Some(rotation) = &consumer.key_rotation {
+        errors.extend(check_rotation_fields(
+            &format!("{at}.key_rotation"),
+            rotation.every,
+            rotation.overlap,
+            rotation.webhook.as_deref(),
+        ));
     }
     errors.extend(validate_policies(
         &format!("{at}.policies"),

@@ -52,6 +52,9 @@ pub struct Config {
     /// Secret for the keyed hash of API keys; generated and kept in the store when absent.
     #[serde(default)]
     pub key_hash_secret: Option<String>,
+    /// API-key rotation defaults and the webhook that delivers scheduled rotations.
+    #[serde(default)]
+    pub key_rotation: KeyRotationConfig,
     /// Policies that apply to every route.
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
@@ -485,6 +488,81 @@ impl PathMatch {
     }
 }
 
+/// Node-wide settings of API-key rotation. `every`, `overlap` and `webhook` are also the
+/// defaults of each consumer's `key_rotation`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotationConfig {
+    /// How long a rotated key keeps working next to its successor, when a rotation does not
+    /// set it.
+    #[serde(default = "default_rotation_overlap", with = "duration")]
+    pub overlap: Duration,
+    /// Age at which an issued key is rotated by the schedule; no scheduled rotation when unset.
+    #[serde(default, with = "duration::option")]
+    pub every: Option<Duration>,
+    /// URL that receives each scheduled rotation, with the new key's plaintext.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Secret for the HMAC-SHA-256 signature of webhook bodies.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Delivery attempts per webhook event, the first included.
+    #[serde(default = "default_webhook_attempts")]
+    pub webhook_attempts: u32,
+    /// How often the node looks for keys that are due for rotation.
+    #[serde(default = "default_rotation_check_interval", with = "duration")]
+    pub check_interval: Duration,
+}
+
+impl Default for KeyRotationConfig {
+    fn default() -> Self {
+        KeyRotationConfig {
+            overlap: default_rotation_overlap(),
+            every: None,
+            webhook: None,
+            webhook_secret: None,
+            webhook_attempts: default_webhook_attempts(),
+            check_interval: default_rotation_check_interval(),
+        }
+    }
+}
+
+fn default_rotation_overlap() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
+}
+
+fn default_webhook_attempts() -> u32 {
+    5
+}
+
+fn default_rotation_check_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A consumer's schedule for rotating its API keys. Unset fields take the values of the
+/// top-level `key_rotation`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotationSpec {
+    /// Age at which an issued key is rotated.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub every: Option<Duration>,
+    /// How long the old key keeps working next to its successor.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub overlap: Option<Duration>,
+    /// URL that receives the new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
 /// A caller of the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -499,6 +577,9 @@ pub struct ConsumerSpec {
     /// Policies that apply to this consumer's requests once it is authenticated.
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
+    /// Scheduled rotation of the consumer's issued keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<KeyRotationSpec>,
 }
 
 /// An API key declared in a file: a plaintext string, or a hashed record such as

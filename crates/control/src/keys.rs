@@ -43,6 +43,7 @@ pub fn declared_key_records(entities: &Entities, hasher: &KeyHasher) -> Vec<ApiK
                     expires_at: None,
                     revoked_at: None,
                     rotated_from: None,
+                    rotated_to: None,
                     scopes: Vec::new(),
                     source: "config".into(),
                     last_used_at: None,
@@ -65,6 +66,7 @@ fn hashed_key_record(consumer: &str, key: &HashedKey) -> ApiKeyRecord {
         expires_at: key.expires_at.map(truncate_to_microseconds),
         revoked_at: None,
         rotated_from: key.rotated_from.clone(),
+        rotated_to: None,
         scopes: key.scopes.clone(),
         source: "config".into(),
         last_used_at: None,
@@ -91,6 +93,7 @@ mod tests {
                 roles: Vec::new(),
                 api_keys,
                 policies: Vec::new(),
+                key_rotation: None,
             }],
             ..Entities::default()
         }
@@ -134,6 +137,7 @@ mod tests {
             expires_at: Some(datetime!(2030-01-01 00:00:00 UTC)),
             revoked_at: None,
             rotated_from: key.rotated_from,
+            rotated_to: None,
             scopes: key.scopes,
             source: "config".into(),
             last_used_at: None,

@@ -10,6 +10,8 @@
 
 pub mod bus;
 mod keys;
+pub mod rotation;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +69,9 @@ pub struct ControlPlane {
     bus: std::sync::OnceLock<bus::RedisBus>,
     /// Serialises key-usage flushes, so the final flush at shutdown waits for one in progress.
     flush: Mutex<()>,
+    key_metrics: rotation::KeyMetrics,
+    /// Sender of key-rotation events; `None` without `key_rotation.webhook_secret`.
+    webhooks: Option<webhook::WebhookSender>,
 }
 
 impl ControlPlane {
@@ -103,6 +108,11 @@ impl ControlPlane {
         let state = store.load().await?;
         let first = compile(&config, &state, &context)?;
         metrics.config_version.set(state.version as i64);
+        let key_metrics = rotation::KeyMetrics::default();
+        key_metrics.count_expiring(&state.keys, time::OffsetDateTime::now_utc());
+        let webhooks = config.key_rotation.webhook_secret.as_ref().map(|secret| {
+            webhook::WebhookSender::new(secret.as_bytes(), config.key_rotation.webhook_attempts)
+        });
         let control = ControlPlane {
             config: ArcSwap::from_pointee(config),
             store,
@@ -117,6 +127,8 @@ impl ControlPlane {
             rebuild: Mutex::new(()),
             bus: std::sync::OnceLock::new(),
             flush: Mutex::new(()),
+            key_metrics,
+            webhooks,
         };
         Ok(Arc::new(control))
     }
@@ -135,6 +147,11 @@ impl ControlPlane {
 
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// Returns the key-lifecycle metrics, for registration and for counting admin operations.
+    pub fn key_metrics(&self) -> &rotation::KeyMetrics {
+        &self.key_metrics
     }
 
     pub fn health(&self) -> Health {
@@ -182,6 +199,8 @@ impl ControlPlane {
         self.snapshot.store(snapshot);
         self.served_version.store(state.version, Ordering::Release);
         self.metrics.config_version.set(state.version as i64);
+        self.key_metrics
+            .count_expiring(&state.keys, time::OffsetDateTime::now_utc());
         tracing::info!(
             config.version = state.version,
             "serving a new configuration snapshot"
@@ -252,6 +271,18 @@ impl ControlPlane {
                 "version_check_interval",
                 next.version_check_interval != current.version_check_interval,
             ),
+            (
+                "key_rotation.webhook_secret",
+                next.key_rotation.webhook_secret != current.key_rotation.webhook_secret,
+            ),
+            (
+                "key_rotation.webhook_attempts",
+                next.key_rotation.webhook_attempts != current.key_rotation.webhook_attempts,
+            ),
+            (
+                "key_rotation.check_interval",
+                next.key_rotation.check_interval != current.key_rotation.check_interval,
+            ),
         ];
         for (key, changed) in restart_only {
             if changed {
@@ -270,6 +301,9 @@ impl ControlPlane {
         next.http2 = current.http2.clone();
         next.redis = current.redis.clone();
         next.version_check_interval = current.version_check_interval;
+        next.key_rotation.webhook_secret = current.key_rotation.webhook_secret.clone();
+        next.key_rotation.webhook_attempts = current.key_rotation.webhook_attempts;
+        next.key_rotation.check_interval = current.key_rotation.check_interval;
         if next.key_hash_secret != current.key_hash_secret {
             tracing::warn!("key_hash_secret changes only on restart; keeping the running value");
             next.key_hash_secret = current.key_hash_secret.clone();
@@ -297,9 +331,10 @@ impl ControlPlane {
         Ok(state.version)
     }
 
-    /// Spawns the background tasks: the version poll and the key-usage flush. They stop when
-    /// `shutdown` turns true.
+    /// Spawns the background tasks: the version poll, the key-usage flush and the key-rotation
+    /// schedule. They stop when `shutdown` turns true.
     pub fn spawn_background(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        self.spawn_key_rotation(shutdown.clone());
         let control = self.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
@@ -332,6 +367,37 @@ impl ControlPlane {
                     return;
                 }
                 control.flush_key_usage().await;
+            }
+        });
+    }
+
+    /// Spawns the task that, every `key_rotation.check_interval`, rotates the keys that are due
+    /// and updates the expiring-soon gauge, which changes with the clock as well as the store.
+    fn spawn_key_rotation(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let control = self.clone();
+        tokio::spawn(async move {
+            let period = control.config.load().key_rotation.check_interval;
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = stop.wait_for(|stop| *stop) => return,
+                }
+                let state = match control.store.load().await {
+                    Ok(state) => state,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the store for scheduled key rotation; trying again at the next check");
+                        continue;
+                    }
+                };
+                control
+                    .key_metrics
+                    .count_expiring(&state.keys, time::OffsetDateTime::now_utc());
+                let rotated = rotation::rotate_due_keys(&control, &state).await;
+                if rotated > 0 {
+                    tracing::info!(rotated, "scheduled key rotation pass finished");
+                }
             }
         });
     }

@@ -1,7 +1,9 @@
-//! The `portcullis` command: run the gateway, validate a config, migrate a store, and sync a
-//! store with a declared set of entities, and run the WAF engine on its own.
+//! The `portcullis` command: run the gateway, validate a config, migrate a store, sync a store
+//! with a declared set of entities, manage API keys in a store, and run the WAF engine on its
+//! own.
 
 mod export;
+mod keys;
 mod serve;
 mod sync;
 mod token;
@@ -82,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: waf::WafCommand,
     },
+    /// List, issue, rotate and revoke API keys directly in the store, printing JSON.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
         Command::Apply { source } => run_async(sync::apply(source)),
         Command::Export { config, output } => run_async(export::export(config, output)),
         Command::Waf { command } => waf::run(command),
+        Command::Keys { command } => run_async(keys::run(command)),
     }
 }
 

@@ -92,6 +92,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     let control = ControlPlane::start(config.clone(), store, metrics.clone(), policy)
         .await
         .context("cannot load the configuration")?;
+    control.key_metrics().register(&mut registry);
     let (admin_token, token_source) = token::admin_token(&config)?;
 
     // Bind every listener before serving any, so a port conflict stops the start cleanly.

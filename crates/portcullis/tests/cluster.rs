@@ -618,3 +618,165 @@ redis: {{ url: "{redis}", channel: "{channel}" }}
         "the revocation reached node B after {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_key_reaches_every_node() {
+    let _shared = POSTGRES_RESTART.read().await;
+    let database = Database::create().await;
+    let (a, b, c) = start_cluster(&database).await;
+    let client = client();
+
+    let issued: serde_json::Value = admin(&client, Method::POST, &b, "/consumers/alice/keys")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old_key = issued["key"].as_str().unwrap().to_string();
+    let id = issued["id"].as_str().unwrap().to_string();
+    for node in [&a, &b, &c] {
+        wait_for_status(node, "/echo/x", &old_key, 200, Duration::from_secs(1)).await;
+    }
+
+    let response = admin(
+        &client,
+        Method::POST,
+        &a,
+        &format!("/consumers/alice/keys/{id}/rotate"),
+    )
+    .json(&json!({ "overlap": "3s" }))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 201);
+    let rotated: serde_json::Value = response.json().await.unwrap();
+    let new_key = rotated["key"].as_str().unwrap().to_string();
+    for node in [&b, &c] {
+        let took = wait_for_status(node, "/echo/x", &new_key, 200, Duration::from_secs(1)).await;
+        assert!(
+            took < Duration::from_secs(1),
+            "the new key reached {} after {took:?}",
+            node.proxy[0]
+        );
+    }
+    // Expiry times are whole seconds, so a 3s overlap lasts at least 2s.
+    for node in [&a, &b, &c] {
+        let status = client
+            .get(node.url("/echo/x"))
+            .header("apikey", &old_key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "the old key works during the overlap");
+    }
+    for node in [&a, &b, &c] {
+        wait_for_status(node, "/echo/x", &old_key, 401, Duration::from_secs(5)).await;
+        wait_for_status(node, "/echo/x", &new_key, 200, Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_sharing_postgres_rotate_once() {
+    let _shared = POSTGRES_RESTART.read().await;
+    let database = Database::create().await;
+    let receiver = common::webhook::Receiver::start(&[]).await;
+    // Both nodes check every 100ms for keys older than 1s, so they race for every rotation,
+    // including the rotations of the keys that earlier rotations issued.
+    let schedule = format!(
+        "key_rotation:\n  every: 1s\n  overlap: 1h\n  webhook: \"{url}\"\n  \
+         webhook_secret: cluster-webhook-secret-0000000000000001\n  check_interval: 100ms\n",
+        url = receiver.url()
+    );
+    let upstream = upstream().await;
+    let a = Gateway::start(&format!(
+        "{}{schedule}",
+        node_config(&database, Some(upstream))
+    ));
+    let b = Gateway::start(&format!("{}{schedule}", node_config(&database, None)));
+    let client = client();
+
+    let issued: serde_json::Value = admin(&client, Method::POST, &a, "/consumers/alice/keys")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first_id = issued["id"].as_str().unwrap().to_string();
+
+    // Follow the chain of rotations from the issued key for three generations.
+    let mut current = first_id.clone();
+    for _ in 0..3 {
+        let expected = current.clone();
+        let delivery = receiver
+            .wait_for(Duration::from_secs(15), |event| {
+                event["old_key_id"] == expected
+            })
+            .await;
+        current = delivery.json()["key_id"].as_str().unwrap().to_string();
+    }
+
+    let events: Vec<serde_json::Value> = receiver
+        .deliveries()
+        .iter()
+        .map(|delivery| delivery.json())
+        .collect();
+    let mut old_ids: Vec<&str> = events
+        .iter()
+        .map(|event| event["old_key_id"].as_str().unwrap())
+        .collect();
+    let delivered = old_ids.len();
+    old_ids.sort();
+    old_ids.dedup();
+    assert_eq!(
+        old_ids.len(),
+        delivered,
+        "a key was rotated twice: {events:?}"
+    );
+    assert!(
+        events.iter().all(|event| event["consumer"] == "alice"),
+        "{events:?}"
+    );
+
+    let keys: serde_json::Value = admin(&client, Method::GET, &b, "/consumers/alice/keys")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = keys["data"].as_array().unwrap();
+    for key in keys {
+        let successors = keys
+            .iter()
+            .filter(|other| other["rotated_from"] == key["id"])
+            .count();
+        assert!(
+            successors <= 1,
+            "key {} has {successors} successors",
+            key["id"]
+        );
+    }
+    let declared = keys
+        .iter()
+        .find(|key| key["source"] == "config")
+        .expect("the declared key");
+    assert!(
+        declared["rotated_to"].is_null(),
+        "declared keys are not rotated"
+    );
+    let rotations_logged = [&a, &b]
+        .iter()
+        .map(|node| {
+            node.stderr()
+                .matches("rotated an API key on schedule")
+                .count()
+        })
+        .sum::<usize>();
+    assert!(
+        rotations_logged >= 3,
+        "the nodes logged {rotations_logged} rotations"
+    );
+}

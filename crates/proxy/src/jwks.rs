@@ -285,20 +285,20 @@ fn fetch_client() -> FetchClient {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-/// Builds the TLS settings for key fetches: rustls with `ring`, trusting the system's roots.
-/// Certificates that fail to load are logged and skipped, so one bad file in the store does not
-/// stop fetches from other issuers.
-fn tls_config() -> rustls::ClientConfig {
+/// Builds the TLS settings for outbound HTTPS requests, such as key fetches and webhooks: rustls
+/// with `ring`, trusting the system's roots. Certificates that fail to load are logged and
+/// skipped, so one bad file in the store does not stop requests to other hosts.
+pub fn tls_config() -> rustls::ClientConfig {
     let loaded = rustls_native_certs::load_native_certs();
     for error in &loaded.errors {
-        tracing::warn!(%error, "cannot load a certificate from the system store for JWK Set fetches");
+        tracing::warn!(%error, "cannot load a certificate from the system store for outbound HTTPS");
     }
     let mut roots = rustls::RootCertStore::empty();
     let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
     if ignored > 0 {
         tracing::warn!(ignored, "skipped system certificates that do not parse");
     }
-    tracing::debug!(roots = added, "loaded trust roots for JWK Set fetches");
+    tracing::debug!(roots = added, "loaded trust roots for outbound HTTPS");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

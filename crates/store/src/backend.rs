@@ -57,6 +57,7 @@ pub(crate) struct KeyRow {
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
     pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
     /// The scopes as a JSON array of strings.
     pub scopes: String,
     pub source: String,
@@ -131,6 +132,31 @@ pub(crate) trait Tx: Send {
         consumer: &str,
         id: Option<&str>,
         at: &str,
+    ) -> Result<u64, StoreError>;
+
+    /// Reads key `id` of a consumer, revoked or not.
+    async fn consumer_key(
+        &mut self,
+        consumer: &str,
+        id: &str,
+    ) -> Result<Option<KeyRow>, StoreError>;
+
+    /// Reads the keys whose stored prefix starts with `prefix`, of `consumer` only when given,
+    /// revoked ones included, ordered by creation time, then id.
+    async fn find_keys(
+        &mut self,
+        prefix: &str,
+        consumer: Option<&str>,
+    ) -> Result<Vec<KeyRow>, StoreError>;
+
+    /// Sets `rotated_to` and `expires_at` of key `id`, but only while the key has no successor
+    /// and is neither revoked nor expired at `now`. Returns the number of keys changed, 0 or 1.
+    async fn mark_rotated(
+        &mut self,
+        id: &str,
+        rotated_to: &str,
+        expires_at: &str,
+        now: &str,
     ) -> Result<u64, StoreError>;
 
     /// Sets `last_used_at` of key `id` to `at` unless it is later already.

@@ -146,6 +146,7 @@ pub(crate) fn key_row(record: &ApiKeyRecord) -> Result<KeyRow, StoreError> {
         expires_at: record.expires_at.map(format_timestamp).transpose()?,
         revoked_at: record.revoked_at.map(format_timestamp).transpose()?,
         rotated_from: record.rotated_from.clone(),
+        rotated_to: record.rotated_to.clone(),
         scopes,
         source: record.source.clone(),
         last_used_at: record.last_used_at.map(format_timestamp).transpose()?,
@@ -180,6 +181,7 @@ pub(crate) fn key_record(row: KeyRow) -> Result<ApiKeyRecord, StoreError> {
         expires_at,
         revoked_at,
         rotated_from: row.rotated_from,
+        rotated_to: row.rotated_to,
         scopes,
         source: row.source,
         last_used_at,
@@ -221,6 +223,7 @@ mod tests {
             roles: vec!["admin".into()],
             api_keys: vec![DeclaredKey::Plain("plaintext-key".into())],
             policies: Vec::new(),
+            key_rotation: None,
         };
         let value = consumer.to_stored_json().unwrap();
         assert!(

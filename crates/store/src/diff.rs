@@ -345,6 +345,7 @@ mod tests {
             roles: Vec::new(),
             api_keys: Vec::new(),
             policies: Vec::new(),
+            key_rotation: None,
         }
     }
 
@@ -358,6 +359,7 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             rotated_from: None,
+            rotated_to: None,
             scopes: Vec::new(),
             source: "admin".to_owned(),
             last_used_at: None,

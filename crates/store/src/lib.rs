@@ -45,6 +45,34 @@ pub struct StoreState {
     pub keys: Vec<ApiKeyRecord>,
 }
 
+/// A request to rotate a key: the key to replace, and the new key's identity. The caller
+/// generates the identity because only the caller has the new plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotation {
+    pub consumer: String,
+    /// Id of the key to replace.
+    pub id: String,
+    pub successor_id: String,
+    /// Keyed hash of the new key's plaintext, hex-encoded.
+    pub successor_hash: String,
+    pub successor_prefix: String,
+    /// How long the old key keeps working after `at`. An earlier expiry of the old key stays.
+    pub overlap: time::Duration,
+    /// Time of the rotation: the new key's creation time and the start of the overlap.
+    pub at: time::OffsetDateTime,
+}
+
+/// A committed rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedKey {
+    /// Config version after the write.
+    pub version: u64,
+    /// The replaced key, with its new expiry and `rotated_to`.
+    pub previous: ApiKeyRecord,
+    /// The new key.
+    pub successor: ApiKeyRecord,
+}
+
 /// A configuration store. Writes return the new config version.
 ///
 /// Names are the primary keys of services, routes and consumers. Writes that would leave a
@@ -97,6 +125,25 @@ pub trait Store: Send + Sync + 'static {
     /// no such key. A key that is revoked already keeps its revocation time, and the call
     /// returns the current version without a write.
     fn revoke_key<'a>(&'a self, consumer: &'a str, id: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Inserts a successor of a key and marks the key rotated, in one transaction. The
+    /// successor takes the key's consumer and scopes, `rotated_from` names the key, and when
+    /// the key expires the successor gets the same lifetime from `rotation.at`. The key's
+    /// expiry moves to `rotation.at + rotation.overlap` unless it is earlier already.
+    ///
+    /// Fails with [`StoreError::NotFound`] when the consumer has no such key, and with
+    /// [`StoreError::Conflict`], changing nothing, when the key is revoked, expired or rotated
+    /// already. Of several concurrent rotations of one key, on any number of nodes, exactly one
+    /// commits.
+    fn rotate_key<'a>(&'a self, rotation: &'a KeyRotation) -> StoreFuture<'a, RotatedKey>;
+
+    /// Finds keys of any consumer, or of `consumer` only, whose stored prefix starts with
+    /// `prefix`. Revoked keys are included. An empty `prefix` matches every key.
+    fn find_keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        consumer: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<ApiKeyRecord>>;
 
     /// Records the last use of keys, as `(key id, seconds since the Unix epoch)`. A time earlier
     /// than the stored one is ignored. This is usage data, not configuration, so it does not

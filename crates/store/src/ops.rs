@@ -13,8 +13,10 @@ use crate::codec::{self, Entity};
 use crate::{ApiKeyRecord, StoreError, StoreState};
 
 mod replace;
+mod rotate;
 
 pub(crate) use replace::replace_all;
+pub(crate) use rotate::{find_keys, rotate_key};
 
 /// The result of the statements of a write.
 enum Outcome {
@@ -515,6 +517,21 @@ macro_rules! forward_store_methods {
             id: &'a str,
         ) -> $crate::StoreFuture<'a, u64> {
             Box::pin($crate::ops::revoke_key(self, consumer, id))
+        }
+
+        fn rotate_key<'a>(
+            &'a self,
+            rotation: &'a $crate::KeyRotation,
+        ) -> $crate::StoreFuture<'a, $crate::RotatedKey> {
+            Box::pin($crate::ops::rotate_key(self, rotation))
+        }
+
+        fn find_keys<'a>(
+            &'a self,
+            prefix: &'a str,
+            consumer: Option<&'a str>,
+        ) -> $crate::StoreFuture<'a, Vec<$crate::ApiKeyRecord>> {
+            Box::pin($crate::ops::find_keys(self, prefix, consumer))
         }
 
         fn record_key_use<'a>(&'a self, uses: &'a [(String, i64)]) -> $crate::StoreFuture<'a, ()> {

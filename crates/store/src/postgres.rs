@@ -32,7 +32,8 @@ const KEY_SELECT: &str = r#"SELECT id, consumer, hash, prefix,
     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS expires_at,
     to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS revoked_at,
     rotated_from, scopes::text AS scopes, source,
-    to_char(last_used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS last_used_at
+    to_char(last_used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS last_used_at,
+    rotated_to
     FROM api_keys"#;
 
 /// A store in a PostgreSQL database.
@@ -315,9 +316,9 @@ impl Tx for PgTx {
         sqlx::query(
             "INSERT INTO api_keys \
              (id, consumer, hash, prefix, created_at, expires_at, revoked_at, rotated_from, scopes, source, \
-             last_used_at) \
+             last_used_at, rotated_to) \
              VALUES ($1, $2, $3, $4, $5::timestamptz, $6::timestamptz, $7::timestamptz, $8, $9::jsonb, $10, \
-             $11::timestamptz)",
+             $11::timestamptz, $12)",
         )
         .bind(&key.id)
         .bind(&key.consumer)
@@ -330,6 +331,7 @@ impl Tx for PgTx {
         .bind(&key.scopes)
         .bind(&key.source)
         .bind(&key.last_used_at)
+        .bind(&key.rotated_to)
         .execute(&mut *self.0)
         .await?;
         Ok(())
@@ -373,6 +375,61 @@ impl Tx for PgTx {
             query = query.bind(id);
         }
         let result = query.execute(&mut *self.0).await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn consumer_key(
+        &mut self,
+        consumer: &str,
+        id: &str,
+    ) -> Result<Option<KeyRow>, StoreError> {
+        let sql = format!("{KEY_SELECT} WHERE consumer = $1 AND id = $2");
+        let row = sqlx::query_as(&sql)
+            .bind(consumer)
+            .bind(id)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        Ok(row)
+    }
+
+    async fn find_keys(
+        &mut self,
+        prefix: &str,
+        consumer: Option<&str>,
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        // starts_with (PostgreSQL 11 and later) instead of LIKE, because `_` in `pcs_` is a LIKE
+        // wildcard.
+        let sql = format!(
+            "{KEY_SELECT} WHERE starts_with(prefix, $1) \
+             AND ($2::text IS NULL OR consumer = $2) ORDER BY created_at, id COLLATE \"C\""
+        );
+        let rows = sqlx::query_as(&sql)
+            .bind(prefix)
+            .bind(consumer)
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows)
+    }
+
+    async fn mark_rotated(
+        &mut self,
+        id: &str,
+        rotated_to: &str,
+        expires_at: &str,
+        now: &str,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE api_keys SET rotated_to = $2, expires_at = $3::timestamptz WHERE id = $1 \
+             AND rotated_to IS NULL \
+             AND (revoked_at IS NULL OR revoked_at > $4::timestamptz) \
+             AND (expires_at IS NULL OR expires_at > $4::timestamptz)",
+        )
+        .bind(id)
+        .bind(rotated_to)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *self.0)
+        .await?;
         Ok(result.rows_affected())
     }
 

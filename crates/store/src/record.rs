@@ -25,6 +25,9 @@ pub struct ApiKeyRecord {
     /// Id of the key this one replaced in a rotation.
     #[serde(default)]
     pub rotated_from: Option<String>,
+    /// Id of the key that replaced this one in a rotation.
+    #[serde(default)]
+    pub rotated_to: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// Where the key came from: `config` for keys declared in the file, `admin` otherwise.

@@ -22,7 +22,7 @@ const MAX_CONNECTIONS: u32 = 4;
 
 /// Columns of [`KeyRow`] in `api_keys`.
 const KEY_COLUMNS: &str = "id, consumer, hash, prefix, created_at, expires_at, revoked_at, rotated_from, scopes, source, \
-     last_used_at";
+     last_used_at, rotated_to";
 
 /// A store in one SQLite database file.
 #[derive(Debug, Clone)]
@@ -238,7 +238,7 @@ impl Tx for SqliteTx {
 
     async fn insert_key(&mut self, key: &KeyRow) -> Result<(), StoreError> {
         let sql = format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
         sqlx::query(&sql)
             .bind(&key.id)
@@ -252,6 +252,7 @@ impl Tx for SqliteTx {
             .bind(&key.scopes)
             .bind(&key.source)
             .bind(&key.last_used_at)
+            .bind(&key.rotated_to)
             .execute(&mut *self.0)
             .await?;
         Ok(())
@@ -298,6 +299,59 @@ impl Tx for SqliteTx {
             query = query.bind(id);
         }
         let result = query.execute(&mut *self.0).await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn consumer_key(
+        &mut self,
+        consumer: &str,
+        id: &str,
+    ) -> Result<Option<KeyRow>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE consumer = $1 AND id = $2");
+        let row = sqlx::query_as(&sql)
+            .bind(consumer)
+            .bind(id)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        Ok(row)
+    }
+
+    async fn find_keys(
+        &mut self,
+        prefix: &str,
+        consumer: Option<&str>,
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        // substr instead of LIKE, because `_` in `pcs_` is a LIKE wildcard.
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE substr(prefix, 1, length($1)) = $1 \
+             AND ($2 IS NULL OR consumer = $2) ORDER BY created_at, id"
+        );
+        let rows = sqlx::query_as(&sql)
+            .bind(prefix)
+            .bind(consumer)
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows)
+    }
+
+    async fn mark_rotated(
+        &mut self,
+        id: &str,
+        rotated_to: &str,
+        expires_at: &str,
+        now: &str,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE api_keys SET rotated_to = $2, expires_at = $3 WHERE id = $1 \
+             AND rotated_to IS NULL AND (revoked_at IS NULL OR revoked_at > $4) \
+             AND (expires_at IS NULL OR expires_at > $4)",
+        )
+        .bind(id)
+        .bind(rotated_to)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *self.0)
+        .await?;
         Ok(result.rows_affected())
     }
 

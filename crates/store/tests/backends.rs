@@ -20,7 +20,9 @@ use portcullis_config::{
     KeyAuthSpec, LimitAlgorithm, LimitKey, PathMatch, PolicySpec, RateLimitSpec, RouteSpec,
     ServiceSpec, UpstreamTimeouts,
 };
-use portcullis_store::{ApiKeyRecord, PostgresStore, SqliteStore, Store, StoreError, StoreState};
+use portcullis_store::{
+    ApiKeyRecord, KeyRotation, PostgresStore, SqliteStore, Store, StoreError, StoreState,
+};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -292,6 +294,9 @@ backend_tests! {
         load_orders_by_name_and_creation,
         load_keeps_expired_and_scheduled_keys,
         corrupt_row_names_table_and_row,
+        rotation_replaces_key,
+        concurrent_rotations_commit_once,
+        find_keys_matches_prefix_literally,
     ],
     sqlite_only: [open_creates_file_in_wal_mode],
     postgres_only: [writes_notify_new_version],
@@ -354,6 +359,7 @@ fn consumer(name: &str) -> ConsumerSpec {
         roles: vec!["reader".to_owned()],
         api_keys: Vec::new(),
         policies: Vec::new(),
+        key_rotation: None,
     }
 }
 
@@ -367,6 +373,7 @@ fn key(id: &str, consumer: &str, hash: &str) -> ApiKeyRecord {
         expires_at: None,
         revoked_at: None,
         rotated_from: None,
+        rotated_to: None,
         scopes: vec!["read".to_owned()],
         source: "admin".to_owned(),
         last_used_at: None,
@@ -1138,4 +1145,170 @@ async fn writes_notify_new_version(db: TestDb) {
         received, ours,
         "expected one notification per committed write"
     );
+}
+
+fn rotation_of(id: &str, successor: &str, overlap: time::Duration) -> KeyRotation {
+    KeyRotation {
+        consumer: "alice".to_owned(),
+        id: id.to_owned(),
+        successor_id: successor.to_owned(),
+        successor_hash: format!("hash-of-{successor}"),
+        successor_prefix: format!("pk_{successor}"),
+        overlap,
+        at: time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap(),
+    }
+}
+
+async fn rotation_replaces_key(db: TestDb) {
+    let store = db.open_migrated().await;
+    store.put_consumer(&consumer("alice")).await.unwrap();
+    let mut old = key("k1", "alice", "h1");
+    old.created_at = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    old.expires_at = Some(old.created_at + time::Duration::days(30));
+    store.insert_key(&old).await.unwrap();
+
+    let request = rotation_of("k1", "k2", time::Duration::hours(1));
+    let rotated = store.rotate_key(&request).await.unwrap();
+    assert_eq!(rotated.version, store.version().await.unwrap());
+    assert_eq!(rotated.previous.rotated_to.as_deref(), Some("k2"));
+    assert_eq!(
+        rotated.previous.expires_at,
+        Some(request.at + time::Duration::hours(1))
+    );
+    assert_eq!(rotated.successor.rotated_from.as_deref(), Some("k1"));
+    assert_eq!(rotated.successor.scopes, old.scopes);
+    assert_eq!(rotated.successor.created_at, request.at);
+    assert_eq!(
+        rotated.successor.expires_at,
+        Some(request.at + time::Duration::days(30)),
+        "the successor keeps the lifetime"
+    );
+    let stored = store.list_keys("alice").await.unwrap();
+    assert_eq!(
+        stored,
+        vec![rotated.previous.clone(), rotated.successor.clone()]
+    );
+
+    // A longer overlap never extends an earlier expiry.
+    let request = rotation_of("k2", "k3", time::Duration::days(365));
+    let rotated = store.rotate_key(&request).await.unwrap();
+    assert_eq!(
+        rotated.previous.expires_at,
+        Some(request.at + time::Duration::days(30))
+    );
+
+    let message = assert_conflict(
+        store
+            .rotate_key(&rotation_of("k1", "k9", time::Duration::hours(1)))
+            .await,
+        "rotating a rotated key",
+    );
+    assert!(message.contains("rotated already"), "{message}");
+    store.revoke_key("alice", "k3").await.unwrap();
+    let message = assert_conflict(
+        store
+            .rotate_key(&rotation_of("k3", "k9", time::Duration::hours(1)))
+            .await,
+        "rotating a revoked key",
+    );
+    assert!(message.contains("revoked"), "{message}");
+    assert_not_found(
+        store
+            .rotate_key(&rotation_of("missing", "k9", time::Duration::hours(1)))
+            .await,
+        "key `missing` of consumer `alice`",
+    );
+    let ids: Vec<String> = store
+        .list_keys("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|key| key.id)
+        .collect();
+    assert!(
+        !ids.contains(&"k9".to_owned()),
+        "failed rotations insert nothing"
+    );
+}
+
+async fn concurrent_rotations_commit_once(db: TestDb) {
+    const ROUNDS: usize = 5;
+    let handles = [db.open_migrated().await, db.open_migrated().await];
+    handles[0].put_consumer(&consumer("alice")).await.unwrap();
+    for round in 0..ROUNDS {
+        let id = format!("r{round}");
+        handles[0]
+            .insert_key(&key(&id, "alice", &format!("hash-{id}")))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for (writer, store) in handles.iter().enumerate() {
+            let store = Arc::clone(store);
+            let request = rotation_of(&id, &format!("{id}-by-{writer}"), time::Duration::hours(1));
+            tasks.push(tokio::spawn(
+                async move { store.rotate_key(&request).await },
+            ));
+        }
+        let mut committed = 0;
+        for task in tasks {
+            match task.await.expect("rotation task panicked") {
+                Ok(_) => committed += 1,
+                Err(StoreError::Conflict(_)) => {}
+                Err(error) => panic!("unexpected rotation error: {error}"),
+            }
+        }
+        assert_eq!(committed, 1, "round {round}: exactly one rotation commits");
+        let successors = handles[1]
+            .list_keys("alice")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|key| key.rotated_from.as_deref() == Some(id.as_str()))
+            .count();
+        assert_eq!(successors, 1, "round {round}");
+    }
+}
+
+async fn find_keys_matches_prefix_literally(db: TestDb) {
+    let store = db.open_migrated().await;
+    store.put_consumer(&consumer("alice")).await.unwrap();
+    store.put_consumer(&consumer("bob")).await.unwrap();
+    let mut first = key("a1", "alice", "h1");
+    first.prefix = "pcs_4vQe1kZ8".to_owned();
+    let mut second = key("b1", "bob", "h2");
+    second.prefix = "pcs_4vQeXXXX".to_owned();
+    let mut third = key("b2", "bob", "h3");
+    third.prefix = "pcsX4vQe1kZ8".to_owned();
+    for record in [&first, &second, &third] {
+        store.insert_key(record).await.unwrap();
+    }
+    store.revoke_key("bob", "b1").await.unwrap();
+
+    let ids = |keys: Vec<ApiKeyRecord>| keys.into_iter().map(|key| key.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.find_keys("pcs_4vQe1kZ8", None).await.unwrap()),
+        ["a1"]
+    );
+    assert_eq!(
+        ids(store.find_keys("pcs_4vQe", None).await.unwrap()),
+        ["a1", "b1"],
+        "revoked keys are found too"
+    );
+    assert_eq!(
+        ids(store.find_keys("pcs_", Some("bob")).await.unwrap()),
+        ["b1"]
+    );
+    assert_eq!(
+        ids(store.find_keys("", Some("bob")).await.unwrap()),
+        ["b1", "b2"]
+    );
+    assert_eq!(
+        ids(store.find_keys("pcs%", None).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(ids(store.find_keys("pcsX", None).await.unwrap()), ["b2"]);
 }

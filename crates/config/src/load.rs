@@ -939,6 +939,10 @@ fn validate_rate_limit(key: &str, spec: &RateLimitSpec) -> Vec<KeyError> {
     for (j, role) in spec.roles.iter().enumerate() {
         check_name(&mut errors, &format!("{key}.roles[{j}]"), role);
     }
+    // The name is written into the `RateLimit-Policy` and `RateLimit` structured fields.
+    if let Some(name) = &spec.name {
+        check_name(&mut errors, &format!("{key}.name"), name);
+    }
 
     // Throttling and the counter backend.
     if let Some(delay) = &spec.delay {

@@ -886,3 +886,22 @@ fn introspection_errors_name_line_and_key() {
         );
     }
 }
+
+#[test]
+fn rate_limit_name_must_be_a_plain_name() {
+    for name in ["'a\"b'", "\"é\"", "\"\""] {
+        let source =
+            format!("policies:\n  - rate-limit: {{ name: {name}, limit: 1, window: 1s }}\n");
+        let message = first_error(&source);
+        assert!(
+            message.contains(":2: key `policies[0].rate-limit.name`"),
+            "{name}: {message}"
+        );
+    }
+    load_str(
+        "policies:\n  - rate-limit: { name: per-second_1.x, limit: 1, window: 1s }\n",
+        None,
+        &env,
+    )
+    .unwrap();
+}

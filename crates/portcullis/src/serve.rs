@@ -285,14 +285,12 @@ async fn spawn_change_feeds(
         feeds += 1;
     }
     if let Some(redis) = &config.redis {
-        match portcullis_control::bus::RedisBus::connect(&redis.url, &redis.channel).await {
-            Ok(bus) => control.set_bus(bus),
-            // The subscription below keeps retrying; publishing starts only with a connection
-            // made at start-up, and the version check covers the nodes meanwhile.
-            Err(error) => {
-                tracing::warn!(%error, "cannot connect to Redis for change messages; writes through this node are not announced on Redis")
-            }
-        }
+        tokio::spawn(connect_change_bus(
+            control.clone(),
+            redis.url.clone(),
+            redis.channel.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(portcullis_control::bus::subscribe(
             redis.url.clone(),
             redis.channel.clone(),
@@ -304,6 +302,56 @@ async fn spawn_change_feeds(
     drop(sender);
     if feeds > 0 {
         control.spawn_change_listener(receiver, shutdown.clone());
+    }
+}
+
+/// Connects the Redis publisher of change messages in the background, retrying with a backoff
+/// until it succeeds or the node shuts down.
+///
+/// Start-up never waits on Redis: the redis crate's connection manager retries a refused
+/// connection for a long time before it returns, and the node must serve and handle signals
+/// meanwhile. Until the publisher connects, writes through this node reach the others through
+/// PostgreSQL notifications and the version check.
+async fn connect_change_bus(
+    control: Arc<ControlPlane>,
+    url: String,
+    channel: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(500);
+    let mut failures: u32 = 0;
+    loop {
+        let attempt = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            portcullis_control::bus::RedisBus::connect(&url, &channel),
+        );
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => return,
+        };
+        let error = match outcome {
+            Ok(Ok(bus)) => {
+                control.set_bus(bus);
+                if failures > 0 {
+                    tracing::info!(redis.channel = %channel, "connected to Redis for change messages");
+                }
+                return;
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no connection within {} s", ATTEMPT_TIMEOUT.as_secs()),
+        };
+        // The first failure and then every tenth are logged, so an outage does not flood the log.
+        if failures % 10 == 0 {
+            tracing::warn!(%error, redis.channel = %channel, attempts = failures + 1, "cannot connect to Redis for change messages; retrying, and other nodes see this node's writes through the version check meanwhile");
+        }
+        failures += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

@@ -186,6 +186,44 @@ async fn missing_admin_token_is_generated_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn unreachable_redis_does_not_block_start() {
+    // A port that was free a moment ago: nothing listens there, so every connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = example_config(upstream().await).replace(
+        "access_log: access.log",
+        &format!(
+            "access_log: access.log\nredis: {{ url: \"redis://127.0.0.1:{port}\", channel: portcullis-test-unreachable }}"
+        ),
+    );
+    let mut gateway = Gateway::start(&config);
+    let url = gateway.url("/echo/delay/1500");
+    let slow =
+        tokio::spawn(async move { client().get(url).header("apikey", ALICE_KEY).send().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.signal("TERM");
+
+    let response = slow
+        .await
+        .unwrap()
+        .expect("the request in flight completes");
+    assert_eq!(response.status(), 200);
+    assert!(
+        gateway.wait_exit(Duration::from_secs(10)),
+        "exit status 0 after draining"
+    );
+    let stderr = gateway.stderr();
+    assert!(
+        stderr.contains("cannot subscribe to Redis change messages yet"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("draining connections"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_requests_in_flight() {
     let mut gateway = Gateway::start(&example_config(upstream().await));
     let url = gateway.url("/echo/delay/1500");

@@ -78,10 +78,15 @@ impl Rejection {
         self
     }
 
-    /// Adds every header of `headers` that the rejection does not set already.
+    /// Adds every header of `headers` whose name the rejection does not set already, with all
+    /// of its values, so that list fields such as `RateLimit-Policy` keep one entry per limit.
     pub fn add_missing_headers(&mut self, headers: &HeaderMap) {
+        let already_set = self.headers.len();
         for (name, value) in headers {
-            if !self.headers.iter().any(|(existing, _)| existing == name) {
+            if !self.headers[..already_set]
+                .iter()
+                .any(|(existing, _)| existing == name)
+            {
                 self.headers.push((name.clone(), value.clone()));
             }
         }
@@ -115,5 +120,44 @@ impl Rejection {
         let mut bytes = serde_json::to_vec(&body).expect("the error body serialises");
         bytes.push(b'\n');
         Bytes::from(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_headers_keep_every_value() {
+        let mut rejection = Rejection::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "x")
+            .with_header(
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from_static("4"),
+            );
+        let mut headers = HeaderMap::new();
+        let policy = HeaderName::from_static("ratelimit-policy");
+        headers.append(&policy, HeaderValue::from_static("\"fast\";q=10;w=1"));
+        headers.append(&policy, HeaderValue::from_static("\"hourly\";q=4;w=3600"));
+        headers.insert("ratelimit-limit", HeaderValue::from_static("10"));
+        rejection.add_missing_headers(&headers);
+
+        let policies: Vec<&HeaderValue> = rejection
+            .headers
+            .iter()
+            .filter(|(name, _)| name == policy)
+            .map(|(_, value)| value)
+            .collect();
+        assert_eq!(policies.len(), 2, "{:?}", rejection.headers);
+        let limits: Vec<&HeaderValue> = rejection
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "ratelimit-limit")
+            .map(|(_, value)| value)
+            .collect();
+        assert_eq!(
+            limits,
+            [&HeaderValue::from_static("4")],
+            "the rejection's own value wins"
+        );
     }
 }

@@ -116,9 +116,9 @@ impl Proxy {
         let record = AccessRecord {
             time: String::new(),
             request_id,
-            client_ip: trace
-                .client_ip
-                .unwrap_or_else(|| canonical::canonical_ip(connection.peer.ip()).to_string()),
+            client_ip: trace.client_ip.unwrap_or_else(|| {
+                canonical::ip_to_string(canonical::canonical_ip(connection.peer.ip()))
+            }),
             method: parts.method.as_str().to_string(),
             path: trace.path.unwrap_or_else(|| parts.uri.path().to_string()),
             protocol: protocol_name(parts.version),
@@ -171,7 +171,7 @@ impl Proxy {
         let path = canonical::normalize_path(parts.uri.path())?;
         trace.path = Some(path.clone());
         let client = snapshot.client_ip.resolve(connection.peer, &parts.headers);
-        trace.client_ip = Some(client.ip.to_string());
+        trace.client_ip = Some(canonical::ip_to_string(client.ip));
         let scheme = match (
             client.via_trusted_proxy,
             parts
@@ -239,7 +239,7 @@ impl Proxy {
 
         // Forward.
         let service = &route.service;
-        let target = service.next_target();
+        let (target, pool) = service.next_target();
         trace.upstream_addr = Some(target.address.clone());
         let upstream_path = if route.strip_prefix {
             router::strip_prefix(&canonical.path, &matched)
@@ -303,7 +303,7 @@ impl Proxy {
         *upstream_request.headers_mut() = headers;
 
         let forwarded = upstream::send(
-            &service.client,
+            pool,
             upstream_request,
             service.response_timeout,
             target,
@@ -323,7 +323,7 @@ impl Proxy {
         }
         Ok(Response::from_parts(
             response_parts,
-            ResponseBody::upstream(upstream_body),
+            ResponseBody::upstream(upstream_body, forwarded.connection),
         ))
     }
 }
@@ -439,8 +439,14 @@ fn request_id(headers: &HeaderMap) -> String {
             return value.to_string();
         }
     }
+    const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 16] = rand::thread_rng().r#gen();
-    hex::encode(bytes)
+    let mut id = String::with_capacity(32);
+    for byte in bytes {
+        id.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        id.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
+    }
+    id
 }
 
 fn rejection_response(rejection: &Rejection, request_id: &str) -> Response<ResponseBody> {

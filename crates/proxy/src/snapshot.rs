@@ -19,8 +19,9 @@ use portcullis_policy::api_key::{KeyHasher, KeyTable};
 use crate::canonical::ClientIpResolver;
 use crate::chain::{self, ChainEntry};
 use crate::policies::{self, PolicyContext};
+use crate::pool::{ClientPool, ConnectionPool};
 use crate::router::{HostRule, PathRule, RouteDefinition, Router};
-use crate::upstream::{ClientPool, Target, UpstreamClient};
+use crate::upstream::Target;
 use crate::usage::KeyUsage;
 
 /// One compiled configuration.
@@ -44,21 +45,22 @@ pub struct CompiledRoute {
     pub chain: Vec<ChainEntry>,
 }
 
-/// A service with its upstream targets and pooled client.
+/// A service with its upstream targets and their connection pools.
 pub struct CompiledService {
     pub name: Arc<str>,
     pub targets: Vec<Target>,
+    /// The connection pool of each target, at the same index.
+    pools: Vec<Arc<ConnectionPool>>,
     pub preserve_host: bool,
-    pub client: UpstreamClient,
     pub response_timeout: std::time::Duration,
     next_target: AtomicUsize,
 }
 
 impl CompiledService {
-    /// Picks the next target round robin.
-    pub fn next_target(&self) -> &Target {
+    /// Picks the next target round robin, with its connection pool.
+    pub fn next_target(&self) -> (&Target, &Arc<ConnectionPool>) {
         let index = self.next_target.fetch_add(1, Ordering::Relaxed) % self.targets.len();
-        &self.targets[index]
+        (&self.targets[index], &self.pools[index])
     }
 }
 
@@ -227,13 +229,19 @@ fn compile_service(
             spec.name
         )));
     }
+    let pools = targets
+        .iter()
+        .map(|target| {
+            context
+                .clients
+                .pool(&target.address, spec.timeouts.connect, spec.timeouts.idle)
+        })
+        .collect();
     Ok(CompiledService {
         name: spec.name.as_str().into(),
         targets,
+        pools,
         preserve_host: spec.preserve_host,
-        client: context
-            .clients
-            .client(spec.timeouts.connect, spec.timeouts.idle),
         response_timeout: spec.timeouts.response,
         next_target: AtomicUsize::new(0),
     })

@@ -17,6 +17,21 @@ use crate::chain::{Exchange, Phase, Policy, PolicyFuture};
 use crate::error::Rejection;
 use crate::policies::{Clock, PolicyContext};
 
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Names of the single-valued headers: limit, remaining and reset.
+const BINDING_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("ratelimit-limit"),
+    HeaderName::from_static("ratelimit-remaining"),
+    HeaderName::from_static("ratelimit-reset"),
+];
+const LEGACY_BINDING_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit"),
+    HeaderName::from_static("x-ratelimit-remaining"),
+    HeaderName::from_static("x-ratelimit-reset"),
+];
+
 pub struct RateLimit {
     gcra: Gcra,
     by: LimitKey,
@@ -24,6 +39,11 @@ pub struct RateLimit {
     /// Prefix of every counter key: the attachment scope and the instance name.
     key_prefix: String,
     policy_name: String,
+    /// The `RateLimit-Policy` item, which is the same on every response. It is `None` when the
+    /// instance name cannot appear in a header, and then neither structured header is sent.
+    policy_header: Option<HeaderValue>,
+    /// Limit in requests per window, as a header value.
+    limit_header: HeaderValue,
     legacy_headers: bool,
     counters: Arc<dyn Counters>,
     clock: Arc<dyn Clock>,
@@ -33,8 +53,14 @@ impl RateLimit {
     pub fn new(spec: &RateLimitSpec, scope: &str, context: &PolicyContext) -> Self {
         let burst = spec.burst.unwrap_or(spec.limit);
         let instance = spec.name.as_deref().unwrap_or("default");
+        let gcra = Gcra::new(spec.limit, spec.window, burst);
+        let window = gcra.window.as_secs().max(1);
+        let policy_header =
+            HeaderValue::from_str(&format!("\"{instance}\";q={};w={window}", gcra.limit)).ok();
         RateLimit {
-            gcra: Gcra::new(spec.limit, spec.window, burst),
+            limit_header: HeaderValue::from(gcra.limit),
+            policy_header,
+            gcra,
             by: spec.by,
             header: spec
                 .header
@@ -84,52 +110,42 @@ impl RateLimit {
     /// limit that ran; the single-valued `RateLimit-Limit`, `-Remaining` and `-Reset` (and their
     /// `X-` forms) describe the limit with the fewest requests remaining, the one that binds.
     fn write_headers(&self, headers: &mut HeaderMap, decision: &Decision) {
-        let window = self.gcra.window.as_secs().max(1);
         let reset = decision.reset_after.as_secs_f64().ceil() as u64;
-        let policy = format!(
-            "\"{}\";q={};w={}",
-            self.policy_name, self.gcra.limit, window
-        );
-        let state = format!(
-            "\"{}\";r={};t={}",
-            self.policy_name, decision.remaining, reset
-        );
-        if let (Ok(policy), Ok(state)) = (
-            HeaderValue::from_str(&policy),
-            HeaderValue::from_str(&state),
-        ) {
-            headers.append(HeaderName::from_static("ratelimit-policy"), policy);
-            headers.append(HeaderName::from_static("ratelimit"), state);
+        if let Some(policy) = &self.policy_header {
+            let mut remaining_text = itoa::Buffer::new();
+            let mut reset_text = itoa::Buffer::new();
+            let mut state = String::with_capacity(self.policy_name.len() + 48);
+            state.push('"');
+            state.push_str(&self.policy_name);
+            state.push_str("\";r=");
+            state.push_str(remaining_text.format(decision.remaining));
+            state.push_str(";t=");
+            state.push_str(reset_text.format(reset));
+            // The policy header's validity shows that the name is valid in this one too.
+            if let Ok(state) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
+                headers.append(RATELIMIT_POLICY, policy.clone());
+                headers.append(RATELIMIT, state);
+            }
         }
 
         let binding_remaining = headers
-            .get("ratelimit-remaining")
+            .get(&BINDING_HEADERS[1])
             .and_then(|value| value.to_str().ok())
             .and_then(|text| text.parse::<u64>().ok());
         if binding_remaining.is_some_and(|remaining| remaining <= decision.remaining) {
             return;
         }
-        let mut names = vec![("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")];
-        if self.legacy_headers {
-            names.push((
-                "x-ratelimit-limit",
-                "x-ratelimit-remaining",
-                "x-ratelimit-reset",
-            ));
-        }
-        for (limit, remaining, reset_name) in names {
-            headers.insert(
-                HeaderName::from_static(limit),
-                HeaderValue::from(self.gcra.limit),
-            );
-            headers.insert(
-                HeaderName::from_static(remaining),
-                HeaderValue::from(decision.remaining),
-            );
-            headers.insert(
-                HeaderName::from_static(reset_name),
-                HeaderValue::from(reset),
-            );
+        let remaining = HeaderValue::from(decision.remaining);
+        let reset = HeaderValue::from(reset);
+        let sets: &[[HeaderName; 3]] = if self.legacy_headers {
+            &[BINDING_HEADERS, LEGACY_BINDING_HEADERS]
+        } else {
+            &[BINDING_HEADERS]
+        };
+        for [limit_name, remaining_name, reset_name] in sets {
+            headers.insert(limit_name, self.limit_header.clone());
+            headers.insert(remaining_name, remaining.clone());
+            headers.insert(reset_name, reset.clone());
         }
     }
 }

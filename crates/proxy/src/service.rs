@@ -15,7 +15,7 @@ use crate::body::{BodyStats, Completion, Outcome, RequestBody, ResponseBody};
 use crate::canonical::{self, CanonicalRequest};
 use crate::chain::{self, Exchange};
 use crate::error::{Rejection, Side};
-use crate::metrics::{Metrics, Name, RejectionLabels, RequestLabels, RouteLabels};
+use crate::metrics::{Metrics, Name, RejectionLabels};
 use crate::router::{self, NoMatch};
 use crate::snapshot::{CompiledRoute, Snapshot, SnapshotHandle};
 use crate::upstream;
@@ -51,7 +51,7 @@ struct Trace {
     path: Option<String>,
     host: String,
     client_ip: Option<String>,
-    route: Option<Arc<str>>,
+    route: Option<Arc<CompiledRoute>>,
     service: Option<Arc<str>>,
     consumer: Option<Arc<str>>,
     credential_id: Option<Arc<str>>,
@@ -131,7 +131,7 @@ impl Proxy {
                 .upstream_latency
                 .map(|latency| latency.as_secs_f64() * 1000.0),
             upstream_addr: trace.upstream_addr,
-            route: trace.route,
+            route: trace.route.as_ref().map(|route| route.name.clone()),
             service: trace.service,
             consumer: trace.consumer,
             credential_id: trace.credential_id,
@@ -141,6 +141,7 @@ impl Proxy {
         };
         response.body_mut().on_complete(Box::new(LogOnComplete {
             proxy: self.clone(),
+            route: trace.route,
             record,
             started,
             stats,
@@ -211,7 +212,7 @@ impl Proxy {
             })?;
         let route: &CompiledRoute = found.route;
         let matched = found.matched.to_string();
-        trace.route = Some(route.name.clone());
+        trace.route = Some(found.route.clone());
         trace.service = Some(route.service.name.clone());
 
         // Authenticate, authorize, limit and inspect.
@@ -477,6 +478,8 @@ fn protocol_name(version: http::Version) -> &'static str {
 /// Writes the access-log line and the request metrics when the response body ends.
 struct LogOnComplete {
     proxy: Arc<Proxy>,
+    /// The matched route, whose metric series are kept with it.
+    route: Option<Arc<CompiledRoute>>,
     record: AccessRecord,
     started: Instant,
     stats: Arc<BodyStats>,
@@ -487,32 +490,27 @@ impl Completion for LogOnComplete {
     fn complete(self: Box<Self>, bytes_out: u64, outcome: Outcome) {
         let LogOnComplete {
             proxy,
+            route,
             mut record,
             started,
             stats,
             upstream_latency,
         } = *self;
         let elapsed = started.elapsed();
-        let route = Name(record.route.clone().unwrap_or_else(|| Arc::from("")));
-        let metrics = &proxy.metrics;
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status: record.status,
-            })
-            .inc();
-        metrics
-            .request_duration
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-        if let Some(latency) = upstream_latency {
-            metrics
-                .upstream_duration
-                .get_or_create(&RouteLabels { route })
-                .observe(latency.as_secs_f64());
+        match &route {
+            Some(route) => route.metrics.record(
+                &proxy.metrics,
+                &route.name,
+                record.status,
+                elapsed,
+                upstream_latency,
+            ),
+            None => proxy.metrics.record_request(
+                &Arc::from(""),
+                record.status,
+                elapsed,
+                upstream_latency,
+            ),
         }
         if !proxy.access_log.is_on() {
             return;

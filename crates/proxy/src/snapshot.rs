@@ -18,6 +18,7 @@ use portcullis_policy::api_key::{KeyHasher, KeyTable};
 
 use crate::canonical::ClientIpResolver;
 use crate::chain::{self, ChainEntry};
+use crate::metrics::RouteMetrics;
 use crate::policies::{self, PolicyContext};
 use crate::pool::{ClientPool, ConnectionPool};
 use crate::router::{HostRule, PathRule, RouteDefinition, Router};
@@ -43,6 +44,7 @@ pub struct CompiledRoute {
     pub service: Arc<CompiledService>,
     pub strip_prefix: bool,
     pub chain: Vec<ChainEntry>,
+    pub metrics: RouteMetrics,
 }
 
 /// A service with its upstream targets and their connection pools.
@@ -147,6 +149,7 @@ pub fn compile<'k>(
             service: service.clone(),
             strip_prefix: spec.strip_prefix,
             chain,
+            metrics: RouteMetrics::default(),
         };
         definitions.push(RouteDefinition {
             paths: spec

@@ -111,9 +111,9 @@ measure_instructions() {
     START_TIMEOUT=30
 }
 
-# Syscalls counted one by one; raw_syscalls:sys_enter counts all of them.
-readonly COUNTED_SYSCALLS=(read write writev recvfrom sendto epoll_wait epoll_pwait epoll_ctl futex
-    sched_yield accept4 close)
+# Syscalls counted one by one. The event raw_syscalls:sys_enter counts all of them.
+readonly COUNTED_SYSCALLS=(read readv write writev recvfrom recvmsg sendto sendmsg epoll_wait
+    epoll_pwait epoll_ctl futex sched_yield accept4 close getsockopt setsockopt)
 
 measure_syscalls() {
     local name=$1 pid perf_pid output=$WORK_DIR/syscalls-$1.csv events=raw_syscalls:sys_enter syscall
@@ -145,6 +145,9 @@ for line in open(path):
 if total is None:
     sys.exit(f"perf stat printed no raw_syscalls:sys_enter count in {path}")
 rows.sort(key=lambda row: -row[1])
+other = total - sum(count for name, count in rows)
+if other / requests >= 0.01:
+    rows.append(("others", other))
 detail = ", ".join(f"{name} {count / requests:.2f}" for name, count in rows)
 print(f"{total / requests:.2f}|{detail}")
 PYTHON
@@ -155,7 +158,9 @@ PYTHON
 
 print_instruction_report() {
     local name
-    printf '\n%s\n' "instructions and syscalls per request, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$REPO" rev-parse --short HEAD)"
+    local build="commit $(git -C "$REPO" rev-parse --short HEAD)"
+    [[ -z ${PORTCULLIS_BINARY:-} ]] || build="portcullis binary $PORTCULLIS_BINARY"
+    printf '\n%s\n' "instructions and syscalls per request, $(date -u '+%Y-%m-%d %H:%M UTC'), $build"
     printf 'wrk -t1 -c%s; callgrind over %s; perf stat syscall tracepoints over %s\n\n' "$INSTRUCTIONS_CONNECTIONS" \
         "$INSTRUCTIONS_DURATION" "$SYSCALLS_DURATION"
     printf '| target | instructions/request | syscalls/request | syscalls/request by name |\n'

@@ -72,6 +72,12 @@ readonly LIMIT_TARGETS=(portcullis limit-local limit-redis)
 WORK_DIR=""
 REDIS_URL=""
 PIDS=()
+# Command that start_nginx and start_portcullis put before the proxy (bench/instructions.sh
+# sets valgrind), and how many seconds they wait for the proxy to start.
+PROXY_WRAPPER=()
+START_TIMEOUT=30
+# Directives that start_nginx passes with -g.
+NGINX_GLOBALS='daemon off;'
 declare -A IDLE_REPORT URL SENT ATTEMPTS_USED RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY OTHER_BUSY PROXY_CPU_US RSS_KIB
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -254,11 +260,12 @@ start_nginx() {
     port=$(free_port)
     write_nginx_config "$port"
     nginx -t -q -p "$dir" -c "$dir/nginx.conf" || die "nginx rejected the generated config $dir/nginx.conf"
-    taskset -c "$PROXY_CORE" nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' 2>>"$dir/error.log" &
+    taskset -c "$PROXY_CORE" "${PROXY_WRAPPER[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -g "$NGINX_GLOBALS" \
+        2>>"$dir/error.log" &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     URL[nginx]="http://$HOST:$port/echo/fast"
-    wait_until nginx "$PROXY_PID" 10 "$dir/error.log" status_is "${URL[nginx]}" 200
+    wait_until nginx "$PROXY_PID" "$START_TIMEOUT" "$dir/error.log" status_is "${URL[nginx]}" 200
     log "nginx $(nginx -v 2>&1 | sed 's|.*/||') on $HOST:$port, pinned to core $PROXY_CORE"
 }
 
@@ -343,15 +350,16 @@ start_portcullis() {
     local name=$1 with_policies=0 dir=$WORK_DIR/$1 proxy_address admin_address
     [[ $name == policies ]] && with_policies=1
     write_portcullis_config "$dir" "$name"
-    taskset -c "$PROXY_CORE" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
+    taskset -c "$PROXY_CORE" "${PROXY_WRAPPER[@]}" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
         --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
-    wait_until "portcullis ($name)" "$PROXY_PID" 30 "$dir/portcullis.log" test -s "$dir/addresses.json"
+    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
+        test -s "$dir/addresses.json"
     proxy_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["proxy"][0])' "$dir/addresses.json")
     admin_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$dir/addresses.json")
     ADMIN_URL="http://$admin_address"
-    wait_until "portcullis ($name)" "$PROXY_PID" 30 "$dir/portcullis.log" \
+    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
         status_is "$ADMIN_URL/health/ready" 200
     URL[$name]="http://$proxy_address/echo/fast"
     expect_status "${URL[$name]}" 200 --header "apikey: $API_KEY"
@@ -815,4 +823,7 @@ main() {
     print_report
 }
 
-main "$@"
+# bench/instructions.sh sources this file for its functions and runs its own main.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

@@ -142,15 +142,22 @@ fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> E
 
 /// Runs `future` on a new runtime and returns its exit status, or prints its error and returns
 /// `on_error`.
+///
+/// With one CPU available (by the process's affinity mask or cgroup quota), the runtime is
+/// tokio's current-thread scheduler. A multi-thread runtime would run one worker there too, and
+/// it would pay for cross-thread queues, atomics and wake-ups between that worker and the
+/// thread in `block_on`.
 fn run_to_status(
     future: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
     on_error: ExitCode,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("portcullis")
-        .build()
-    {
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|cpus| cpus.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().thread_name("portcullis").build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -925,3 +925,158 @@ async fn upstream_failure_keeps_rate_limit_headers() {
     assert_eq!(response.headers()["ratelimit-limit"], "5");
     assert_eq!(response.headers()["ratelimit-remaining"], "4");
 }
+
+/// How the counting upstream ends a connection after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpstreamClose {
+    /// Keep the connection open for more requests.
+    Never,
+    /// Send `Connection: close` and close after the response.
+    WithHeader,
+}
+
+/// A raw HTTP/1.1 upstream that counts the connections it accepted and the ones its peer closed.
+/// Every request must be a GET without a body; each gets `200 ok`.
+struct CountingUpstream {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed_by_peer: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingUpstream {
+    async fn start(close: UpstreamClose) -> CountingUpstream {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed_by_peer = Arc::new(AtomicUsize::new(0));
+        let (accepted_count, closed_count) = (accepted.clone(), closed_by_peer.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                accepted_count.fetch_add(1, Ordering::SeqCst);
+                let closed_count = closed_count.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        let read = match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => {
+                                closed_count.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(read) => read,
+                        };
+                        head.extend_from_slice(&buffer[..read]);
+                        while let Some(end) =
+                            head.windows(4).position(|window| window == b"\r\n\r\n")
+                        {
+                            head.drain(..end + 4);
+                            let response: &[u8] = match close {
+                                UpstreamClose::Never => {
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+                                }
+                                UpstreamClose::WithHeader => {
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
+                                }
+                            };
+                            if stream.write_all(response).await.is_err() {
+                                return;
+                            }
+                            if close == UpstreamClose::WithHeader {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        CountingUpstream {
+            addr,
+            accepted,
+            closed_by_peer,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn closed_by_peer(&self) -> usize {
+        self.closed_by_peer
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Sends `count` sequential requests through the gateway and checks that each one gets `ok`.
+async fn send_sequential_requests(gateway: &Gateway, count: usize) {
+    let client = client();
+    for i in 0..count {
+        let response = client
+            .get(gateway.url(&format!("/echo/{i}")))
+            .header("apikey", ALICE_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), "ok\n", "request {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connection_is_reused() {
+    let upstream = CountingUpstream::start(UpstreamClose::Never).await;
+    let gateway =
+        Gateway::start(&example_config(upstream.addr).replace("limit: 5,", "limit: 1000,"));
+    send_sequential_requests(&gateway, 20).await;
+    assert_eq!(
+        upstream.accepted(),
+        1,
+        "20 sequential requests share one connection"
+    );
+    assert_eq!(upstream.closed_by_peer(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connection_close_is_honoured() {
+    let upstream = CountingUpstream::start(UpstreamClose::WithHeader).await;
+    let gateway =
+        Gateway::start(&example_config(upstream.addr).replace("limit: 5,", "limit: 1000,"));
+    send_sequential_requests(&gateway, 10).await;
+    assert_eq!(
+        upstream.accepted(),
+        10,
+        "each response closed its connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_upstream_connection_is_closed() {
+    let upstream = CountingUpstream::start(UpstreamClose::Never).await;
+    let config = example_config(upstream.addr).replace(
+        "    targets: [",
+        "    timeouts: { idle: 300ms }\n    targets: [",
+    );
+    let gateway = Gateway::start(&config);
+    send_sequential_requests(&gateway, 1).await;
+
+    // The gateway closes the connection between one and two idle timeouts after its last use.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.closed_by_peer() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle upstream connection was still open after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.accepted(), 1);
+
+    // A later request opens a new connection.
+    send_sequential_requests(&gateway, 1).await;
+    assert_eq!(upstream.accepted(), 2);
+}

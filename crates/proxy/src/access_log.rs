@@ -112,13 +112,13 @@ impl AccessLog {
 
     pub fn write(&self, record: &AccessRecord) {
         let Some(writer) = &self.writer else { return };
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
-            Err(error) => {
-                tracing::error!(%error, "cannot serialise an access-log record");
-                return;
-            }
-        };
+        // A typical line is 350 to 450 bytes. Starting at 512 saves the reallocations that
+        // serde_json's default start of 128 bytes would make.
+        let mut line = Vec::with_capacity(512);
+        if let Err(error) = serde_json::to_writer(&mut line, record) {
+            tracing::error!(%error, "cannot serialise an access-log record");
+            return;
+        }
         line.push(b'\n');
         let mut writer = writer.clone();
         if let Err(error) = writer.write_all(&line) {

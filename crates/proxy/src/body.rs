@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::pool::PooledConnection;
+
 /// Boxed error type of the bodies in this module.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -224,7 +226,12 @@ pub trait Completion: Send + 'static {
 
 enum Content {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream {
+        body: Incoming,
+        /// The upstream connection, until the body has been read to the end and it goes back
+        /// to its pool.
+        connection: Option<PooledConnection>,
+    },
     /// A body the gateway produces itself, such as a translated AI stream.
     Generated(portcullis_ai::AiBody),
 }
@@ -242,8 +249,13 @@ impl ResponseBody {
         ResponseBody::new(Content::Full(Some(bytes).filter(|bytes| !bytes.is_empty())))
     }
 
-    pub fn upstream(body: Incoming) -> Self {
-        ResponseBody::new(Content::Upstream(body))
+    /// Creates a body read from the upstream `connection`. The connection goes back to its pool
+    /// when the body ends, and is closed when the body fails or is dropped before its end.
+    pub fn upstream(body: Incoming, connection: PooledConnection) -> Self {
+        ResponseBody::new(Content::Upstream {
+            body,
+            connection: Some(connection),
+        })
     }
 
     /// Wraps a body that the gateway generates, such as an AI response.
@@ -267,6 +279,14 @@ impl ResponseBody {
     fn finish(&mut self, outcome: Outcome) {
         if self.outcome.is_none() {
             self.outcome = Some(outcome);
+        }
+        if let Content::Upstream { connection, .. } = &mut self.content {
+            if let Some(connection) = connection.take() {
+                // Only a body read to its end leaves the connection ready for another request.
+                if outcome == Outcome::Completed {
+                    connection.release();
+                }
+            }
         }
         if let Some(completion) = self.completion.take() {
             completion.complete(self.bytes, outcome);
@@ -298,7 +318,7 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.content {
             Content::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Content::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+            Content::Upstream { body, .. } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Err(error))) => {
                     tracing::warn!(%error, "upstream response body failed mid-stream");
                     this.outcome = Some(Outcome::UpstreamError);
@@ -329,7 +349,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.content {
             Content::Full(bytes) => bytes.is_none(),
-            Content::Upstream(body) => body.is_end_stream(),
+            Content::Upstream { body, .. } => body.is_end_stream(),
             Content::Generated(body) => body.is_end_stream(),
         }
     }
@@ -338,7 +358,7 @@ impl Body for ResponseBody {
         match &self.content {
             Content::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Content::Full(None) => SizeHint::with_exact(0),
-            Content::Upstream(body) => body.size_hint(),
+            Content::Upstream { body, .. } => body.size_hint(),
             Content::Generated(body) => body.size_hint(),
         }
     }

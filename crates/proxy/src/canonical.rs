@@ -305,7 +305,7 @@ impl ClientIpResolver {
         if !self.is_trusted(peer_ip) {
             return ClientAddress {
                 ip: peer_ip,
-                forwarded_for: peer_ip.to_string(),
+                forwarded_for: ip_to_string(peer_ip),
                 via_trusted_proxy: false,
             };
         }
@@ -353,7 +353,7 @@ impl ClientIpResolver {
         if !forwarded_for.is_empty() {
             forwarded_for.push_str(", ");
         }
-        forwarded_for.push_str(&peer_ip.to_string());
+        forwarded_for.push_str(&ip_to_string(peer_ip));
         ClientAddress {
             ip: client,
             forwarded_for,
@@ -374,6 +374,29 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     inner.parse::<IpAddr>().ok().map(canonical_ip)
 }
 
+/// Formats an address as `Display` does. IPv4, the common case, is written digit by digit,
+/// because `Ipv4Addr`'s `Display` goes through the formatter for each octet and costs about
+/// five times as many instructions (measured with callgrind).
+pub fn ip_to_string(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// Maps IPv4-mapped IPv6 addresses to IPv4, so `::ffff:10.0.0.1` and `10.0.0.1` match alike.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -388,6 +411,27 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_to_string_matches_display() {
+        let addresses = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "9.10.99.100",
+            "255.255.255.255",
+            "192.168.1.20",
+            "::1",
+            "2001:db8::1",
+        ];
+        for text in addresses {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_to_string(ip), ip.to_string(), "{text}");
+        }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(octet, octet, 0, octet));
+            assert_eq!(ip_to_string(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn path_variants_normalise_to_one_form() {

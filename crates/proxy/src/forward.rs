@@ -106,9 +106,11 @@ pub(crate) async fn forward(
                 ));
             }
         };
-        if let Some(index) = balancer.index_of(&attempt) {
-            tried.push(index);
-        }
+        // `select` only returns attempts on the balancer's own targets, so the index is known.
+        let Some(index) = balancer.index_of(&attempt) else {
+            break;
+        };
+        tried.push(index);
         let target_state = attempt.target().clone();
         let target = &target_state.target;
         log.upstream_addr = Some(target.address.clone());
@@ -118,7 +120,7 @@ pub(crate) async fn forward(
             break;
         };
 
-        let uri = target.uri(request.path, request.query)?;
+        let uri = target.origin_form(request.path, request.query)?;
         let mut headers = request.headers.clone();
         let host = match (&request.original_host, service.preserve_host) {
             (Some(host), true) => host.clone(),
@@ -135,7 +137,7 @@ pub(crate) async fn forward(
         *upstream_request.headers_mut() = headers;
 
         let result = upstream::send(
-            &service.client,
+            service.pool(index),
             upstream_request,
             service.response_timeout,
             target,

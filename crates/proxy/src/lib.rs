@@ -2,7 +2,7 @@
 //!
 //! A request flows once through fixed phases: accept and parse ([`server`]), canonicalise
 //! ([`canonical`]), route ([`router`]), then the policy chain ([`chain`]: authenticate,
-//! authorize, limit, inspect), forward ([`upstream`]) and log ([`access_log`]). [`service`]
+//! authorize, limit, inspect), forward ([`upstream`], over the connections of [`pool`]) and log ([`access_log`]). [`service`]
 //! drives the phases in that order.
 //!
 //! The data plane reads only an immutable [`snapshot::Snapshot`], swapped atomically by the
@@ -20,6 +20,7 @@ mod health_check;
 pub mod jwks;
 pub mod metrics;
 pub mod policies;
+pub mod pool;
 pub mod router;
 pub mod server;
 pub mod service;

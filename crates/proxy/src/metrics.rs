@@ -1,6 +1,7 @@
 //! Prometheus metrics of the data plane, served by the admin listener at `/metrics`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -106,7 +107,97 @@ pub struct Metrics {
     pub introspection_calls: Family<IntrospectionLabels, Counter>,
 }
 
+/// The series of one route that almost every request updates, looked up in their families on
+/// first use and kept with the compiled route, so that a request does not hash its labels.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    /// `portcullis_requests_total` with status 200.
+    ok_requests: OnceLock<Counter>,
+    request_duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+}
+
+impl RouteMetrics {
+    /// Records a finished request of the route named `route`, as [`Metrics::record_request`]
+    /// does.
+    pub fn record(
+        &self,
+        metrics: &Metrics,
+        route: &Arc<str>,
+        status: u16,
+        duration: Duration,
+        upstream_latency: Option<Duration>,
+    ) {
+        let route_labels = || RouteLabels {
+            route: Name(route.clone()),
+        };
+        if status == 200 {
+            self.ok_requests
+                .get_or_init(|| {
+                    let labels = RequestLabels {
+                        route: Name(route.clone()),
+                        status,
+                    };
+                    metrics.requests.get_or_create(&labels).clone()
+                })
+                .inc();
+        } else {
+            metrics.count_request(route, status);
+        }
+        self.request_duration
+            .get_or_init(|| {
+                metrics
+                    .request_duration
+                    .get_or_create(&route_labels())
+                    .clone()
+            })
+            .observe(duration.as_secs_f64());
+        if let Some(latency) = upstream_latency {
+            self.upstream_duration
+                .get_or_init(|| {
+                    metrics
+                        .upstream_duration
+                        .get_or_create(&route_labels())
+                        .clone()
+                })
+                .observe(latency.as_secs_f64());
+        }
+    }
+}
+
 impl Metrics {
+    /// Records a finished request: its count by route and status, its duration and the time
+    /// its upstream took to send the response headers. `route` is empty for a request that
+    /// matched no route.
+    pub fn record_request(
+        &self,
+        route: &Arc<str>,
+        status: u16,
+        duration: Duration,
+        upstream_latency: Option<Duration>,
+    ) {
+        let route_labels = RouteLabels {
+            route: Name(route.clone()),
+        };
+        self.count_request(route, status);
+        self.request_duration
+            .get_or_create(&route_labels)
+            .observe(duration.as_secs_f64());
+        if let Some(latency) = upstream_latency {
+            self.upstream_duration
+                .get_or_create(&route_labels)
+                .observe(latency.as_secs_f64());
+        }
+    }
+
+    fn count_request(&self, route: &Arc<str>, status: u16) {
+        let labels = RequestLabels {
+            route: Name(route.clone()),
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+    }
+
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let metrics = Metrics {

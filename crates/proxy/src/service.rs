@@ -18,7 +18,7 @@ use crate::canonical::{self, CanonicalRequest};
 use crate::chain::{self, Exchange};
 use crate::error::{Rejection, Side};
 use crate::forward::{self, Answered, AttemptLog, Outgoing};
-use crate::metrics::{Metrics, Name, RejectionLabels, RequestLabels, RouteLabels};
+use crate::metrics::{Metrics, Name, RejectionLabels};
 use crate::router::{self, NoMatch};
 use crate::snapshot::{CompiledRoute, Snapshot, SnapshotHandle};
 use crate::targets::InFlight;
@@ -57,7 +57,7 @@ struct Trace {
     path: Option<String>,
     host: String,
     client_ip: Option<String>,
-    route: Option<Arc<str>>,
+    route: Option<Arc<CompiledRoute>>,
     service: Option<Arc<str>>,
     consumer: Option<Arc<str>>,
     credential_id: Option<Arc<str>>,
@@ -112,7 +112,10 @@ impl Proxy {
             if let Ok(value) = HeaderValue::from_str(&milliseconds) {
                 response.headers_mut().insert(X_OVERHEAD_MS, value);
             }
-            let route = trace.route.as_deref().unwrap_or("").to_string();
+            let route = trace
+                .route
+                .as_ref()
+                .map_or_else(String::new, |route| route.name.to_string());
             self.metrics
                 .ai
                 .overhead
@@ -144,9 +147,9 @@ impl Proxy {
         let record = AccessRecord {
             time: String::new(),
             request_id,
-            client_ip: trace
-                .client_ip
-                .unwrap_or_else(|| canonical::canonical_ip(connection.peer.ip()).to_string()),
+            client_ip: trace.client_ip.unwrap_or_else(|| {
+                canonical::ip_to_string(canonical::canonical_ip(connection.peer.ip()))
+            }),
             method: parts.method.as_str().to_string(),
             path: trace.path.unwrap_or_else(|| parts.uri.path().to_string()),
             protocol: protocol_name(parts.version),
@@ -160,7 +163,7 @@ impl Proxy {
                 .map(|latency| latency.as_secs_f64() * 1000.0),
             upstream_addr: trace.upstream_addr,
             retries: trace.retries,
-            route: trace.route,
+            route: trace.route.as_ref().map(|route| route.name.clone()),
             service: trace.service,
             consumer: trace.consumer,
             credential_id: trace.credential_id,
@@ -172,6 +175,7 @@ impl Proxy {
         response.body_mut().on_complete(Box::new(LogOnComplete {
             ai_call: trace.ai_call,
             proxy: self.clone(),
+            route: trace.route,
             record,
             started,
             stats,
@@ -204,7 +208,7 @@ impl Proxy {
         let path = canonical::normalize_path(parts.uri.path())?;
         trace.path = Some(path.clone());
         let client = snapshot.client_ip.resolve(connection.peer, &parts.headers);
-        trace.client_ip = Some(client.ip.to_string());
+        trace.client_ip = Some(canonical::ip_to_string(client.ip));
         let scheme = match (
             client.via_trusted_proxy,
             parts
@@ -244,7 +248,7 @@ impl Proxy {
             })?;
         let route: &CompiledRoute = found.route;
         let matched = found.matched.to_string();
-        trace.route = Some(route.name.clone());
+        trace.route = Some(found.route.clone());
         trace.service = route.service.as_ref().map(|service| service.name.clone());
 
         // Authenticate, authorize, limit and inspect.
@@ -389,7 +393,7 @@ impl Proxy {
         }
         Ok(Response::from_parts(
             response_parts,
-            ResponseBody::upstream(upstream_body),
+            ResponseBody::upstream(upstream_body, forwarded.connection),
         ))
     }
 }
@@ -514,8 +518,14 @@ fn request_id(headers: &HeaderMap) -> String {
             return value.to_string();
         }
     }
+    const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 16] = rand::thread_rng().r#gen();
-    hex::encode(bytes)
+    let mut id = String::with_capacity(32);
+    for byte in bytes {
+        id.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        id.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
+    }
+    id
 }
 
 fn rejection_response(rejection: &Rejection, request_id: &str) -> Response<ResponseBody> {
@@ -547,6 +557,8 @@ fn protocol_name(version: http::Version) -> &'static str {
 struct LogOnComplete {
     ai_call: Option<Arc<portcullis_ai::CallRecord>>,
     proxy: Arc<Proxy>,
+    /// The matched route, whose metric series are kept with it.
+    route: Option<Arc<CompiledRoute>>,
     record: AccessRecord,
     started: Instant,
     stats: Arc<BodyStats>,
@@ -562,6 +574,7 @@ impl Completion for LogOnComplete {
         let LogOnComplete {
             ai_call,
             proxy,
+            route,
             mut record,
             started,
             stats,
@@ -571,34 +584,26 @@ impl Completion for LogOnComplete {
         } = *self;
         drop(leases);
         let elapsed = started.elapsed();
-        let route = Name(record.route.clone().unwrap_or_else(|| Arc::from("")));
-        let route_name = route.0.clone();
         let metrics = &proxy.metrics;
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status: record.status,
-            })
-            .inc();
-        metrics
-            .request_duration
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-        if let Some(latency) = upstream_latency {
-            metrics
-                .upstream_duration
-                .get_or_create(&RouteLabels { route })
-                .observe(latency.as_secs_f64());
+        match &route {
+            Some(route) => route.metrics.record(
+                metrics,
+                &route.name,
+                record.status,
+                elapsed,
+                upstream_latency,
+            ),
+            None => {
+                metrics.record_request(&Arc::from(""), record.status, elapsed, upstream_latency)
+            }
         }
         if let Some(call) = ai_call {
             // Read at the end of the body, including a client disconnect, so the tokens
             // received so far are counted.
             let summary = call.summary();
             let consumer = record.consumer.as_deref().unwrap_or("");
-            metrics.ai.record(&summary, consumer, &route_name);
+            let route_name = route.as_ref().map_or("", |route| &*route.name);
+            metrics.ai.record(&summary, consumer, route_name);
             record.ai = Some(summary);
         }
         if !proxy.access_log.is_on() {

@@ -18,10 +18,12 @@ use portcullis_policy::api_key::{KeyHasher, KeyTable};
 use crate::balancer::Balancer;
 use crate::canonical::ClientIpResolver;
 use crate::chain::{self, ChainEntry};
+use crate::metrics::RouteMetrics;
 use crate::policies::{self, PolicyContext};
+use crate::pool::{ClientPool, ConnectionPool};
 use crate::router::{HostRule, PathRule, RouteDefinition, Router};
 use crate::targets::TargetRegistry;
-use crate::upstream::{ClientPool, Target, UpstreamClient};
+use crate::upstream::Target;
 use crate::usage::KeyUsage;
 
 /// One compiled configuration.
@@ -48,19 +50,28 @@ pub struct CompiledRoute {
     pub ai: Option<Arc<portcullis_ai::Gateway>>,
     pub strip_prefix: bool,
     pub chain: Vec<ChainEntry>,
+    pub metrics: RouteMetrics,
 }
 
-/// A service with its upstream targets and pooled client.
+/// A service with its upstream targets and their connection pools.
 pub struct CompiledService {
     pub name: Arc<str>,
     pub balancer: Balancer,
+    /// The connection pool of each target, at the target's index in `balancer.targets`.
+    pools: Vec<Arc<ConnectionPool>>,
     pub preserve_host: bool,
-    pub client: UpstreamClient,
     pub response_timeout: std::time::Duration,
     /// Retries after the first attempt.
     pub retry_attempts: u32,
     /// Statuses retried for idempotent requests.
     pub retry_statuses: Vec<u16>,
+}
+
+impl CompiledService {
+    /// Returns the connection pool of the target at `index` in `balancer.targets`.
+    pub fn pool(&self, index: usize) -> &Arc<ConnectionPool> {
+        &self.pools[index]
+    }
 }
 
 /// A consumer as the data plane sees it.
@@ -173,6 +184,7 @@ pub fn compile<'k>(
             ai,
             strip_prefix: spec.strip_prefix,
             chain,
+            metrics: RouteMetrics::default(),
         };
         definitions.push(RouteDefinition {
             paths: spec
@@ -257,13 +269,19 @@ fn compile_service(
             spec.name
         )));
     }
+    let pools = targets
+        .iter()
+        .map(|target| {
+            context
+                .clients
+                .pool(&target.address, spec.timeouts.connect, spec.timeouts.idle)
+        })
+        .collect();
     Ok(CompiledService {
         name: spec.name.as_str().into(),
         balancer: Balancer::new(spec, targets, &context.targets),
+        pools,
         preserve_host: spec.preserve_host,
-        client: context
-            .clients
-            .client(spec.timeouts.connect, spec.timeouts.idle),
         response_timeout: spec.timeouts.response,
         retry_attempts: spec.retries.attempts,
         retry_statuses: spec.retries.on_statuses.clone(),

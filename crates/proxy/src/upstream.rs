@@ -1,28 +1,20 @@
-//! Upstream targets, pooled clients and the forwarding of one request.
+//! Upstream targets and the forwarding of one request.
 //!
-//! Clients are pooled per pair of connect and idle timeouts and kept across snapshots, so a
-//! config reload keeps its warm keep-alive connections. The upstream protocol is HTTP/1.1 with
-//! keep-alive whatever the client spoke.
+//! The upstream protocol is HTTP/1.1 with keep-alive, whatever protocol the client used.
+//! [`crate::pool`] keeps the connections.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-use std::sync::atomic::Ordering;
 
 use crate::body::{AttemptBody, BodyStats};
 use crate::error::Rejection;
-
-/// A pooled HTTP/1.1 client for upstream requests.
-pub type UpstreamClient = Client<HttpConnector, AttemptBody>;
+use crate::pool::{ConnectionPool, PooledConnection, UpstreamError};
 
 /// One upstream base URL.
 #[derive(Debug, Clone)]
@@ -79,8 +71,25 @@ impl Target {
         })
     }
 
-    /// Builds the upstream URI for a canonical path and query.
+    /// Builds the absolute upstream URI for a canonical path and query.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(self.path_and_query(path, query)?)
+            .build()
+            .map_err(|_| {
+                Rejection::bad_request("invalid_request_target", "the request target is invalid")
+            })
+    }
+
+    /// Builds the origin-form request target (path and query) that [`ConnectionPool::send`]
+    /// writes on the connection, for a canonical path and query.
+    pub fn origin_form(&self, path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+        Ok(Uri::from(self.path_and_query(path, query)?))
+    }
+
+    fn path_and_query(&self, path: &str, query: Option<&str>) -> Result<PathAndQuery, Rejection> {
         let mut path_and_query = String::with_capacity(
             self.base_path.len() + path.len() + query.map_or(0, str::len) + 1,
         );
@@ -90,48 +99,9 @@ impl Target {
             path_and_query.push('?');
             path_and_query.push_str(query);
         }
-        let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|_| {
+        PathAndQuery::try_from(path_and_query).map_err(|_| {
             Rejection::bad_request("invalid_query", "the request query string is invalid")
-        })?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| {
-                Rejection::bad_request("invalid_request_target", "the request target is invalid")
-            })
-    }
-}
-
-/// Upstream clients shared by all snapshots.
-#[derive(Default)]
-pub struct ClientPool {
-    clients: Mutex<HashMap<(Duration, Duration), UpstreamClient>>,
-}
-
-impl ClientPool {
-    /// Returns the client for a connect timeout and an idle timeout, creating it on first use.
-    pub fn client(&self, connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
-            .entry((connect_timeout, idle_timeout))
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_nodelay(true);
-                connector.set_keepalive(Some(Duration::from_secs(60)));
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(idle_timeout)
-                    .pool_max_idle_per_host(1024)
-                    .build(connector)
-            })
-            .clone()
+        })
     }
 }
 
@@ -151,6 +121,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers and every header that `Connection` names. Callers add the headers
 /// the gateway sets only afterwards, so `Connection` cannot remove them.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these headers. One pass over the names finds that out,
+    // where each `remove` below would hash its name and probe the map.
+    let any_hop_by_hop = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any_hop_by_hop {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -171,6 +149,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Forwarded {
     pub response: Response<Incoming>,
     pub upstream_latency: Duration,
+    /// The connection the response arrives on, to release once its body has been read.
+    pub connection: PooledConnection,
 }
 
 /// How an upstream attempt failed, which decides whether a retry may follow.
@@ -195,7 +175,7 @@ pub struct SendError {
 
 /// Sends `request` to the upstream and waits for its response headers.
 pub async fn send(
-    client: &UpstreamClient,
+    pool: &Arc<ConnectionPool>,
     mut request: Request<AttemptBody>,
     response_timeout: Duration,
     target: &Target,
@@ -203,12 +183,13 @@ pub async fn send(
 ) -> Result<Forwarded, SendError> {
     *request.version_mut() = Version::HTTP_11;
     let started = Instant::now();
-    let result = tokio::time::timeout(response_timeout, client.request(request)).await;
+    let result = tokio::time::timeout(response_timeout, pool.send(request)).await;
     let upstream_latency = started.elapsed();
     match result {
-        Ok(Ok(response)) => Ok(Forwarded {
+        Ok(Ok((response, connection))) => Ok(Forwarded {
             response,
             upstream_latency,
+            connection,
         }),
         Ok(Err(error)) => {
             if body.too_large.load(Ordering::Relaxed) {
@@ -247,15 +228,14 @@ pub async fn send(
     }
 }
 
-/// Maps a client error to a rejection and logs it with the target address.
-fn classify(error: &hyper_util::client::legacy::Error, target: &Target) -> SendError {
-    let timed_out = error_chain(error).any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            || cause.to_string().contains("timed out")
-            || cause.to_string().contains("timeout")
-    });
+/// Maps an upstream error to a rejection and a failure kind, and logs it with the target address.
+fn classify(error: &UpstreamError, target: &Target) -> SendError {
+    let timed_out = matches!(error, UpstreamError::ConnectTimedOut)
+        || error_chain(error).any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
     let detail = error_chain(error)
         .map(ToString::to_string)
         .collect::<Vec<_>>()

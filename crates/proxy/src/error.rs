@@ -34,6 +34,10 @@ pub struct Rejection {
     pub policy: Option<&'static str>,
     /// Headers to send with the error response, such as `WWW-Authenticate` or `Retry-After`.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A body that replaces the JSON error body, for answers that a policy gives itself and
+    /// that are not errors, such as a redirect or a CORS preflight response. Its content type,
+    /// if it has one, goes in `headers`.
+    pub custom_body: Option<Bytes>,
 }
 
 impl Rejection {
@@ -54,6 +58,16 @@ impl Rejection {
             side,
             policy: None,
             headers: Vec::new(),
+            custom_body: None,
+        }
+    }
+
+    /// Returns an answer that a policy gives instead of forwarding the request, with its own
+    /// `body` in place of the JSON error body. `code` names the answer in the access log.
+    pub fn respond(status: StatusCode, code: &'static str, body: Bytes) -> Self {
+        Rejection {
+            custom_body: Some(body),
+            ..Rejection::new(status, code, "")
         }
     }
 

@@ -529,13 +529,19 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 fn rejection_response(rejection: &Rejection, request_id: &str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(rejection.body(request_id)));
+    let body = match &rejection.custom_body {
+        Some(body) => body.clone(),
+        None => rejection.body(request_id),
+    };
+    let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = rejection.status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    if rejection.custom_body.is_none() {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (name, value) in &rejection.headers {
         headers.append(name.clone(), value.clone());

@@ -421,7 +421,10 @@ fn schemas() -> Value {
                 { "type": "object", "required": ["ip-restriction"], "additionalProperties": false, "properties": { "ip-restriction": schema_ref("IpRestriction") } },
                 { "type": "object", "required": ["rate-limit"], "additionalProperties": false, "properties": { "rate-limit": schema_ref("RateLimit") } },
                 { "type": "object", "required": ["jwt"], "additionalProperties": false, "properties": { "jwt": schema_ref("Jwt") } },
-                { "type": "object", "required": ["oauth2-introspection"], "additionalProperties": false, "properties": { "oauth2-introspection": schema_ref("Oauth2Introspection") } }
+                { "type": "object", "required": ["oauth2-introspection"], "additionalProperties": false, "properties": { "oauth2-introspection": schema_ref("Oauth2Introspection") } },
+                { "type": "object", "required": ["cors"], "additionalProperties": false, "properties": { "cors": schema_ref("Cors") } },
+                { "type": "object", "required": ["csrf"], "additionalProperties": false, "properties": { "csrf": schema_ref("Csrf") } },
+                { "type": "object", "required": ["security-headers"], "additionalProperties": false, "properties": { "security-headers": schema_ref("SecurityHeaders") } }
             ]
         },
         "KeyAuth": {
@@ -512,6 +515,50 @@ fn schemas() -> Value {
                 "cache_max_entries": { "type": "integer", "default": 10000 },
                 "stale_if_error": duration,
                 "jwks_refresh_interval": duration
+            }
+        },
+        "Cors": {
+            "type": "object",
+            "description": "Cross-origin resource sharing; answers preflights in the gateway",
+            "properties": {
+                "allowed_origins": { "type": "array", "items": { "type": "string" }, "description": "Exact origins such as `https://app.example.com`, or `*` alone" },
+                "allowed_origin_patterns": { "type": "array", "items": { "type": "string" }, "description": "Patterns such as `https://*.example.com`, matching every subdomain" },
+                "allowed_methods": { "type": "array", "items": { "type": "string" }, "default": ["GET", "HEAD", "POST"] },
+                "allowed_headers": { "type": "array", "items": { "type": "string" }, "description": "Request headers a preflight may ask for, or `*` alone" },
+                "exposed_headers": { "type": "array", "items": { "type": "string" } },
+                "max_age": { "type": "string", "description": "Preflight cache lifetime such as `10m`, at most `24h`" },
+                "allow_credentials": { "type": "boolean", "default": false, "description": "Not allowed together with the origin `*`" },
+                "disallowed_origin": { "type": "string", "enum": ["ignore", "reject"], "default": "ignore" }
+            }
+        },
+        "Csrf": {
+            "type": "object",
+            "description": "Cross-site request forgery check for unsafe methods on cookie-authenticated routes",
+            "required": ["secret_env"],
+            "properties": {
+                "allowed_origins": { "type": "array", "items": { "type": "string" } },
+                "sec_fetch_site": { "type": "array", "items": { "type": "string", "enum": ["same-origin", "same-site", "none"] }, "default": ["same-origin"] },
+                "secret_env": { "type": "string", "description": "Name of the environment variable with the token secret (at least 32 bytes)" },
+                "cookie_name": { "type": "string", "default": "portcullis-csrf" },
+                "header_name": { "type": "string", "default": "x-csrf-token" },
+                "token_ttl": { "type": "string", "default": "12h" },
+                "cookie_same_site": { "type": "string", "enum": ["strict", "lax"], "default": "strict" },
+                "exempt_headers": { "type": "array", "items": { "type": "string" }, "description": "Headers that exempt a request without cookies, such as `authorization` (Bearer only)" }
+            }
+        },
+        "SecurityHeaders": {
+            "type": "object",
+            "description": "Security response headers; each header takes a value, `false` to leave it out, or `true` for its default",
+            "properties": {
+                "strict_transport_security": { "type": ["string", "boolean"], "default": "max-age=31536000; includeSubDomains" },
+                "hsts_on_plain_http": { "type": "boolean", "default": false },
+                "x_content_type_options": { "type": ["string", "boolean"], "default": "nosniff" },
+                "x_frame_options": { "type": ["string", "boolean"], "default": "DENY" },
+                "referrer_policy": { "type": ["string", "boolean"], "default": "no-referrer" },
+                "permissions_policy": { "type": ["string", "boolean"], "default": "camera=(), geolocation=(), microphone=(), payment=(), usb=()" },
+                "cross_origin_opener_policy": { "type": ["string", "boolean"], "default": "same-origin" },
+                "content_security_policy": { "type": ["string", "boolean"], "default": "default-src 'none'; frame-ancestors 'none'" },
+                "override": { "type": "array", "items": { "type": "string" }, "description": "Header names whose value replaces the upstream's" }
             }
         },
         "IpRestriction": {

@@ -5,6 +5,7 @@
 //! key path, so `portcullis validate` can point at the exact spot.
 
 pub mod ai;
+pub mod browser;
 mod duration;
 mod load;
 pub mod model;
@@ -16,6 +17,7 @@ pub use ai::{
     AiConfig, AiRouteSpec, ApiKey, ModelAliasSpec, PriceSpec, ProviderKind, ProviderSpec,
     split_target,
 };
+pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{
     ConfigError, ConfigErrors, KeyError, embedded_default, line_index, load_file, load_str,
     validate_consumer_fields, validate_entities, validate_policies, validate_route_fields,

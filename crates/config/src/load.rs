@@ -198,8 +198,8 @@ fn check_rotation_webhooks(config: &Config) -> Vec<KeyError> {
     errors
 }
 
-/// Checks that every `secret_env` of a `jwt` key names a set variable, so a missing secret
-/// stops the start with the file and line instead of failing the snapshot build.
+/// Checks that every `secret_env` of a `jwt` key or a `csrf` policy names a set variable, so a
+/// missing secret stops the start with the file and line instead of failing the snapshot build.
 fn check_secret_variables(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<KeyError> {
     let entities = &config.entities;
     let mut levels: Vec<(String, &[PolicySpec])> = vec![("policies".into(), &config.policies)];
@@ -228,6 +228,30 @@ fn check_secret_variables(config: &Config, env: &dyn Fn(&str) -> Option<String>)
                             format!("environment variable `{name}` with the {what} is not set"),
                         ));
                     }
+                }
+                continue;
+            }
+            if let PolicySpec::Csrf(spec) = policy {
+                let key = format!("{at}[{i}].csrf.secret_env");
+                match env(&spec.secret_env) {
+                    None => errors.push(KeyError::new(
+                        key,
+                        format!(
+                            "environment variable `{}` with the CSRF token secret is not set",
+                            spec.secret_env
+                        ),
+                    )),
+                    Some(secret) if secret.len() < crate::browser::MIN_CSRF_SECRET_BYTES => {
+                        errors.push(KeyError::new(
+                            key,
+                            format!(
+                                "environment variable `{}` must contain at least {} bytes",
+                                spec.secret_env,
+                                crate::browser::MIN_CSRF_SECRET_BYTES
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
                 }
                 continue;
             }
@@ -712,6 +736,18 @@ pub fn validate_consumer_fields(at: &str, consumer: &crate::model::ConsumerSpec)
         &format!("{at}.policies"),
         &consumer.policies,
     ));
+    for (j, policy) in consumer.policies.iter().enumerate() {
+        if policy.runs_before_authentication() {
+            errors.push(KeyError::new(
+                format!("{at}.policies[{j}].{}", policy.kind()),
+                format!(
+                    "`{}` runs before the caller is authenticated, so it cannot be attached to \
+                     a consumer; attach it globally, to a service or to a route",
+                    policy.kind()
+                ),
+            ));
+        }
+    }
     errors
 }
 
@@ -812,6 +848,11 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
                 if empty {
                     errors.push(KeyError::new(key, "acl needs at least one of roles, all_roles, deny_roles, allow_consumers, deny_consumers, scopes, any_scopes"));
                 }
+            }
+            PolicySpec::Cors(spec) => errors.extend(crate::browser::validate_cors(&key, spec)),
+            PolicySpec::Csrf(spec) => errors.extend(crate::browser::validate_csrf(&key, spec)),
+            PolicySpec::SecurityHeaders(spec) => {
+                errors.extend(crate::browser::validate_security_headers(&key, spec));
             }
             PolicySpec::IpRestriction(spec) => {
                 if spec.allow.is_empty() && spec.deny.is_empty() {

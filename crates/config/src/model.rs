@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::ai::{AiConfig, AiRouteSpec};
+use crate::browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 use crate::duration;
 use crate::upstream::{
     CircuitBreakerSpec, HealthChecksSpec, Http2Settings, LoadBalancingSpec, RetrySpec, TargetSpec,
@@ -669,6 +670,9 @@ pub enum PolicySpec {
     RateLimit(RateLimitSpec),
     Jwt(JwtSpec),
     Oauth2Introspection(IntrospectionSpec),
+    Cors(CorsSpec),
+    Csrf(CsrfSpec),
+    SecurityHeaders(SecurityHeadersSpec),
 }
 
 impl PolicySpec {
@@ -681,7 +685,19 @@ impl PolicySpec {
             PolicySpec::RateLimit(_) => "rate-limit",
             PolicySpec::Jwt(_) => "jwt",
             PolicySpec::Oauth2Introspection(_) => "oauth2-introspection",
+            PolicySpec::Cors(_) => "cors",
+            PolicySpec::Csrf(_) => "csrf",
+            PolicySpec::SecurityHeaders(_) => "security-headers",
         }
+    }
+
+    /// Returns whether the policy runs before authentication, in the proxy's browser phase, so
+    /// that a consumer's own policies cannot include it.
+    pub fn runs_before_authentication(&self) -> bool {
+        matches!(
+            self,
+            PolicySpec::Cors(_) | PolicySpec::Csrf(_) | PolicySpec::SecurityHeaders(_)
+        )
     }
 
     /// Returns the identity under which a more specific attachment overrides a less specific

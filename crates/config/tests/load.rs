@@ -905,3 +905,99 @@ fn rate_limit_name_must_be_a_plain_name() {
     )
     .unwrap();
 }
+
+/// Returns every error of `source` as text.
+fn all_errors(source: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    load_str(source, Some(Path::new("/etc/portcullis/gateway.yaml")), env)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn browser_policies_load() {
+    let source = r#"
+policies:
+  - security-headers:
+      x_frame_options: SAMEORIGIN
+      permissions_policy: false
+      override: [x-frame-options]
+routes:
+  - name: app
+    paths: [/app]
+    service: app
+    policies:
+      - cors:
+          allowed_origins: [https://app.example.com, http://localhost:3000]
+          allowed_origin_patterns: ["https://*.example.org"]
+          allow_credentials: true
+          max_age: 10m
+      - csrf: { secret_env: CSRF_SECRET, exempt_headers: [authorization] }
+services:
+  - name: app
+    targets: [http://127.0.0.1:9000]
+"#;
+    let env = |name: &str| (name == "CSRF_SECRET").then(|| "s".repeat(32));
+    let config = load_str(source, None, &env).unwrap();
+    let PolicySpec::SecurityHeaders(headers) = &config.policies[0] else {
+        panic!("{:?}", config.policies[0]);
+    };
+    let resolved = headers.resolved();
+    assert!(resolved.contains(&("x-frame-options", "SAMEORIGIN".to_string())));
+    assert!(
+        resolved
+            .iter()
+            .all(|(name, _)| *name != "permissions-policy")
+    );
+    let PolicySpec::Cors(cors) = &config.entities.routes[0].policies[0] else {
+        panic!("{:?}", config.entities.routes[0].policies[0]);
+    };
+    assert_eq!(cors.max_age, Some(std::time::Duration::from_secs(600)));
+    assert_eq!(cors.allowed_methods, ["GET", "HEAD", "POST"]);
+}
+
+#[test]
+fn invalid_browser_policies_are_located() {
+    let source = r#"
+routes:
+  - name: app
+    paths: [/app]
+    service: app
+    policies:
+      - cors:
+          allowed_origins: ["*", https://App.example.com/]
+          allowed_origin_patterns: ["https://*"]
+          allow_credentials: true
+      - csrf: { secret_env: CSRF_SECRET, cookie_name: "bad name" }
+      - security-headers: { override: [server] }
+services:
+  - name: app
+    targets: [http://127.0.0.1:9000]
+consumers:
+  - name: alice
+    policies:
+      - security-headers: {}
+"#;
+    let env = |name: &str| (name == "CSRF_SECRET").then(|| "short".to_string());
+    let errors = all_errors(source, &env);
+    let expected = [
+        ":8: key `routes[0].policies[0].cors.allowed_origins[0]`: `*` allows every origin",
+        ":8: key `routes[0].policies[0].cors.allowed_origins[1]`: invalid origin",
+        ":9: key `routes[0].policies[0].cors.allowed_origin_patterns[0]`: invalid origin pattern",
+        ":10: key `routes[0].policies[0].cors.allow_credentials`: `allow_credentials: true` cannot be combined",
+        ":11: key `routes[0].policies[1].csrf.cookie_name`: invalid cookie name",
+        ":11: key `routes[0].policies[1].csrf.secret_env`: environment variable `CSRF_SECRET` must contain at least 32 bytes",
+        ":12: key `routes[0].policies[2].security-headers.override[0]`: `server` is not a header of this policy",
+        ":19: key `consumers[0].policies[0].security-headers`: `security-headers` runs before the caller is authenticated",
+    ];
+    for fragment in expected {
+        assert!(
+            errors.iter().any(|error| error.contains(fragment)),
+            "no error contains {fragment:?}:\n{}",
+            errors.join("\n")
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{}", errors.join("\n"));
+}

@@ -6,7 +6,10 @@
 //! can be tested with fixed inputs and a fake clock.
 
 pub mod api_key;
+pub mod cors;
+pub mod csrf;
 pub mod introspection;
 pub mod jwt;
 pub mod rate_limit;
+pub mod security_headers;
 pub mod upstream;

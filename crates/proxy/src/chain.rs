@@ -5,12 +5,20 @@
 //! 1. accept and parse (hyper, with header and URI size limits),
 //! 2. canonicalise (one form of path, host and client IP, see [`crate::canonical`]),
 //! 3. route,
-//! 4. [`Phase::Authenticate`]: find who the caller is, or reject with 401,
-//! 5. [`Phase::Authorize`]: decide whether that caller may use the route, or reject with 403,
-//! 6. [`Phase::Limit`]: count the request against rate limits, or reject with 429,
-//! 7. [`Phase::Inspect`]: look at the request content (WAF), or reject with 403,
-//! 8. forward to the upstream,
-//! 9. log.
+//! 4. [`Phase::Browser`]: CORS, CSRF and security response headers; may answer a CORS
+//!    preflight itself or reject with 403,
+//! 5. [`Phase::Authenticate`]: find who the caller is, or reject with 401,
+//! 6. [`Phase::Authorize`]: decide whether that caller may use the route, or reject with 403,
+//! 7. [`Phase::Limit`]: count the request against rate limits, or reject with 429,
+//! 8. [`Phase::Inspect`]: look at the request content (WAF), or reject with 403,
+//! 9. forward to the upstream,
+//! 10. log.
+//!
+//! A policy of the browser phase may set [`Exchange::answer`], a response the gateway gives in
+//! place of forwarding, such as the answer to a CORS preflight. A browser sends a preflight
+//! without credentials, so an answered request skips the authenticate and authorize phases;
+//! it still passes the limit phase, where a limit that counts by consumer counts it by client
+//! IP, and then gets the answer without reaching the inspect phase or the upstream.
 //!
 //! A route's chain holds its global, service and route policies merged (a more specific level
 //! replaces a less specific one with the same override key) and sorted by phase. Once a
@@ -21,17 +29,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Uri};
 
 use portcullis_policy::rate_limit::Lease;
 
 use crate::canonical::CanonicalRequest;
 use crate::error::Rejection;
+use crate::header_edits::HeaderEdits;
 use crate::snapshot::{CompiledRoute, ConsumerInfo, Snapshot};
 
 /// The phase a policy runs in. Phases run in declaration order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
+    Browser,
     Authenticate,
     Authorize,
     Limit,
@@ -43,6 +53,8 @@ pub struct Exchange<'r> {
     pub snapshot: &'r Snapshot,
     pub route: &'r CompiledRoute,
     pub method: &'r Method,
+    /// The request target as received, whose authority names the request's own origin.
+    pub uri: &'r Uri,
     /// Request headers; an authentication policy removes the credential it consumed.
     pub headers: &'r mut HeaderMap,
     pub canonical: &'r mut CanonicalRequest,
@@ -59,6 +71,11 @@ pub struct Exchange<'r> {
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Headers to add to the response, such as rate-limit state.
     pub response_headers: HeaderMap,
+    /// Other changes to the response headers, applied to every response of this request.
+    pub header_edits: HeaderEdits,
+    /// A response that a browser-phase policy gives in place of forwarding, sent after the
+    /// limit phase.
+    pub answer: Option<Rejection>,
     /// Concurrency-limit slots held by this request, returned when the response body ends or
     /// the client goes away.
     pub leases: Vec<Lease>,
@@ -118,6 +135,20 @@ pub async fn run(exchange: &mut Exchange<'_>) -> Result<(), Rejection> {
     let route = exchange.route;
     let route_chain = &route.chain;
     let mut index = 0;
+    while index < route_chain.len() && route_chain[index].policy.phase() == Phase::Browser {
+        let policy = route_chain[index].policy.clone();
+        policy.on_request(exchange).await?;
+        index += 1;
+    }
+    if let Some(answer) = exchange.answer.take() {
+        for entry in route_chain[index..]
+            .iter()
+            .filter(|entry| entry.policy.phase() == Phase::Limit)
+        {
+            entry.policy.on_request(exchange).await?;
+        }
+        return Err(answer);
+    }
     while index < route_chain.len() && route_chain[index].policy.phase() == Phase::Authenticate {
         let policy = route_chain[index].policy.clone();
         policy.on_request(exchange).await?;
@@ -136,10 +167,9 @@ pub async fn run(exchange: &mut Exchange<'_>) -> Result<(), Rejection> {
         }
         Some(consumer) => {
             let rest = merge(&[&route_chain[index..], &consumer.policies]);
-            for entry in rest
-                .iter()
-                .filter(|entry| entry.policy.phase() != Phase::Authenticate)
-            {
+            for entry in rest.iter().filter(|entry| {
+                !matches!(entry.policy.phase(), Phase::Browser | Phase::Authenticate)
+            }) {
                 entry.policy.on_request(exchange).await?;
             }
         }

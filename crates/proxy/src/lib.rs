@@ -1,8 +1,8 @@
 //! The portcullis data plane.
 //!
 //! A request flows once through fixed phases: accept and parse ([`server`]), canonicalise
-//! ([`canonical`]), route ([`router`]), then the policy chain ([`chain`]: authenticate,
-//! authorize, limit, inspect), forward ([`upstream`], over the connections of [`pool`]) and log ([`access_log`]). [`service`]
+//! ([`canonical`]), route ([`router`]), then the policy chain ([`chain`]: browser checks,
+//! authenticate, authorize, limit, inspect), forward ([`upstream`], over the connections of [`pool`]) and log ([`access_log`]). [`service`]
 //! drives the phases in that order.
 //!
 //! The data plane reads only an immutable [`snapshot::Snapshot`], swapped atomically by the
@@ -16,6 +16,7 @@ pub mod canonical;
 pub mod chain;
 pub mod error;
 mod forward;
+mod header_edits;
 mod health_check;
 pub mod jwks;
 pub mod metrics;

@@ -18,6 +18,7 @@ use crate::canonical::{self, CanonicalRequest};
 use crate::chain::{self, Exchange};
 use crate::error::{Rejection, Side};
 use crate::forward::{self, Answered, AttemptLog, Outgoing};
+use crate::header_edits::HeaderEdits;
 use crate::metrics::{Metrics, Name, RejectionLabels};
 use crate::router::{self, NoMatch};
 use crate::snapshot::{CompiledRoute, Snapshot, SnapshotHandle};
@@ -68,6 +69,8 @@ struct Trace {
     retries: u32,
     /// Counts the request on its target until the response body ends.
     in_flight: Option<InFlight>,
+    /// Response header changes of the policies, for whichever response the request gets.
+    header_edits: HeaderEdits,
 }
 
 /// Response header with the milliseconds the gateway added to an AI call: the time to the
@@ -103,6 +106,7 @@ impl Proxy {
             Ok(response) => (response, None),
             Err(rejection) => (rejection_response(&rejection, &request_id), Some(rejection)),
         };
+        trace.header_edits.apply(response.headers_mut());
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID, value);
         }
@@ -230,10 +234,17 @@ impl Proxy {
             scheme,
         };
 
-        // Route.
+        // Route. A CORS preflight is routed by the method it requests, so that it reaches the
+        // route, and the `cors` policy, of the request it prepares.
+        let routing_method = preflight_method(parts).unwrap_or_else(|| parts.method.clone());
         let found = snapshot
             .router
-            .find(&canonical.host, &canonical.path, &parts.method)
+            .find(&canonical.host, &canonical.path, &routing_method)
+            .or_else(|_| {
+                snapshot
+                    .router
+                    .find(&canonical.host, &canonical.path, &parts.method)
+            })
             .map_err(|no_match| match no_match {
                 NoMatch::NotFound => Rejection::new(
                     StatusCode::NOT_FOUND,
@@ -256,6 +267,7 @@ impl Proxy {
             snapshot,
             route,
             method: &parts.method,
+            uri: &parts.uri,
             headers: &mut parts.headers,
             canonical: &mut canonical,
             consumer: None,
@@ -264,6 +276,8 @@ impl Proxy {
             credential_roles: Vec::new(),
             claims: None,
             response_headers: HeaderMap::new(),
+            header_edits: HeaderEdits::default(),
+            answer: None,
             leases: Vec::new(),
         };
         let chain_result = chain::run(&mut exchange).await;
@@ -271,11 +285,29 @@ impl Proxy {
         let consumer = exchange.consumer.take();
         let credential_id = exchange.credential_id.take();
         let response_headers = std::mem::take(&mut exchange.response_headers);
+        trace.header_edits = std::mem::take(&mut exchange.header_edits);
         trace.consumer = consumer.as_ref().map(|consumer| consumer.name.clone());
         trace.credential_id = credential_id;
         if let Err(mut rejection) = chain_result {
             rejection.add_missing_headers(&response_headers);
             return Err(rejection);
+        }
+        // A preflight that no `cors` policy answered is an `OPTIONS` request like any other, so
+        // it needs a route that accepts `OPTIONS`.
+        if routing_method != parts.method {
+            let accepts_options = snapshot
+                .router
+                .find(&canonical.host, &canonical.path, &parts.method)
+                .is_ok_and(|direct| Arc::ptr_eq(direct.route, found.route));
+            if !accepts_options {
+                let mut rejection = Rejection::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "the route does not accept this method",
+                );
+                rejection.add_missing_headers(&response_headers);
+                return Err(rejection);
+            }
         }
 
         // Forward: an `ai` route is served by the AI gateway instead of a service.
@@ -396,6 +428,16 @@ impl Proxy {
             ResponseBody::upstream(upstream_body, forwarded.connection),
         ))
     }
+}
+
+/// Returns the method a CORS preflight requests: the `Access-Control-Request-Method` of an
+/// `OPTIONS` request that has an `Origin`.
+fn preflight_method(parts: &request::Parts) -> Option<http::Method> {
+    if parts.method != http::Method::OPTIONS || !parts.headers.contains_key(header::ORIGIN) {
+        return None;
+    }
+    let requested = parts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    http::Method::from_bytes(requested.as_bytes()).ok()
 }
 
 /// Rejects requests over the header, URI and declared body limits.

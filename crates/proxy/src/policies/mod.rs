@@ -1,11 +1,14 @@
 //! Adapters that run the policy models of `portcullis-policy` in the chain.
 
 pub mod acl;
+pub mod cors;
+pub mod csrf;
 pub mod introspection;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
 pub mod rate_limit;
+pub mod security_headers;
 
 use std::sync::Arc;
 
@@ -14,7 +17,9 @@ use portcullis_policy::rate_limit::{Counters, MemoryCounters};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::chain::ChainEntry;
+use portcullis_config::browser::Origin;
+
+use crate::chain::{ChainEntry, Exchange};
 use crate::jwks::JwksRegistry;
 use crate::metrics::BackendErrorLabels;
 
@@ -76,6 +81,18 @@ impl Clock for SystemClock {
     }
 }
 
+/// Returns the origin that a request was sent to: the scheme the client used, with the
+/// authority of the request target or else the `Host` header.
+// NOTE: behind a trusted proxy that rewrites `Host`, this is the proxy's view of the origin,
+// because `X-Forwarded-Host` is not read here; list the public origin in `allowed_origins`.
+pub(crate) fn own_origin(exchange: &Exchange<'_>) -> Option<Origin> {
+    let authority = match exchange.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => exchange.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    Origin::parse_authority(exchange.canonical.scheme, &authority.to_ascii_lowercase())
+}
+
 /// Builds the chain entries for the policies attached at one level. `scope` names the level,
 /// such as `service:echo`, and keeps the counters of different attachments apart. Fails with a
 /// message that names the level when a policy cannot be built, such as a `jwt` key that does not
@@ -101,6 +118,14 @@ pub fn build(
                     jwt::Jwt::new(spec, context)
                         .map_err(|message| format!("{scope}: jwt policy: {message}"))?,
                 ),
+                PolicySpec::Cors(spec) => Arc::new(cors::Cors::new(spec)),
+                PolicySpec::Csrf(spec) => Arc::new(
+                    csrf::Csrf::new(spec, context)
+                        .map_err(|message| format!("{scope}: csrf policy: {message}"))?,
+                ),
+                PolicySpec::SecurityHeaders(spec) => {
+                    Arc::new(security_headers::SecurityHeaders::new(spec))
+                }
                 PolicySpec::Oauth2Introspection(spec) => {
                     Arc::new(introspection::Introspection::new(spec, context).map_err(
                         |message| format!("{scope}: oauth2-introspection policy: {message}"),

@@ -104,17 +104,32 @@ impl AiError {
     /// pass through; a rejected provider key is the operator's problem, so the client gets 502.
     pub fn from_provider(status: StatusCode, body: &[u8], provider: &str) -> AiError {
         let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        // OpenAI: {error: {message, type, code}}; Anthropic: {type: "error", error: {type, message}}.
+        // OpenAI: {error: {message, type, code}}; Anthropic: {type: "error", error: {type,
+        // message}}; Gemini: {error: {code, message, status, details}}.
         let error = parsed.get("error");
         let message = error
             .and_then(|error| error.get("message"))
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| format!("provider `{provider}` returned status {status}"));
-        let provider_type = error
-            .and_then(|error| error.get("type"))
-            .and_then(Value::as_str)
+        // OpenAI and Anthropic name the kind in `type`, Gemini in `status` (such as
+        // `INVALID_ARGUMENT`), and Azure OpenAI in `code` (such as `DeploymentNotFound`).
+        let provider_type = ["type", "status", "code"]
+            .into_iter()
+            .find_map(|field| error?.get(field)?.as_str())
             .unwrap_or("");
+        // Gemini rejects an invalid key with 400 and the reason `API_KEY_INVALID`.
+        let key_rejected = error
+            .and_then(|error| error.get("details"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|detail| detail.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"));
+        let status = if key_rejected {
+            StatusCode::UNAUTHORIZED
+        } else {
+            status
+        };
         let (status, kind) = match status.as_u16() {
             400 | 404 | 413 | 422 => (status, "invalid_request_error"),
             401 | 403 => (StatusCode::BAD_GATEWAY, "api_error"),
@@ -163,6 +178,28 @@ mod tests {
         let error = AiError::from_provider(StatusCode::UNAUTHORIZED, body, "openai-main");
         assert_eq!(error.status, StatusCode::BAD_GATEWAY);
         assert!(error.message.contains("openai-main"), "{}", error.message);
+    }
+
+    #[test]
+    fn gemini_errors_keep_their_status_name() {
+        let body = br#"{"error":{"code":400,"message":"Invalid JSON payload received.","status":"INVALID_ARGUMENT"}}"#;
+        let error = AiError::from_provider(StatusCode::BAD_REQUEST, body, "gemini-main");
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert_eq!(error.code, "INVALID_ARGUMENT");
+        assert_eq!(error.message, "Invalid JSON payload received.");
+
+        let body = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+        let error = AiError::from_provider(StatusCode::BAD_REQUEST, body, "gemini-main");
+        assert_eq!(error.status, StatusCode::BAD_GATEWAY);
+        assert!(error.message.contains("gemini-main"), "{}", error.message);
+    }
+
+    #[test]
+    fn azure_error_code_is_kept() {
+        let body = br#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist."}}"#;
+        let error = AiError::from_provider(StatusCode::NOT_FOUND, body, "azure-main");
+        assert_eq!(error.status, StatusCode::NOT_FOUND);
+        assert_eq!(error.code, "DeploymentNotFound");
     }
 
     #[test]

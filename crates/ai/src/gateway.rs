@@ -24,13 +24,13 @@ use hyper_util::rt::TokioExecutor;
 use portcullis_config::{AiConfig, ProviderKind, ProviderSpec, split_target};
 use serde_json::{Value, json};
 
-use crate::anthropic;
 use crate::error::AiError;
 use crate::record::CallRecord;
 use crate::stream::{
-    AnthropicPassthrough, AnthropicStream, OpenAiStream, TranslatedStream, Translator,
+    AnthropicPassthrough, AnthropicStream, GeminiStream, OpenAiStream, TranslatedStream, Translator,
 };
 use crate::usage::{Price, Usage};
+use crate::{anthropic, gemini};
 
 /// Boxed error of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -73,6 +73,8 @@ struct Provider {
     base_url: String,
     api_key: Option<portcullis_config::ApiKey>,
     default_max_tokens: u32,
+    /// The `api-version` query of an `azure-openai` provider.
+    azure_api_version: String,
     response_timeout: Duration,
     client: ProviderClient,
 }
@@ -252,6 +254,9 @@ impl Gateway {
                     served.json_mode,
                     created,
                 )),
+                ProviderKind::Gemini => {
+                    Translator::Gemini(GeminiStream::new(include_usage, created, &target.model))
+                }
                 _ => Translator::OpenAi(OpenAiStream::new(include_usage)),
             };
             let body = TranslatedStream::new(
@@ -295,6 +300,15 @@ impl Gateway {
                         anthropic::to_chat_completion(&value, served.json_mode, created);
                     json_response(StatusCode::OK, &completion)
                 }
+                ProviderKind::Gemini => {
+                    let usage = Usage::from_gemini(&value["usageMetadata"]);
+                    call.update(|state| {
+                        state.usage_final = usage.is_some();
+                        state.usage = usage.unwrap_or_default();
+                    });
+                    let completion = gemini::to_chat_completion(&value, &target.model, created);
+                    json_response(StatusCode::OK, &completion)
+                }
                 _ => {
                     let usage = Usage::from_openai(&value["usage"]);
                     // Counted for the estimate when the provider sent no usage.
@@ -329,12 +343,17 @@ impl Gateway {
         let targets: Vec<Target> = self
             .targets(&model)?
             .into_iter()
-            .filter(|target| target.provider.kind != ProviderKind::Anthropic)
+            .filter(|target| {
+                !matches!(
+                    target.provider.kind,
+                    ProviderKind::Anthropic | ProviderKind::Gemini
+                )
+            })
             .collect();
         if targets.is_empty() {
             return Err(AiError::invalid_request(
                 "embeddings_not_supported",
-                format!("model `{model}` has no OpenAI-compatible target, and Anthropic has no embeddings API"),
+                format!("model `{model}` has no OpenAI-shaped target; the gateway serves embeddings from OpenAI-shaped providers only"),
             )
             .with_param("model"));
         }
@@ -344,7 +363,7 @@ impl Gateway {
                 let mut body = body.clone();
                 body["model"] = json!(target.model);
                 Ok(Prepared {
-                    url: format!("{}/embeddings", target.provider.base_url),
+                    url: openai_url(target, "embeddings")?,
                     body: Bytes::from(body.to_string()),
                     json_mode: false,
                     headers: http::HeaderMap::new(),
@@ -560,9 +579,46 @@ fn provider(spec: &ProviderSpec) -> Result<Provider, SetupError> {
         base_url,
         api_key: spec.api_key.clone(),
         default_max_tokens: spec.default_max_tokens,
+        azure_api_version: spec.azure_api_version().to_string(),
         response_timeout: spec.timeouts.response,
         client: Client::builder(TokioExecutor::new()).build(connector),
     })
+}
+
+/// Checks a model name that goes into a URL path, as Gemini models and Azure deployments do.
+fn path_safe_model(target: &Target) -> Result<&str, AiError> {
+    let model = target.model.as_str();
+    let valid = model
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !model.starts_with('.');
+    if valid {
+        Ok(model)
+    } else {
+        Err(AiError::invalid_request(
+            "invalid_model",
+            format!(
+                "invalid model `{model}` for provider `{}`; a {} model name has only letters, digits, `-`, `_` and `.`",
+                target.provider.name,
+                target.provider.kind.name()
+            ),
+        )
+        .with_param("model"))
+    }
+}
+
+/// Returns the URL of an OpenAI endpoint such as `chat/completions`: under `base_url`, or for
+/// Azure OpenAI under the deployment that the target's model names, with `api-version`.
+fn openai_url(target: &Target, endpoint: &str) -> Result<String, AiError> {
+    let provider = &target.provider;
+    if provider.kind == ProviderKind::AzureOpenai {
+        let deployment = path_safe_model(target)?;
+        return Ok(format!(
+            "{}/openai/deployments/{deployment}/{endpoint}?api-version={}",
+            provider.base_url, provider.azure_api_version
+        ));
+    }
+    Ok(format!("{}/{endpoint}", provider.base_url))
 }
 
 fn prepare_chat(target: &Target, body: &Value, stream: bool) -> Result<Prepared, AiError> {
@@ -574,6 +630,23 @@ fn prepare_chat(target: &Target, body: &Value, stream: bool) -> Result<Prepared,
             url: format!("{}/v1/messages", provider.base_url),
             body: Bytes::from(translated.body.to_string()),
             json_mode: translated.json_mode,
+            headers: http::HeaderMap::new(),
+        });
+    }
+    if provider.kind == ProviderKind::Gemini {
+        let model = path_safe_model(target)?;
+        let url = if stream {
+            format!(
+                "{}/models/{model}:streamGenerateContent?alt=sse",
+                provider.base_url
+            )
+        } else {
+            format!("{}/models/{model}:generateContent", provider.base_url)
+        };
+        return Ok(Prepared {
+            url,
+            body: Bytes::from(gemini::to_generate_request(body)?.to_string()),
+            json_mode: false,
             headers: http::HeaderMap::new(),
         });
     }
@@ -594,7 +667,7 @@ fn prepare_chat(target: &Target, body: &Value, stream: bool) -> Result<Prepared,
         }
     }
     Ok(Prepared {
-        url: format!("{}/chat/completions", provider.base_url),
+        url: openai_url(target, "chat/completions")?,
         body: Bytes::from(body.to_string()),
         json_mode: false,
         headers: http::HeaderMap::new(),
@@ -616,15 +689,18 @@ async fn send(
     for (name, value) in &prepared.headers {
         builder = builder.header(name, value);
     }
-    if provider.kind == ProviderKind::Anthropic {
-        if !prepared.headers.contains_key("anthropic-version") {
-            builder = builder.header("anthropic-version", ANTHROPIC_VERSION);
-        }
-        if let Some(key) = &provider.api_key {
-            builder = builder.header("x-api-key", key.expose());
-        }
-    } else if let Some(key) = &provider.api_key {
-        builder = builder.header(header::AUTHORIZATION, format!("Bearer {}", key.expose()));
+    if provider.kind == ProviderKind::Anthropic
+        && !prepared.headers.contains_key("anthropic-version")
+    {
+        builder = builder.header("anthropic-version", ANTHROPIC_VERSION);
+    }
+    if let Some(key) = &provider.api_key {
+        builder = match provider.kind {
+            ProviderKind::Anthropic => builder.header("x-api-key", key.expose()),
+            ProviderKind::Gemini => builder.header("x-goog-api-key", key.expose()),
+            ProviderKind::AzureOpenai => builder.header("api-key", key.expose()),
+            _ => builder.header(header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+        };
     }
     let request = builder
         .body(Full::new(prepared.body.clone()))

@@ -1,7 +1,7 @@
-//! The AI gateway: an OpenAI-compatible API served over OpenAI, Anthropic and
-//! OpenAI-compatible providers, with per-call token usage and cost.
+//! The AI gateway: an OpenAI-compatible API served over OpenAI, Azure OpenAI, Anthropic, Google
+//! Gemini and OpenAI-compatible providers, with per-call token usage and cost.
 //!
-//! The models are plain: [`anthropic`] translates requests and responses, [`stream`] translates
+//! The models are plain: [`anthropic`] and [`gemini`] translate requests and responses, [`stream`] translates
 //! event streams, [`usage`] splits provider token counts into billing categories and prices
 //! them. [`gateway`] is the thin I/O around them: endpoints, provider calls and fallback. The
 //! data plane calls [`Gateway::handle`] after its policy chain, and reads the call's
@@ -10,6 +10,7 @@
 pub mod anthropic;
 pub mod error;
 pub mod gateway;
+pub mod gemini;
 pub mod metrics;
 pub mod record;
 pub mod sse;

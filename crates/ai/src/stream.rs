@@ -1,11 +1,14 @@
 //! Streaming responses: provider SSE in, OpenAI `chat.completion.chunk` SSE out, or the
-//! provider's Anthropic events unchanged for the Anthropic-compatible endpoint.
+//! provider's Anthropic events unchanged for the Anthropic-compatible endpoint. The Gemini
+//! translation is in [`gemini`].
 //!
 //! [`TranslatedStream`] reads the provider's body frame by frame, parses events with a bounded
 //! [`SseParser`], and writes the translated events of each frame as one output frame. It keeps
 //! no more than one unfinished event and one frame's output, so memory stays bounded however
 //! long the stream runs. Usage is written to the shared [`CallRecord`] as each event arrives,
 //! so a client that disconnects mid-stream is still billed for what was received.
+
+mod gemini;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +28,8 @@ use crate::error::AiError;
 use crate::record::CallRecord;
 use crate::sse::{SseEvent, SseParser};
 use crate::usage::Usage;
+
+pub use gemini::GeminiStream;
 
 /// Largest provider event accepted, in bytes.
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -63,6 +68,7 @@ pub enum Translator {
     Anthropic(AnthropicStream),
     OpenAi(OpenAiStream),
     AnthropicPassthrough(AnthropicPassthrough),
+    Gemini(GeminiStream),
 }
 
 /// The next step after an event.
@@ -377,6 +383,22 @@ impl TranslatedStream {
                     Flow::Continue
                 }
             },
+            Translator::Gemini(stream) => match serde_json::from_str::<Value>(&event.data) {
+                Ok(value) => stream.on_event(&value, out, &self.record),
+                Err(_) => {
+                    tracing::warn!(provider = %self.record.provider, "provider sent an event that is not JSON");
+                    Flow::Continue
+                }
+            },
+        }
+    }
+
+    /// Finishes the output when the provider closed its body. Returns `false` when the stream
+    /// had not reached its end marker, which only Gemini streams lack.
+    fn finish(&mut self, out: &mut BytesMut) -> bool {
+        match &mut self.translator {
+            Translator::Gemini(stream) => stream.on_end(out, &self.record),
+            _ => false,
         }
     }
 
@@ -446,7 +468,11 @@ impl Body for TranslatedStream {
                     this.fail(&mut out, format!("the provider stream failed: {error}"));
                 }
                 Poll::Ready(None) => {
-                    this.fail(&mut out, "the provider stream ended early".to_string());
+                    if this.finish(&mut out) {
+                        this.done = true;
+                    } else {
+                        this.fail(&mut out, "the provider stream ended early".to_string());
+                    }
                 }
             }
             if !out.is_empty() {
@@ -464,7 +490,7 @@ impl Body for TranslatedStream {
 mod tests {
     use super::*;
 
-    fn record() -> CallRecord {
+    pub(super) fn record() -> CallRecord {
         CallRecord::new(
             "smart".into(),
             "claude".into(),
@@ -489,7 +515,7 @@ mod tests {
         data_lines(&out)
     }
 
-    fn data_lines(out: &[u8]) -> Vec<String> {
+    pub(super) fn data_lines(out: &[u8]) -> Vec<String> {
         String::from_utf8(out.to_vec())
             .unwrap()
             .split("\n\n")

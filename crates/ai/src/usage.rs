@@ -64,6 +64,30 @@ impl Usage {
         })
     }
 
+    /// Reads a Gemini `usageMetadata` object. `promptTokenCount` includes
+    /// `cachedContentTokenCount`, `toolUsePromptTokenCount` counts apart as input, and
+    /// `candidatesTokenCount` excludes `thoughtsTokenCount`. Gemini has no cache-write count,
+    /// because it bills cached content storage by time, so that category is 0.
+    pub fn from_gemini(usage: &Value) -> Option<Usage> {
+        if !usage.is_object() {
+            return None;
+        }
+        let field = |name: &str| usage.get(name).and_then(Value::as_u64);
+        let prompt = field("promptTokenCount");
+        let cached = field("cachedContentTokenCount").unwrap_or(0);
+        let tool_prompt = field("toolUsePromptTokenCount").unwrap_or(0);
+        let candidates = field("candidatesTokenCount");
+        let thoughts = field("thoughtsTokenCount");
+        Some(Usage {
+            input: prompt.map(|prompt| prompt.saturating_sub(cached) + tool_prompt),
+            cache_read: prompt.map(|_| cached),
+            cache_write: prompt.map(|_| 0),
+            // A response of thoughts or calls only may leave out `candidatesTokenCount`.
+            output: candidates.or(thoughts.map(|_| 0)),
+            reasoning: thoughts.or(candidates.map(|_| 0)),
+        })
+    }
+
     /// Takes every field that `newer` reports, keeping the known value where `newer` has none.
     pub fn merge(&mut self, newer: Usage) {
         let pairs = [
@@ -195,6 +219,32 @@ mod tests {
         assert_eq!(openai["prompt_tokens"], 5050);
         assert_eq!(openai["prompt_tokens_details"]["cached_tokens"], 3000);
         assert_eq!(openai["completion_tokens"], 120);
+    }
+
+    #[test]
+    fn gemini_usage_splits_cached_tool_prompt_and_thoughts() {
+        let usage = Usage::from_gemini(&json!({
+            "promptTokenCount": 1000,
+            "cachedContentTokenCount": 700,
+            "toolUsePromptTokenCount": 50,
+            "candidatesTokenCount": 120,
+            "thoughtsTokenCount": 300,
+            "totalTokenCount": 1470
+        }))
+        .unwrap();
+        assert_eq!(usage.input, Some(350));
+        assert_eq!(usage.cache_read, Some(700));
+        assert_eq!(usage.cache_write, Some(0));
+        assert_eq!(usage.output, Some(120));
+        assert_eq!(usage.reasoning, Some(300));
+        let openai = usage.to_openai();
+        assert_eq!(openai["prompt_tokens"], 1050);
+        assert_eq!(openai["completion_tokens"], 420);
+
+        let partial = Usage::from_gemini(&json!({"promptTokenCount": 9})).unwrap();
+        assert_eq!(partial.input, Some(9));
+        assert_eq!(partial.output, None, "absent stays unknown");
+        assert_eq!(partial.reasoning, None);
     }
 
     #[test]

@@ -44,6 +44,22 @@ pub struct ProviderSpec {
     pub default_max_tokens: u32,
     #[serde(default)]
     pub timeouts: ProviderTimeouts,
+    /// The `api-version` query parameter sent to an `azure-openai` provider.
+    #[serde(default)]
+    pub api_version: Option<String>,
+}
+
+/// The `api-version` sent to Azure OpenAI when the provider sets none: the generally available
+/// release of the data-plane inference API, 2024-10-21.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+
+impl ProviderSpec {
+    /// Returns the `api-version` for an `azure-openai` provider.
+    pub fn azure_api_version(&self) -> &str {
+        self.api_version
+            .as_deref()
+            .unwrap_or(DEFAULT_AZURE_API_VERSION)
+    }
 }
 
 fn default_max_tokens() -> u32 {
@@ -62,16 +78,22 @@ pub enum ProviderKind {
     OpenaiCompatible,
     /// Mistral's OpenAI-compatible API.
     Mistral,
+    /// The Google Gemini API (`generateContent`); requests are translated from the OpenAI shape.
+    Gemini,
+    /// Azure OpenAI: the OpenAI API under deployment URLs, with an `api-version` query.
+    AzureOpenai,
 }
 
 impl ProviderKind {
-    /// Returns the provider's public base URL, or `None` for `openai-compatible`.
+    /// Returns the provider's public base URL, or `None` for `openai-compatible` and
+    /// `azure-openai`, whose URL names the operator's own server or Azure resource.
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::Openai => Some("https://api.openai.com/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Mistral => Some("https://api.mistral.ai/v1"),
-            ProviderKind::OpenaiCompatible => None,
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai => None,
         }
     }
 
@@ -82,6 +104,8 @@ impl ProviderKind {
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::OpenaiCompatible => "openai-compatible",
             ProviderKind::Mistral => "mistral",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::AzureOpenai => "azure-openai",
         }
     }
 }
@@ -201,6 +225,11 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
                     errors.push(KeyError::new(format!("{at}.base_url"), message));
                 }
             }
+            None if provider.kind == ProviderKind::AzureOpenai => errors.push(KeyError::new(
+                format!("{at}.base_url"),
+                "an `azure-openai` provider needs `base_url`, the resource endpoint such as \
+                 https://my-resource.openai.azure.com",
+            )),
             None if provider.kind.default_base_url().is_none() => errors.push(KeyError::new(
                 format!("{at}.base_url"),
                 "an `openai-compatible` provider needs `base_url`, such as http://127.0.0.1:8000/v1",
@@ -215,6 +244,31 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
                      environment variable it comes from",
                 ));
             }
+        }
+        match (&provider.api_version, provider.kind) {
+            (Some(version), ProviderKind::AzureOpenai) => {
+                let valid = !version.is_empty()
+                    && version
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if !valid {
+                    errors.push(KeyError::new(
+                        format!("{at}.api_version"),
+                        format!(
+                            "invalid api_version `{version}`; write an Azure OpenAI API version \
+                             such as 2024-10-21"
+                        ),
+                    ));
+                }
+            }
+            (Some(_), kind) => errors.push(KeyError::new(
+                format!("{at}.api_version"),
+                format!(
+                    "`api_version` applies to `azure-openai` providers only, not to `{}`",
+                    kind.name()
+                ),
+            )),
+            (None, _) => {}
         }
         if provider.default_max_tokens == 0 {
             errors.push(KeyError::new(
@@ -414,7 +468,7 @@ routes:
     #[test]
     fn invalid_fields_are_named() {
         let cases = [
-            ("type: openai\n", "type: gemini\n", "ai.providers[1].type"),
+            ("type: openai\n", "type: palm\n", "ai.providers[1].type"),
             (
                 "base_url: http://127.0.0.1:9102/v1",
                 "base_url: ftp://x",
@@ -454,6 +508,64 @@ routes:
         assert!(
             errors[0].contains("key `ai.providers[1].base_url`"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn gemini_and_azure_providers() {
+        let providers = "    - name: gemini-main
+      type: gemini
+      api_key: ${GEMINI_API_KEY}
+    - name: azure-main
+      type: azure-openai
+      base_url: https://my-resource.openai.azure.com
+      api_key: ${AZURE_OPENAI_API_KEY}
+      api_version: 2025-01-01-preview
+    - name: azure-default
+      type: azure-openai
+      base_url: https://other.openai.azure.com
+";
+        let source = EXAMPLE.replacen("  models:\n", &format!("{providers}  models:\n"), 1);
+        let config = load_str(&source, None, &env).unwrap();
+        let ai = config.ai.unwrap();
+        assert_eq!(ai.providers[2].kind, super::ProviderKind::Gemini);
+        assert_eq!(ai.providers[2].base_url, None);
+        assert_eq!(
+            ai.providers[2].kind.default_base_url(),
+            Some("https://generativelanguage.googleapis.com/v1beta")
+        );
+        assert_eq!(ai.providers[3].azure_api_version(), "2025-01-01-preview");
+        assert_eq!(
+            ai.providers[4].azure_api_version(),
+            super::DEFAULT_AZURE_API_VERSION
+        );
+
+        let without_url = source.replace("      base_url: https://other.openai.azure.com\n", "");
+        let found = self::errors(&without_url);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("key `ai.providers[4].base_url`"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("azure-openai"), "{found:?}");
+
+        let version_on_gemini = source.replace(
+            "      api_key: ${GEMINI_API_KEY}\n",
+            "      api_key: ${GEMINI_API_KEY}\n      api_version: 2024-10-21\n",
+        );
+        let found = self::errors(&version_on_gemini);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("key `ai.providers[2].api_version`"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("not to `gemini`"), "{found:?}");
+
+        let bad_version = source.replace("2025-01-01-preview", "\"2025 01\"");
+        let found = self::errors(&bad_version);
+        assert!(
+            found[0].contains("key `ai.providers[3].api_version`"),
+            "{found:?}"
         );
     }
 

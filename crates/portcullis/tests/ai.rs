@@ -2,6 +2,7 @@
 
 mod common;
 mod llm_mock;
+mod sdk;
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use llm_mock::{ANTHROPIC_KEY, Mock, OPENAI_KEY};
+use sdk::run_sdk_script;
 
 /// Returns the documented `ai` example with the mocks' ports, plus aliases for fallback tests.
 fn config(anthropic: &Mock, openai: &Mock) -> String {
@@ -553,46 +555,6 @@ async fn models_and_embeddings() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-}
-
-/// Returns the Python interpreter with the `openai` and `anthropic` SDKs:
-/// `PORTCULLIS_TEST_PYTHON`, or the `.venv` that `scripts/python-env.sh` creates.
-fn venv_python() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("PORTCULLIS_TEST_PYTHON") {
-        return std::path::PathBuf::from(path);
-    }
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        python.exists(),
-        "no Python with the openai and anthropic SDKs at {}: run scripts/python-env.sh, or set \
-         PORTCULLIS_TEST_PYTHON to an interpreter that has them",
-        python.display()
-    );
-    python
-}
-
-/// Runs `tests/sdk/{script}` against `base_url` with `cases` and returns its JSON results.
-async fn run_sdk_script(script: &str, base_url: &str, cases: &Value) -> Vec<Value> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sdk")
-        .join(script);
-    let mut command = std::process::Command::new(venv_python());
-    command
-        .arg(script)
-        .arg(base_url)
-        .arg(ALICE_KEY)
-        .arg(cases.to_string());
-    // On the blocking pool, because the mock providers run on this test's runtime.
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[tokio::test]

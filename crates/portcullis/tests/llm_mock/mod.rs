@@ -1,5 +1,6 @@
-//! Mock OpenAI and Anthropic servers on ephemeral ports, speaking each provider's wire format,
-//! streams included.
+//! Mock OpenAI, Azure OpenAI, Anthropic and Gemini servers on ephemeral ports, speaking each
+//! provider's wire format, streams included. Gemini and Azure OpenAI are in [`gemini`] and
+//! [`azure`].
 //!
 //! The provider model name picks the behaviour: a name containing `429`, `500`, `503` (OpenAI)
 //! or `529` (Anthropic) fails with that status, `error-mid` sends an error event mid-stream, `hang` stops a stream after
@@ -7,6 +8,15 @@
 //! `nousage` streams without usage. Every request is recorded for assertions.
 
 #![allow(dead_code)]
+
+mod azure;
+mod gemini;
+
+// Not every test binary that includes this module uses every key.
+#[allow(unused_imports)]
+pub use azure::{AZURE_API_VERSION, AZURE_KEY};
+#[allow(unused_imports)]
+pub use gemini::GEMINI_KEY;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +42,7 @@ type MockBody = UnsyncBoxBody<Bytes, Infallible>;
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub path: String,
+    pub query: Option<String>,
     pub headers: http::HeaderMap,
     pub body: Value,
 }
@@ -53,6 +64,8 @@ impl Mock {
 enum Kind {
     OpenAi,
     Anthropic,
+    Gemini,
+    Azure,
 }
 
 pub async fn openai() -> Mock {
@@ -61,6 +74,16 @@ pub async fn openai() -> Mock {
 
 pub async fn anthropic() -> Mock {
     spawn(Kind::Anthropic).await
+}
+
+/// Starts a Gemini mock; its API is under `/v1beta`.
+pub async fn gemini() -> Mock {
+    spawn(Kind::Gemini).await
+}
+
+/// Starts an Azure OpenAI mock that serves any deployment name.
+pub async fn azure() -> Mock {
+    spawn(Kind::Azure).await
 }
 
 async fn spawn(kind: Kind) -> Mock {
@@ -100,11 +123,14 @@ async fn handle(
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     requests.lock().unwrap().push(Recorded {
         path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
         headers: parts.headers.clone(),
         body: body.clone(),
     });
     let model = body["model"].as_str().unwrap_or("").to_string();
     match kind {
+        Kind::Gemini => gemini::handle(&parts, &body),
+        Kind::Azure => azure::handle(&parts, &body),
         Kind::OpenAi => {
             let authorized = parts
                 .headers
@@ -268,16 +294,25 @@ fn openai_completion(model: &str, request: &Value) -> Value {
 }
 
 fn openai_stream(model: &str, request: &Value) -> Response<MockBody> {
+    openai_stream_after(Vec::new(), model, request)
+}
+
+/// Streams a chat completion after the events in `events`.
+fn openai_stream_after(
+    mut events: Vec<Option<String>>,
+    model: &str,
+    request: &Value,
+) -> Response<MockBody> {
     let chunk = |delta: Value, finish: Value| {
         Some(format!(
             "data: {}\n\n",
             json!({"id": "chatcmpl-mock2", "object": "chat.completion.chunk", "created": 1741569952, "model": model, "system_fingerprint": "fp_mock", "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
         ))
     };
-    let mut events = vec![chunk(
+    events.push(chunk(
         json!({"role": "assistant", "content": ""}),
         Value::Null,
-    )];
+    ));
     let tools = request.get("tools").is_some();
     if tools {
         for (index, (id, city)) in [("call_paris", "Paris"), ("call_oslo", "Oslo")]

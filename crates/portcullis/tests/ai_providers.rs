@@ -1,0 +1,625 @@
+//! The AI gateway's Gemini and Azure OpenAI providers through the real binary, in front of
+//! mocks that speak each provider's wire format.
+
+mod common;
+mod llm_mock;
+mod sdk;
+
+use std::time::{Duration, Instant};
+
+use common::{ALICE_KEY, Gateway, client};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use llm_mock::{AZURE_API_VERSION, AZURE_KEY, GEMINI_KEY, Mock};
+use sdk::run_sdk_script;
+
+fn config(gemini: &Mock, azure: &Mock) -> String {
+    format!(
+        r#"
+listeners:
+  - address: 127.0.0.1:0
+admin:
+  address: 127.0.0.1:0
+  token: {token}
+store:
+  sqlite: portcullis.db
+access_log: access.log
+ai:
+  providers:
+    - name: gemini-main
+      type: gemini
+      base_url: http://{gemini}/v1beta
+      api_key: ${{GEMINI_API_KEY}}
+    - name: gemini-wrong-key
+      type: gemini
+      base_url: http://{gemini}/v1beta
+      api_key: not-the-key
+    - name: azure-main
+      type: azure-openai
+      base_url: http://{azure}
+      api_key: ${{AZURE_OPENAI_API_KEY}}
+      api_version: "{api_version}"
+  models:
+    - name: fast
+      targets: [gemini-main/gemini-2.5-flash]
+    - name: gemini-then-azure
+      targets: [gemini-main/gemini-429, azure-main/gpt-4o-prod]
+  prices:
+    - model: gemini-main/gemini-2.5-flash
+      input_per_million: 0.30
+      output_per_million: 2.50
+      cache_read_per_million: 0.075
+    - model: azure-main/gpt-4o-prod
+      input_per_million: 2.50
+      output_per_million: 10.00
+routes:
+  - name: llm
+    paths: [/v1]
+    ai: {{}}
+    policies:
+      - key-auth: {{}}
+consumers:
+  - name: alice
+    api_keys: [{ALICE_KEY}]
+"#,
+        token = common::ADMIN_TOKEN,
+        gemini = gemini.addr,
+        azure = azure.addr,
+        api_version = AZURE_API_VERSION,
+    )
+}
+
+async fn start() -> (Gateway, Mock, Mock) {
+    let gemini = llm_mock::gemini().await;
+    let azure = llm_mock::azure().await;
+    let gateway = Gateway::start_with_env(
+        &config(&gemini, &azure),
+        &[
+            ("GEMINI_API_KEY", GEMINI_KEY),
+            ("AZURE_OPENAI_API_KEY", AZURE_KEY),
+        ],
+    );
+    (gateway, gemini, azure)
+}
+
+async fn chat(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
+    client()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(ALICE_KEY)
+        .header("x-request-id", request_id)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Returns the `data:` payloads of an SSE body.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn chunks(data: &[String]) -> Vec<Value> {
+    data.iter()
+        .filter(|line| *line != "[DONE]")
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn gemini_chat_is_translated() {
+    let (gateway, gemini, _azure) = start().await;
+    let response = chat(
+        &gateway,
+        "gemini-chat-1",
+        json!({
+            "model": "fast",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+                ]}
+            ],
+            "max_tokens": 64,
+            "stop": "END",
+            "temperature": 0.2
+        }),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-portcullis-target"],
+        "gemini-main/gemini-2.5-flash"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["id"], "chatcmpl-mock-gemini-response-1");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from gemini"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["prompt_tokens"], 120);
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 80);
+    assert_eq!(body["usage"]["completion_tokens"], 52);
+    assert_eq!(
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        40
+    );
+
+    let sent = gemini.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].path,
+        "/v1beta/models/gemini-2.5-flash:generateContent"
+    );
+    assert_eq!(sent[0].headers["x-goog-api-key"], GEMINI_KEY);
+    assert!(sent[0].headers.get("authorization").is_none());
+    let request = &sent[0].body;
+    assert_eq!(
+        request["systemInstruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
+    let roles: Vec<&str> = request["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|content| content["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "model", "user"]);
+    assert_eq!(
+        request["contents"][2]["parts"][1]["inlineData"]["mimeType"],
+        "image/png"
+    );
+    assert_eq!(request["generationConfig"]["maxOutputTokens"], 64);
+    assert_eq!(request["generationConfig"]["stopSequences"], json!(["END"]));
+
+    let ai = &gateway.access_log_line("gemini-chat-1")["ai"];
+    assert_eq!(ai["provider"], "gemini-main");
+    assert_eq!(ai["input_tokens"], 40);
+    assert_eq!(ai["cache_read_tokens"], 80);
+    assert_eq!(ai["cache_write_tokens"], 0);
+    assert_eq!(ai["output_tokens"], 12);
+    assert_eq!(ai["reasoning_tokens"], 40);
+    assert_eq!(ai["usage_estimated"], false);
+    // 40 * 0.30 + 80 * 0.075 + 12 * 2.50 + 40 * 2.50 (thoughts at the output price).
+    let cost = ai["cost"].as_f64().unwrap();
+    assert!((cost - 148.0 / 1e6).abs() < 1e-12, "{cost}");
+    assert!(
+        !gateway.stderr().contains(GEMINI_KEY),
+        "a provider key was logged"
+    );
+}
+
+#[tokio::test]
+async fn gemini_stream_ends_with_usage_and_done() {
+    let (gateway, gemini, _azure) = start().await;
+    let response = chat(
+        &gateway,
+        "gemini-stream-1",
+        json!({"model": "fast", "stream": true, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let data = sse_data(&response.text().await.unwrap());
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks = chunks(&data);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|chunk| chunk.pointer("/choices/0/delta/content")?.as_str())
+        .collect();
+    assert_eq!(content, "Hello from gemini");
+    assert!(
+        chunks
+            .iter()
+            .all(|chunk| chunk["object"] == "chat.completion.chunk")
+    );
+    assert!(chunks.iter().all(|chunk| chunk["id"] == chunks[0]["id"]));
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["prompt_tokens"], 120);
+    assert_eq!(usage["usage"]["completion_tokens"], 52);
+
+    let sent = &gemini.requests()[0];
+    assert_eq!(
+        sent.path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    );
+    assert_eq!(sent.query.as_deref(), Some("alt=sse"));
+    let ai = &gateway.access_log_line("gemini-stream-1")["ai"];
+    assert_eq!(ai["stream"], true);
+    assert_eq!(ai["input_tokens"], 40);
+    assert_eq!(ai["output_tokens"], 12);
+    assert_eq!(ai["reasoning_tokens"], 40);
+    assert_eq!(ai["usage_estimated"], false);
+    assert_eq!(ai["stream_error"], false);
+}
+
+const WEATHER_TOOL: &str = r#"{"type": "function", "function": {"name": "get_weather",
+    "parameters": {"type": "object", "additionalProperties": false,
+                   "properties": {"city": {"type": "string"}}, "required": ["city"]}}}"#;
+
+#[tokio::test]
+async fn gemini_tool_calls_round_trip() {
+    let (gateway, gemini, _azure) = start().await;
+    let tool: Value = serde_json::from_str(WEATHER_TOOL).unwrap();
+    let question = json!({"role": "user", "content": "Weather in Paris and Oslo?"});
+    let response = chat(
+        &gateway,
+        "gemini-tools-1",
+        json!({"model": "fast", "messages": [question], "tools": [tool], "tool_choice": "required"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert!(choice["message"]["content"].is_null());
+    let calls = choice["message"]["tool_calls"].as_array().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_ne!(calls[0]["id"], calls[1]["id"]);
+    assert_eq!(calls[1]["function"]["arguments"], "{\"city\":\"Oslo\"}");
+    let sent = &gemini.requests()[0].body;
+    assert_eq!(sent["toolConfig"]["functionCallingConfig"]["mode"], "ANY");
+    assert!(
+        sent.pointer("/tools/0/functionDeclarations/0/parameters/additionalProperties")
+            .is_none()
+    );
+
+    // The results go back with the ids that the gateway minted. The mock checks that one turn
+    // contains a result for each call, matched by name.
+    let response = chat(
+        &gateway,
+        "gemini-tools-2",
+        json!({"model": "fast", "tools": [tool], "messages": [
+            question,
+            {"role": "assistant", "content": null, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "{\"celsius\": 18}"},
+            {"role": "tool", "tool_call_id": calls[1]["id"], "content": "4C"},
+        ]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Results: get_weather={\"celsius\":18}; get_weather={\"content\":\"4C\"}"
+    );
+    let sent = &gemini.requests()[1].body;
+    assert_eq!(sent["contents"][1]["role"], "model");
+    assert_eq!(sent["contents"][2]["role"], "user");
+    assert_eq!(sent["contents"][2]["parts"].as_array().unwrap().len(), 2);
+
+    let response = chat(
+        &gateway,
+        "gemini-tools-3",
+        json!({"model": "fast", "messages": [
+            {"role": "tool", "tool_call_id": "call_unknown", "content": "4C"},
+        ]}),
+    )
+    .await;
+    let body = common::error_body(response, 400).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("call_unknown"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn gemini_stream_with_two_tool_calls() {
+    let (gateway, _gemini, _azure) = start().await;
+    let tool: Value = serde_json::from_str(WEATHER_TOOL).unwrap();
+    let response = chat(
+        &gateway,
+        "gemini-stream-tools",
+        json!({"model": "fast", "stream": true, "tools": [tool],
+               "messages": [{"role": "user", "content": "Weather in Paris and Oslo?"}]}),
+    )
+    .await;
+    let data = sse_data(&response.text().await.unwrap());
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks = chunks(&data);
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|chunk| chunk.pointer("/choices/0/delta/tool_calls/0"))
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[1]["index"], 1);
+    assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+    assert_ne!(calls[0]["id"], calls[1]["id"]);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+    assert!(
+        !data.iter().any(|line| line.contains("\"usage\"")),
+        "the client did not ask for usage"
+    );
+    let ai = &gateway.access_log_line("gemini-stream-tools")["ai"];
+    assert_eq!(ai["output_tokens"], 12);
+    assert_eq!(ai["usage_estimated"], false);
+}
+
+#[tokio::test]
+async fn gemini_json_schema_output() {
+    let (gateway, gemini, _azure) = start().await;
+    let response = chat(
+        &gateway,
+        "gemini-json",
+        json!({"model": "fast", "messages": [{"role": "user", "content": "I love it"}],
+               "response_format": {"type": "json_schema", "json_schema": {"name": "sentiment", "strict": true, "schema": {
+                   "type": "object", "additionalProperties": false,
+                   "properties": {"sentiment": {"type": "string", "enum": ["positive", "negative"]}},
+                   "required": ["sentiment"]}}}}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let parsed: Value = serde_json::from_str(content).unwrap();
+    assert_eq!(parsed, json!({"sentiment": "positive"}));
+    let config = &gemini.requests()[0].body["generationConfig"];
+    assert_eq!(config["responseMimeType"], "application/json");
+    assert_eq!(
+        config["responseSchema"]["properties"]["sentiment"]["enum"],
+        json!(["positive", "negative"])
+    );
+}
+
+#[tokio::test]
+async fn gemini_errors() {
+    let (gateway, _gemini, azure) = start().await;
+
+    let response = chat(
+        &gateway,
+        "gemini-error-mid",
+        json!({"model": "gemini-main/gemini-error-mid", "stream": true,
+               "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let data = sse_data(&response.text().await.unwrap());
+    assert!(!data.iter().any(|line| line == "[DONE]"));
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["content"], "Hello ");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "UNAVAILABLE");
+    assert_eq!(last["error"]["status"], 503);
+    assert_eq!(last["error"]["request_id"], "gemini-error-mid");
+    let ai = &gateway.access_log_line("gemini-error-mid")["ai"];
+    assert_eq!(ai["stream_error"], true);
+    assert_eq!(ai["input_tokens"], 120);
+
+    let response = chat(
+        &gateway,
+        "gemini-wrong-key",
+        json!({"model": "gemini-wrong-key/gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let body = common::error_body(response, 502).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gemini-wrong-key"),
+        "{body}"
+    );
+
+    let response = chat(
+        &gateway,
+        "gemini-bad-model",
+        json!({"model": "gemini-main/../files", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let body = common::error_body(response, 400).await;
+    assert_eq!(body["error"]["code"], "invalid_model");
+
+    let response = chat(
+        &gateway,
+        "gemini-fallback",
+        json!({"model": "gemini-then-azure", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-portcullis-target"],
+        "azure-main/gpt-4o-prod"
+    );
+    let ai = &gateway.access_log_line("gemini-fallback")["ai"];
+    assert_eq!(ai["attempts"], 2);
+    assert_eq!(azure.requests().len(), 1);
+
+    let response = client()
+        .post(gateway.url("/v1/embeddings"))
+        .bearer_auth(ALICE_KEY)
+        .json(&json!({"model": "fast", "input": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    let body = common::error_body(response, 400).await;
+    assert_eq!(body["error"]["code"], "embeddings_not_supported");
+}
+
+// Two workers, because `access_log_line` blocks one while the client connection must still
+// be closed on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_spend_recorded_on_client_disconnect() {
+    let (gateway, _gemini, _azure) = start().await;
+    let response = chat(
+        &gateway,
+        "gemini-disconnect",
+        json!({"model": "gemini-main/gemini-hang", "stream": true,
+               "messages": [{"role": "user", "content": "Tell me a long story"}]}),
+    )
+    .await;
+    let mut body = response.bytes_stream();
+    let mut received = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !received.contains("from gemini") {
+        assert!(Instant::now() < deadline, "no content arrived: {received}");
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(body);
+
+    let line = gateway.access_log_line("gemini-disconnect");
+    assert_eq!(line["outcome"], "client_aborted");
+    let ai = &line["ai"];
+    assert_eq!(ai["usage_estimated"], true);
+    assert_eq!(ai["input_tokens"], 120, "reported in the first event");
+    assert!(ai["output_tokens"].as_u64().unwrap() > 0, "{ai}");
+}
+
+#[tokio::test]
+async fn azure_deployment_urls_and_key() {
+    let (gateway, _gemini, azure) = start().await;
+    let response = chat(
+        &gateway,
+        "azure-chat-1",
+        json!({"model": "azure-main/gpt-4o-prod", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello from gpt");
+    let sent = &azure.requests()[0];
+    assert_eq!(
+        sent.path,
+        "/openai/deployments/gpt-4o-prod/chat/completions"
+    );
+    assert_eq!(
+        sent.query.as_deref(),
+        Some(format!("api-version={AZURE_API_VERSION}").as_str())
+    );
+    assert_eq!(sent.headers["api-key"], AZURE_KEY);
+    assert!(sent.headers.get("authorization").is_none());
+    let ai = &gateway.access_log_line("azure-chat-1")["ai"];
+    assert_eq!(ai["input_tokens"], 60);
+    assert_eq!(ai["cache_read_tokens"], 40);
+    assert_eq!(ai["reasoning_tokens"], 20);
+    // (60 + 40) * 2.50 + (30 + 20) * 10.00, with cache reads and reasoning at the defaults.
+    let cost = ai["cost"].as_f64().unwrap();
+    assert!((cost - 750.0 / 1e6).abs() < 1e-12, "{cost}");
+
+    let response = chat(
+        &gateway,
+        "azure-stream-1",
+        json!({"model": "azure-main/gpt-4o-prod", "stream": true,
+               "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let data = sse_data(&response.text().await.unwrap());
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    assert!(!data.iter().any(|line| line.contains("prompt_tokens")));
+    assert_eq!(
+        azure.requests()[1].body["stream_options"]["include_usage"],
+        true
+    );
+    let ai = &gateway.access_log_line("azure-stream-1")["ai"];
+    assert_eq!(ai["input_tokens"], 60);
+    assert_eq!(ai["usage_estimated"], false);
+
+    let response = client()
+        .post(gateway.url("/v1/embeddings"))
+        .bearer_auth(ALICE_KEY)
+        .header("x-request-id", "azure-embed-1")
+        .json(&json!({"model": "azure-main/embedding-small", "input": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"][0]["embedding"][2], -1.0);
+    assert_eq!(
+        azure.requests()[2].path,
+        "/openai/deployments/embedding-small/embeddings"
+    );
+    assert_eq!(
+        gateway.access_log_line("azure-embed-1")["ai"]["input_tokens"],
+        6
+    );
+
+    let response = chat(
+        &gateway,
+        "azure-missing",
+        json!({"model": "azure-main/missing-deployment", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let body = common::error_body(response, 404).await;
+    assert_eq!(body["error"]["code"], "DeploymentNotFound");
+}
+
+#[tokio::test]
+async fn openai_sdk_on_gemini_and_azure() {
+    let (gateway, _gemini, _azure) = start().await;
+    let cases = json!([
+        ["chat", "fast"],
+        ["chat", "azure-main/gpt-4o-prod"],
+        ["stream", "fast"],
+        ["stream", "azure-main/gpt-4o-prod"],
+        ["tools", "fast"],
+        ["tools", "azure-main/gpt-4o-prod"],
+        ["stream_tools", "fast"],
+        ["stream_tools", "azure-main/gpt-4o-prod"],
+        ["stream_error", "gemini-main/gemini-error-mid"],
+        ["embeddings", "azure-main/embedding-small"],
+    ]);
+    let results = run_sdk_script("openai_client.py", &gateway.url("/v1"), &cases).await;
+
+    assert_eq!(results[0]["content"], "Hello from gemini");
+    assert_eq!(results[0]["finish_reason"], "stop");
+    assert_eq!(results[0]["prompt_tokens"], 120);
+    assert_eq!(results[0]["completion_tokens"], 52);
+    assert_eq!(results[1]["content"], "Hello from gpt");
+    assert_eq!(results[1]["completion_tokens"], 50);
+
+    assert_eq!(results[2]["content"], "Hello from gemini");
+    assert_eq!(results[2]["completion_tokens"], 52);
+    assert_eq!(results[3]["content"], "Hello from gpt");
+    assert_eq!(results[3]["completion_tokens"], 50);
+
+    for (index, result) in results.iter().enumerate().take(8).skip(4) {
+        assert_eq!(
+            result["finish_reason"], "tool_calls",
+            "case {index}: {result}"
+        );
+        let calls = result["calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2, "case {index}: {result}");
+        assert!(
+            calls[0]["id"].as_str().unwrap().starts_with("call_"),
+            "case {index}: {result}"
+        );
+        assert_eq!(calls[0]["name"], "get_weather");
+        assert_eq!(calls[0]["arguments"]["city"], "Paris", "case {index}");
+        assert_eq!(calls[1]["arguments"]["city"], "Oslo", "case {index}");
+        assert_ne!(calls[0]["id"], calls[1]["id"], "case {index}");
+    }
+
+    assert_eq!(results[8]["content"], "Hello ");
+    assert_eq!(results[8]["error"], "APIError");
+    assert_eq!(
+        results[8]["message"],
+        "The model is overloaded. Please try again later."
+    );
+
+    assert_eq!(results[9]["embedding"], json!([0.5, 0.25, -1.0]));
+    assert_eq!(results[9]["prompt_tokens"], 6);
+}

@@ -10,6 +10,7 @@ mod load;
 pub mod model;
 pub mod upstream;
 mod upstream_checks;
+mod waf;
 mod yaml;
 
 pub use ai::{

@@ -19,6 +19,7 @@ use crate::chain::{self, Exchange};
 use crate::error::{Rejection, Side};
 use crate::forward::{self, Answered, AttemptLog, Outgoing};
 use crate::metrics::{Metrics, Name, RejectionLabels};
+use crate::policies::waf::WafRecord;
 use crate::router::{self, NoMatch};
 use crate::snapshot::{CompiledRoute, Snapshot, SnapshotHandle};
 use crate::targets::InFlight;
@@ -68,6 +69,8 @@ struct Trace {
     retries: u32,
     /// Counts the request on its target until the response body ends.
     in_flight: Option<InFlight>,
+    /// The verdict of a `waf` policy.
+    waf: Option<WafRecord>,
 }
 
 /// Response header with the milliseconds the gateway added to an AI call: the time to the
@@ -171,6 +174,7 @@ impl Proxy {
             error: rejection.as_ref().map(|rejection| rejection.code),
             outcome: Outcome::Completed,
             ai: None,
+            waf: trace.waf,
         };
         response.body_mut().on_complete(Box::new(LogOnComplete {
             ai_call: trace.ai_call,
@@ -252,10 +256,18 @@ impl Proxy {
         trace.service = route.service.as_ref().map(|service| service.name.clone());
 
         // Authenticate, authorize, limit and inspect.
+        let mut request_body =
+            RequestBody::new(body, snapshot.limits.max_body_bytes, stats.clone());
         let mut exchange = Exchange {
             snapshot,
             route,
+            request_id,
             method: &parts.method,
+            target: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |path_and_query| path_and_query.as_str()),
+            version: parts.version,
             headers: &mut parts.headers,
             canonical: &mut canonical,
             consumer: None,
@@ -265,9 +277,12 @@ impl Proxy {
             claims: None,
             response_headers: HeaderMap::new(),
             leases: Vec::new(),
+            body: &mut request_body,
+            waf: None,
         };
         let chain_result = chain::run(&mut exchange).await;
         trace.leases = std::mem::take(&mut exchange.leases);
+        trace.waf = exchange.waf.take();
         let consumer = exchange.consumer.take();
         let credential_id = exchange.credential_id.take();
         let response_headers = std::mem::take(&mut exchange.response_headers);
@@ -283,11 +298,9 @@ impl Proxy {
             let served = crate::ai::serve(
                 gateway,
                 parts,
-                body,
+                request_body,
                 router::strip_prefix(&canonical.path, &matched),
-                snapshot.limits.max_body_bytes,
                 request_id,
-                stats,
             )
             .await
             .map_err(|mut rejection| {
@@ -364,11 +377,7 @@ impl Proxy {
             query: canonical.query.as_deref(),
             headers,
             original_host,
-            body: ReplayableBody::new(RequestBody::new(
-                body,
-                snapshot.limits.max_body_bytes,
-                stats.clone(),
-            )),
+            body: ReplayableBody::new(request_body),
             stats,
             hash,
         };

@@ -6,6 +6,7 @@ pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
 pub mod rate_limit;
+pub mod waf;
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 
 use crate::chain::ChainEntry;
 use crate::jwks::JwksRegistry;
-use crate::metrics::BackendErrorLabels;
+use crate::metrics::{BackendErrorLabels, WafVerdictLabels};
 
 /// What an adapter needs from outside its spec when it is built.
 #[derive(Clone)]
@@ -32,6 +33,8 @@ pub struct PolicyContext {
     pub backend_errors: Family<BackendErrorLabels, Counter>,
     /// Introspection caches, kept across snapshots so that reloads keep the cached results.
     pub introspection: Arc<introspection::IntrospectionRegistry>,
+    /// `portcullis_waf_verdicts`, shared with the metrics registry.
+    pub waf_verdicts: Family<WafVerdictLabels, Counter>,
 }
 
 impl PolicyContext {
@@ -44,6 +47,7 @@ impl PolicyContext {
             jwks: Arc::default(),
             introspection: Arc::new(introspection::IntrospectionRegistry::new(Family::default())),
             backend_errors: Family::default(),
+            waf_verdicts: Family::default(),
         }
     }
 }
@@ -106,6 +110,10 @@ pub fn build(
                         |message| format!("{scope}: oauth2-introspection policy: {message}"),
                     )?)
                 }
+                PolicySpec::Waf(spec) => Arc::new(
+                    waf::Waf::new(spec, context)
+                        .map_err(|message| format!("{scope}: waf policy: {message}"))?,
+                ),
             };
             Ok(ChainEntry {
                 override_key: spec.override_key().into(),

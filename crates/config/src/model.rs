@@ -806,7 +806,7 @@ impl Default for WafSpec {
     }
 }
 
-/// What the WAF does with a request whose score reaches the threshold.
+/// Action of the WAF on a request whose anomaly score reaches the threshold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WafMode {
@@ -817,7 +817,7 @@ pub enum WafMode {
     Detect,
 }
 
-/// What the WAF does with a request body larger than `body_limit`.
+/// Action of the WAF on a request body larger than `body_limit`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WafOverLimit {

@@ -1,4 +1,4 @@
-//! Compiled rule sets shared by every policy and snapshot that asks for the same rules.
+//! Compiled rule sets shared by every policy and snapshot that requests the same rules.
 //!
 //! Compiling the CRS takes far longer than a configuration reload should, so a rule set is
 //! compiled once per rules directory and [`Setup`], and compiled again only when a file in that
@@ -26,8 +26,9 @@ fn cache() -> &'static Mutex<Cache> {
 /// call with the same arguments returns the same compiled set while the directory's files are
 /// unchanged.
 ///
-/// NOTE: an entry stays cached after the last configuration that used it is gone; entries are
-/// few (one per rules directory, paranoia level and threshold ever configured) but not evicted.
+/// NOTE: an entry stays cached after the last configuration that used it is gone. Entries are
+/// few (one per rules directory, paranoia level and threshold ever configured), but none is
+/// evicted.
 pub fn load_shared(dir: Option<&Path>, setup: &Setup) -> Result<Arc<RuleSet>, Error> {
     let fingerprint = match dir {
         Some(dir) => fingerprint(dir)?,

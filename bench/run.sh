@@ -3,6 +3,7 @@
 #
 # Usage: bench/run.sh          the proxy comparison: direct, nginx, portcullis, policies
 #        bench/run.sh limits   the cost of one rate limit: portcullis, limit-local, limit-redis
+#        bench/run.sh waf      the cost of the `waf` policy: portcullis, waf-builtin, waf-crs
 #
 # Targets, each measured with wrk against GET /fast of tools/echo-upstream, once with
 # BENCH_CONNECTIONS connections (full load) and once with BENCH_LIGHT_CONNECTIONS:
@@ -12,6 +13,15 @@
 #   policies     wrk -> portcullis, key-auth + rate limit + JSON access log file -> echo-upstream
 #   limit-local  wrk -> portcullis, one rate limit with in-memory counters -> echo-upstream
 #   limit-redis  wrk -> portcullis, one rate limit with Redis counters -> echo-upstream
+#   waf-builtin  wrk -> portcullis, a `waf` policy with the built-in rules -> echo-upstream
+#   waf-crs      wrk -> portcullis, a `waf` policy with the OWASP CRS at paranoia level 1
+#                -> echo-upstream
+#
+# The waf run sends GET /fast?user=alice&page=2 to every target, a benign request with two
+# query parameters, and compares the two WAF targets with portcullis without policies. The CRS
+# comes from $PORTCULLIS_CRS_DIR/rules (default: ../shared/crs/rules next to the repository);
+# without it waf-crs is skipped. A side-by-side run of nginx with ModSecurity and the same CRS
+# is not part of this script yet.
 #
 # The limits run compares the last two with portcullis: the difference in CPU time and
 # latency per request is the cost of a limit. Its Redis is a private redis-server on a free
@@ -68,6 +78,10 @@ readonly API_KEY=alice-demo-key-0001
 readonly ADMIN_TOKEN=bench-admin-token-000000000001
 readonly TARGETS=(direct nginx portcullis policies)
 readonly LIMIT_TARGETS=(portcullis limit-local limit-redis)
+WAF_TARGETS=(portcullis waf-builtin waf-crs)
+readonly CRS_RULES=${PORTCULLIS_CRS_DIR:-$REPO/../shared/crs}/rules
+# Path and query that wrk requests through the proxies.
+PROXY_TARGET=/echo/fast
 
 WORK_DIR=""
 REDIS_URL=""
@@ -120,7 +134,7 @@ install_tools() {
     local mode=$1 missing=() command package commands=(wrk taskset python3 curl)
     if [[ $mode == limits ]]; then
         commands+=(redis-server redis-cli)
-    else
+    elif [[ $mode == proxies ]]; then
         commands+=(nginx)
     fi
     for command in "${commands[@]}"; do
@@ -313,6 +327,19 @@ services:
     policies:
       - rate-limit: { limit: 100000000, window: 1s, by: ip, backend: $backend }
 EOF
+        elif [[ $name == waf-* ]]; then
+            cat <<EOF
+access_log: off
+services:
+  - name: echo
+    targets: [http://$UPSTREAM_ADDRESS]
+    policies:
+EOF
+            if [[ $name == waf-crs ]]; then
+                printf '      - waf: { rules_dir: "%s", paranoia: 1 }\n' "$CRS_RULES"
+            else
+                printf '      - waf: {}\n'
+            fi
         elif ((with_policies)); then
             cat <<EOF
 access_log: access.log
@@ -344,8 +371,8 @@ EOF
     } >"$dir/portcullis.yaml"
 }
 
-# Start portcullis for target NAME (portcullis, policies, limit-local or limit-redis) and
-# check that it proxies.
+# Start portcullis for target NAME (portcullis, policies, limit-local, limit-redis, waf-builtin
+# or waf-crs) and check that it proxies.
 start_portcullis() {
     local name=$1 with_policies=0 dir=$WORK_DIR/$1 proxy_address admin_address
     [[ $name == policies ]] && with_policies=1
@@ -361,7 +388,7 @@ start_portcullis() {
     ADMIN_URL="http://$admin_address"
     wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
         status_is "$ADMIN_URL/health/ready" 200
-    URL[$name]="http://$proxy_address/echo/fast"
+    URL[$name]="http://$proxy_address$PROXY_TARGET"
     expect_status "${URL[$name]}" 200 --header "apikey: $API_KEY"
     if ((with_policies)); then
         # Without the key the request must be rejected, or the policy chain is not active.
@@ -371,6 +398,10 @@ start_portcullis() {
         # The limit must be in the chain, or the run would measure a gateway without it.
         curl --silent --max-time 5 --include "${URL[$name]}" | grep -qi '^ratelimit-policy:' ||
             die "portcullis ($name) sent no RateLimit-Policy header, so its limit is not active"
+    fi
+    if [[ $name == waf-* ]]; then
+        # An attack must be rejected, or the run would measure a gateway without the WAF.
+        expect_status "http://$proxy_address/echo/fast?q=1%27%20OR%20%271%27%3D%271" 403
     fi
     log "portcullis ($name) on $proxy_address, admin on $admin_address, pinned to core $PROXY_CORE"
 }
@@ -795,12 +826,47 @@ run_limit_targets() {
     done
 }
 
+print_waf_report() {
+    local name
+    print_header
+    printf 'waf run: GET %s through the proxies; waf-crs rules: %s\n' "$PROXY_TARGET" "$CRS_RULES"
+    printf '\nfull load: wrk -c%s -d%s after a %s warm-up\n\n' "$CONNECTIONS" "$DURATION" "$WARMUP"
+    print_table "" "${WAF_TARGETS[@]}"
+    if ((LIGHT_CONNECTIONS > 0)); then
+        printf '\nlight load: wrk -c%s -d%s after a 1s warm-up\n\n' "$LIGHT_CONNECTIONS" "$LIGHT_DURATION"
+        print_table -light "${WAF_TARGETS[@]}"
+    fi
+    print_table_legend
+    printf 'cost of the waf policy per request, over portcullis without policies:\n'
+    for name in "${WAF_TARGETS[@]:1}"; do
+        printf '  %-12s full load: %s\n' "$name" "$(added_cost "$name" portcullis)"
+        if ((LIGHT_CONNECTIONS > 0)); then
+            printf '  %-12s light load: %s\n' "$name" "$(added_cost "$name-light" portcullis-light)"
+        fi
+    done
+    print_warnings
+}
+
+run_waf_targets() {
+    local name
+    if [[ ! -d $CRS_RULES ]]; then
+        log "skipping waf-crs: no CRS rules at $CRS_RULES (set PORTCULLIS_CRS_DIR)"
+        WAF_TARGETS=(portcullis waf-builtin)
+    fi
+    for name in "${WAF_TARGETS[@]}"; do
+        start_portcullis "$name"
+        measure_target "$name"
+        stop_proxy
+    done
+}
+
 main() {
     local mode=proxies
     case ${1:-} in
         "") ;;
         limits) mode=limits ;;
-        *) die "unknown argument '$1'; usage: bench/run.sh [limits]" ;;
+        waf) mode=waf ;;
+        *) die "unknown argument '$1'; usage: bench/run.sh [limits | waf]" ;;
     esac
     trap cleanup EXIT
     # The EXIT trap runs on these signals only when the shell handles them.
@@ -812,6 +878,12 @@ main() {
     WORK_DIR=$(mktemp -d -t portcullis-bench.XXXXXX)
 
     start_upstream
+    if [[ $mode == waf ]]; then
+        PROXY_TARGET='/echo/fast?user=alice&page=2'
+        run_waf_targets
+        print_waf_report
+        return
+    fi
     if [[ $mode == limits ]]; then
         run_limit_targets
         print_limit_report

@@ -424,7 +424,8 @@ fn schemas() -> Value {
                 { "type": "object", "required": ["oauth2-introspection"], "additionalProperties": false, "properties": { "oauth2-introspection": schema_ref("Oauth2Introspection") } },
                 { "type": "object", "required": ["cors"], "additionalProperties": false, "properties": { "cors": schema_ref("Cors") } },
                 { "type": "object", "required": ["csrf"], "additionalProperties": false, "properties": { "csrf": schema_ref("Csrf") } },
-                { "type": "object", "required": ["security-headers"], "additionalProperties": false, "properties": { "security-headers": schema_ref("SecurityHeaders") } }
+                { "type": "object", "required": ["security-headers"], "additionalProperties": false, "properties": { "security-headers": schema_ref("SecurityHeaders") } },
+                { "type": "object", "required": ["waf"], "additionalProperties": false, "properties": { "waf": schema_ref("Waf") } }
             ]
         },
         "KeyAuth": {
@@ -559,6 +560,30 @@ fn schemas() -> Value {
                 "cross_origin_opener_policy": { "type": ["string", "boolean"], "default": "same-origin" },
                 "content_security_policy": { "type": ["string", "boolean"], "default": "default-src 'none'; frame-ancestors 'none'" },
                 "override": { "type": "array", "items": { "type": "string" }, "description": "Header names whose value replaces the upstream's" }
+            }
+        },
+        "Waf": {
+            "type": "object",
+            "description": "Web application firewall in the inspect phase: the OWASP CRS from `rules_dir`, or the built-in rules",
+            "properties": {
+                "mode": { "type": "string", "enum": ["block", "detect"], "default": "block" },
+                "rules_dir": { "type": "string", "description": "Directory of SecLang `*.conf` rule files on the gateway's host; a relative path resolves against the config file's folder, or the working directory for entities written through this API" },
+                "paranoia": { "type": "integer", "minimum": 1, "maximum": 4, "default": 1 },
+                "anomaly_threshold": { "type": "integer", "minimum": 1, "default": 5 },
+                "body_limit": { "type": "integer", "minimum": 1, "default": 131072, "description": "Request body bytes read and inspected" },
+                "on_body_over_limit": { "type": "string", "enum": ["block", "pass"], "default": "block" },
+                "exclusions": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "description": "Rules selected by `rules` or `tags`; without `variables` they do not run, with `variables` they skip those values",
+                        "properties": {
+                            "rules": { "type": "array", "items": { "oneOf": [{ "type": "integer" }, { "type": "string", "description": "Inclusive range `LOW-HIGH`" }] } },
+                            "tags": { "type": "array", "items": { "type": "string" } },
+                            "variables": { "type": "array", "items": { "type": "string", "description": "SecLang target such as `ARGS:password`" } }
+                        }
+                    }
+                }
             }
         },
         "IpRestriction": {

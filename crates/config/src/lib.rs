@@ -11,6 +11,7 @@ mod load;
 pub mod model;
 pub mod upstream;
 mod upstream_checks;
+mod waf;
 mod yaml;
 
 pub use ai::{

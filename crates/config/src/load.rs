@@ -329,10 +329,18 @@ fn resolve_paths(config: &mut Config) {
         );
     for policies in policy_levels {
         for policy in policies {
-            if let PolicySpec::Oauth2Introspection(spec) = policy {
-                if let Some(path) = &mut spec.ca_file {
-                    resolve(path);
+            match policy {
+                PolicySpec::Oauth2Introspection(spec) => {
+                    if let Some(path) = &mut spec.ca_file {
+                        resolve(path);
+                    }
                 }
+                PolicySpec::Waf(spec) => {
+                    if let Some(path) = &mut spec.rules_dir {
+                        resolve(path);
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -862,6 +870,7 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
                     ));
                 }
             }
+            PolicySpec::Waf(spec) => errors.extend(crate::waf::validate_waf(&key, spec)),
         }
     }
     errors

@@ -673,6 +673,7 @@ pub enum PolicySpec {
     Cors(CorsSpec),
     Csrf(CsrfSpec),
     SecurityHeaders(SecurityHeadersSpec),
+    Waf(WafSpec),
 }
 
 impl PolicySpec {
@@ -688,6 +689,7 @@ impl PolicySpec {
             PolicySpec::Cors(_) => "cors",
             PolicySpec::Csrf(_) => "csrf",
             PolicySpec::SecurityHeaders(_) => "security-headers",
+            PolicySpec::Waf(_) => "waf",
         }
     }
 
@@ -777,6 +779,114 @@ pub struct IpRestrictionSpec {
     pub allow: Vec<Cidr>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<Cidr>,
+}
+
+/// Web application firewall: inspects the request line, headers, cookies and body with the
+/// OWASP Core Rule Set (CRS) from `rules_dir`, or with the built-in rule set when `rules_dir` is
+/// not set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WafSpec {
+    pub mode: WafMode,
+    /// Directory of SecLang rule files (every `*.conf`, in name order), such as the CRS `rules`
+    /// directory. A relative path resolves against the config file's folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules_dir: Option<PathBuf>,
+    /// CRS paranoia level, 1 to 4.
+    pub paranoia: u8,
+    /// Inbound anomaly score at which a request is blocked.
+    pub anomaly_threshold: u32,
+    /// Bytes of the request body that are buffered and inspected.
+    pub body_limit: u64,
+    pub on_body_over_limit: WafOverLimit,
+    /// Rules, and rule targets, that are not evaluated.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclusions: Vec<WafExclusion>,
+}
+
+/// Default of `waf.body_limit`: 128 KiB, the request body limit that ModSecurity's
+/// recommended configuration sets for bodies without files (`SecRequestBodyNoFilesLimit`).
+pub const DEFAULT_WAF_BODY_LIMIT: u64 = 128 * 1024;
+
+impl Default for WafSpec {
+    fn default() -> Self {
+        WafSpec {
+            mode: WafMode::Block,
+            rules_dir: None,
+            paranoia: 1,
+            anomaly_threshold: 5,
+            body_limit: DEFAULT_WAF_BODY_LIMIT,
+            on_body_over_limit: WafOverLimit::Block,
+            exclusions: Vec::new(),
+        }
+    }
+}
+
+/// Action of the WAF on a request whose anomaly score reaches the threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WafMode {
+    /// Reject it with 403.
+    #[default]
+    Block,
+    /// Forward it and record the verdict in the access log and metrics.
+    Detect,
+}
+
+/// Action of the WAF on a request body larger than `body_limit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WafOverLimit {
+    /// Reject the request with 413.
+    #[default]
+    Block,
+    /// Inspect the first `body_limit` bytes and forward the whole body.
+    Pass,
+}
+
+/// Rules removed from a `waf` policy, or rule targets removed from those rules.
+///
+/// `rules` and `tags` select rules. Without `variables` the selected rules do not run at all;
+/// with `variables`, such as `ARGS:password`, the rules still run but skip those values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WafExclusion {
+    /// Rule ids such as `942100`, or id ranges such as `"942100-942199"`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleIds>,
+    /// Rule tags such as `attack-sqli`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// SecLang targets such as `ARGS:password` or `REQUEST_COOKIES:/^session/`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<String>,
+}
+
+/// A rule id, or an inclusive id range written `"LOW-HIGH"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RuleIds {
+    Id(u32),
+    Range(String),
+}
+
+impl RuleIds {
+    /// Returns the inclusive range, or `None` when a range is not `LOW-HIGH` with LOW <= HIGH.
+    pub fn range(&self) -> Option<(u32, u32)> {
+        match self {
+            RuleIds::Id(id) => Some((*id, *id)),
+            RuleIds::Range(text) => {
+                let (low, high) = match text.split_once('-') {
+                    Some((low, high)) => (low.trim().parse().ok()?, high.trim().parse().ok()?),
+                    None => {
+                        let id = text.trim().parse().ok()?;
+                        (id, id)
+                    }
+                };
+                (low <= high).then_some((low, high))
+            }
+        }
+    }
 }
 
 /// A rate limit, quota or concurrency limit.

@@ -35,12 +35,16 @@ pub enum WafCommand {
     /// `score` (inbound anomaly score), `rules` (ids of the rules that fired) and `probability`,
     /// which is always null because no learned model is available yet.
     Scan {
-        /// Directory of SecLang rule files; defaults to `$PORTCULLIS_CRS_DIR/rules`.
+        /// Directory of SecLang rule files, such as a CRS `rules` directory. Without it the
+        /// built-in rule set runs, the one a `waf` policy without `rules_dir` uses.
         #[arg(long, value_name = "DIR")]
         rules: Option<PathBuf>,
         /// CRS paranoia level, 1 to 4.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
         paranoia: u8,
+        /// Inbound anomaly score at which a value is blocked.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        anomaly_threshold: u32,
     },
 }
 
@@ -52,7 +56,11 @@ pub fn run(command: WafCommand) -> ExitCode {
             paranoia,
             overrides,
         } => test(&rules, &tests, paranoia, overrides.as_deref()),
-        WafCommand::Scan { rules, paranoia } => scan(rules, paranoia),
+        WafCommand::Scan {
+            rules,
+            paranoia,
+            anomaly_threshold,
+        } => scan(rules.as_deref(), paranoia, anomaly_threshold),
     };
     match result {
         Ok(code) => code,
@@ -120,18 +128,12 @@ fn test(
     })
 }
 
-fn scan(rules: Option<PathBuf>, paranoia: u8) -> anyhow::Result<ExitCode> {
-    let rules = match rules {
-        Some(rules) => rules,
-        None => std::env::var_os("PORTCULLIS_CRS_DIR")
-            .map(|dir| PathBuf::from(dir).join("rules"))
-            .context("missing --rules: pass a rules directory or set PORTCULLIS_CRS_DIR")?,
+fn scan(rules: Option<&Path>, paranoia: u8, anomaly_threshold: u32) -> anyhow::Result<ExitCode> {
+    let setup = Setup::deployment(paranoia, anomaly_threshold);
+    let set = match rules {
+        Some(rules) => load_rules(rules, &setup)?,
+        None => RuleSet::builtin(&setup).context("failed to compile the built-in rules")?,
     };
-    let setup = Setup {
-        paranoia_level: paranoia,
-        tx: Vec::new(),
-    };
-    let set = load_rules(&rules, &setup)?;
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
         let value = line.context("failed to read standard input")?;

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 use crate::body::Outcome;
+use crate::policies::waf::WafRecord;
 
 /// Lines buffered between request tasks and the writer thread.
 const BUFFERED_LINES: usize = 131_072;
@@ -62,6 +63,10 @@ pub struct AccessRecord {
     /// Model, provider, tokens and cost of a call on an `ai` route.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ai: Option<portcullis_ai::CallSummary>,
+    /// Verdict, anomaly score and matched rule ids of a `waf` policy, without the values that
+    /// matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waf: Option<WafRecord>,
 }
 
 fn is_zero(value: &u32) -> bool {

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 
 use http::request;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use portcullis_ai::{AiRequest, CallRecord, Gateway};
 
-use crate::body::{BodyStats, ResponseBody};
+use crate::body::{RequestBody, ResponseBody};
 use crate::error::Rejection;
 
 /// A served AI call: the response and what the access log needs from it.
@@ -22,39 +21,20 @@ pub struct Served {
 }
 
 /// Serves one request of an `ai` route. `relative_path` is the path after the route's matched
-/// prefix, such as `/chat/completions`. The request body's size is counted in `stats` for the
-/// access log.
+/// prefix, such as `/chat/completions`. `body` enforces the gateway's body size limit and counts
+/// its bytes for the access log.
 pub async fn serve(
     gateway: &Gateway,
     parts: &request::Parts,
-    body: Incoming,
+    body: RequestBody,
     relative_path: String,
-    max_body_bytes: u64,
     request_id: &str,
-    stats: &BodyStats,
 ) -> Result<Served, Rejection> {
-    let limit = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
-    let body = Limited::new(body, limit)
+    let body = body
         .collect()
         .await
-        .map_err(|error| {
-            if error.is::<http_body_util::LengthLimitError>() {
-                Rejection::new(
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is larger than the gateway accepts",
-                )
-            } else {
-                Rejection::bad_request(
-                    "invalid_body",
-                    "the request body is malformed or ended early",
-                )
-            }
-        })?
+        .map_err(|error| crate::body::read_rejection(&error))?
         .to_bytes();
-    stats
-        .bytes
-        .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let reply = gateway
         .handle(AiRequest {
             method: parts.method.clone(),

@@ -2,19 +2,24 @@
 //!
 //! Neither body is buffered: each frame passes through as it arrives. [`RequestBody`] counts the
 //! bytes a client sends and ends the stream with an error once they exceed the limit, so that an
-//! oversized chunked body is cut off without being held in memory. [`ResponseBody`] counts the
-//! bytes sent back and runs a completion hook when the body ends or is dropped, which is when the
-//! access log line is written: only then are the status, the size and the outcome all known.
+//! oversized chunked body is cut off without being held in memory. The one exception is a route
+//! with a `waf` policy: it reads the start of the body with [`RequestBody::read_prefix`] to
+//! inspect it, and those frames are sent first, unchanged. [`ResponseBody`] counts the bytes sent
+//! back and runs a completion hook when the body ends or is dropped, which is when the access log
+//! line is written: only then are the status, the size and the outcome all known.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::error::Rejection;
 use crate::pool::PooledConnection;
 
 /// Boxed error type of the bodies in this module.
@@ -25,6 +30,23 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body exceeds the limit of {limit} bytes")]
 pub struct BodyTooLarge {
     pub limit: u64,
+}
+
+/// Returns the rejection for a request body that could not be read: 413 when it exceeds the
+/// gateway's size limit, 400 when it is malformed or ended early.
+pub fn read_rejection(error: &BoxError) -> Rejection {
+    if error.downcast_ref::<BodyTooLarge>().is_some() {
+        Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than the gateway accepts",
+        )
+    } else {
+        Rejection::bad_request(
+            "invalid_body",
+            "the request body is malformed or ended early",
+        )
+    }
 }
 
 /// Byte counts and flags shared between a body and the request handler.
@@ -42,6 +64,19 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
     stats: Arc<BodyStats>,
+    /// Frames already read by [`RequestBody::read_prefix`], sent before the rest of `inner`.
+    buffered: VecDeque<Frame<Bytes>>,
+    /// Data bytes in `buffered`.
+    buffered_bytes: u64,
+}
+
+/// The start of a request body, read for inspection.
+#[derive(Debug)]
+pub struct Prefix {
+    /// At most the requested number of bytes.
+    pub bytes: Bytes,
+    /// True when `bytes` is the whole body.
+    pub complete: bool,
 }
 
 impl RequestBody {
@@ -50,6 +85,8 @@ impl RequestBody {
             inner: Some(inner),
             limit,
             stats,
+            buffered: VecDeque::new(),
+            buffered_bytes: 0,
         }
     }
 
@@ -59,19 +96,49 @@ impl RequestBody {
             inner: None,
             limit: 0,
             stats,
+            buffered: VecDeque::new(),
+            buffered_bytes: 0,
         }
     }
-}
 
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
+    /// Reads frames until more than `max` data bytes arrived or the body ended, and keeps them
+    /// to be sent first. Returns a copy of the first `max` bytes. Fails like polling the body
+    /// does: when the body exceeds the gateway's size limit or the client's body is malformed.
+    pub async fn read_prefix(&mut self, max: usize) -> Result<Prefix, BoxError> {
+        let mut collected = BytesMut::new();
+        for frame in &self.buffered {
+            if let Some(data) = frame.data_ref() {
+                collected.extend_from_slice(data);
+            }
+        }
+        let mut complete = self.inner.as_ref().is_none_or(Body::is_end_stream);
+        while !complete && collected.len() <= max {
+            match std::future::poll_fn(|cx| self.poll_inner(cx)).await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        collected.extend_from_slice(data);
+                        self.buffered_bytes += data.len() as u64;
+                    }
+                    self.buffered.push_back(frame);
+                    complete = self.inner.as_ref().is_none_or(Body::is_end_stream);
+                }
+                Some(Err(error)) => return Err(error),
+                None => complete = true,
+            }
+        }
+        if collected.len() > max {
+            collected.truncate(max);
+            complete = false;
+        }
+        Ok(Prefix {
+            bytes: collected.freeze(),
+            complete,
+        })
+    }
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
+    /// Polls the client's body, counting its bytes against the limit.
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -101,16 +168,42 @@ impl Body for RequestBody {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.buffered.pop_front() {
+            if let Some(data) = frame.data_ref() {
+                this.buffered_bytes -= data.len() as u64;
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        this.poll_inner(cx)
+    }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.buffered.is_empty() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
+        let rest = self
+            .inner
             .as_ref()
             .map(Body::size_hint)
-            .unwrap_or_else(|| SizeHint::with_exact(0))
+            .unwrap_or_else(|| SizeHint::with_exact(0));
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + self.buffered_bytes);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + self.buffered_bytes);
+        }
+        hint
     }
 }
 

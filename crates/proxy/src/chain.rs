@@ -29,13 +29,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Method, Uri, Version};
 
 use portcullis_policy::rate_limit::Lease;
 
+use crate::body::RequestBody;
 use crate::canonical::CanonicalRequest;
 use crate::error::Rejection;
 use crate::header_edits::HeaderEdits;
+use crate::policies::waf::WafRecord;
 use crate::snapshot::{CompiledRoute, ConsumerInfo, Snapshot};
 
 /// The phase a policy runs in. Phases run in declaration order.
@@ -52,9 +54,13 @@ pub enum Phase {
 pub struct Exchange<'r> {
     pub snapshot: &'r Snapshot,
     pub route: &'r CompiledRoute,
+    pub request_id: &'r str,
     pub method: &'r Method,
     /// The request target as received, whose authority names the request's own origin.
     pub uri: &'r Uri,
+    /// The request target's path and query as the client sent them, before canonicalisation.
+    pub target: &'r str,
+    pub version: Version,
     /// Request headers; an authentication policy removes the credential it consumed.
     pub headers: &'r mut HeaderMap,
     pub canonical: &'r mut CanonicalRequest,
@@ -79,6 +85,11 @@ pub struct Exchange<'r> {
     /// Concurrency-limit slots held by this request, returned when the response body ends or
     /// the client goes away.
     pub leases: Vec<Lease>,
+    /// The client's request body. It streams to the upstream unless a policy reads its start
+    /// with [`RequestBody::read_prefix`].
+    pub body: &'r mut RequestBody,
+    /// The verdict of a `waf` policy, for the access log.
+    pub waf: Option<WafRecord>,
 }
 
 /// A boxed future returned by [`Policy::on_request`].

@@ -75,6 +75,17 @@ pub struct IntrospectionLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WafVerdictLabels {
+    pub route: Name,
+    /// Rule file stem of a matched rule, such as `REQUEST-942-APPLICATION-ATTACK-SQLI` or
+    /// `BUILTIN-SQLI`, or `none` when no rule matched.
+    pub family: Name,
+    /// `pass`, `block`, `detect` (would have blocked, forwarded in detect mode) or
+    /// `body_too_large` (rejected because the body exceeds the inspection limit).
+    pub verdict: &'static str,
+}
+
 /// Latency buckets in seconds, from 100 microseconds to 30 seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -105,6 +116,7 @@ pub struct Metrics {
     pub upstream_retries_denied: Family<ServiceLabels, Counter>,
     pub upstream_unavailable: Family<UnavailableLabels, Counter>,
     pub introspection_calls: Family<IntrospectionLabels, Counter>,
+    pub waf_verdicts: Family<WafVerdictLabels, Counter>,
 }
 
 /// The series of one route that almost every request updates, looked up in their families on
@@ -217,6 +229,7 @@ impl Metrics {
             upstream_retries_denied: Family::default(),
             upstream_unavailable: Family::default(),
             introspection_calls: Family::default(),
+            waf_verdicts: Family::default(),
         };
         registry.register(
             "portcullis_requests",
@@ -293,6 +306,12 @@ impl Metrics {
             "portcullis_introspection_calls",
             "Token introspection calls to authorization servers, by endpoint and result",
             metrics.introspection_calls.clone(),
+        );
+        registry.register(
+            "portcullis_waf_verdicts",
+            "Requests inspected by a waf policy, by route, matched rule family and verdict; a \
+             request that matched rules of several families counts once in each",
+            metrics.waf_verdicts.clone(),
         );
         Arc::new(metrics)
     }

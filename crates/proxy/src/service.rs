@@ -20,6 +20,7 @@ use crate::error::{Rejection, Side};
 use crate::forward::{self, Answered, AttemptLog, Outgoing};
 use crate::header_edits::HeaderEdits;
 use crate::metrics::{Metrics, Name, RejectionLabels};
+use crate::policies::waf::WafRecord;
 use crate::router::{self, NoMatch};
 use crate::snapshot::{CompiledRoute, Snapshot, SnapshotHandle};
 use crate::targets::InFlight;
@@ -71,6 +72,8 @@ struct Trace {
     in_flight: Option<InFlight>,
     /// Response header changes of the policies, for whichever response the request gets.
     header_edits: HeaderEdits,
+    /// The verdict of a `waf` policy.
+    waf: Option<WafRecord>,
 }
 
 /// Response header with the milliseconds the gateway added to an AI call: the time to the
@@ -175,6 +178,7 @@ impl Proxy {
             error: rejection.as_ref().map(|rejection| rejection.code),
             outcome: Outcome::Completed,
             ai: None,
+            waf: trace.waf,
         };
         response.body_mut().on_complete(Box::new(LogOnComplete {
             ai_call: trace.ai_call,
@@ -263,11 +267,19 @@ impl Proxy {
         trace.service = route.service.as_ref().map(|service| service.name.clone());
 
         // Authenticate, authorize, limit and inspect.
+        let mut request_body =
+            RequestBody::new(body, snapshot.limits.max_body_bytes, stats.clone());
         let mut exchange = Exchange {
             snapshot,
             route,
+            request_id,
             method: &parts.method,
             uri: &parts.uri,
+            target: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |path_and_query| path_and_query.as_str()),
+            version: parts.version,
             headers: &mut parts.headers,
             canonical: &mut canonical,
             consumer: None,
@@ -279,9 +291,12 @@ impl Proxy {
             header_edits: HeaderEdits::default(),
             answer: None,
             leases: Vec::new(),
+            body: &mut request_body,
+            waf: None,
         };
         let chain_result = chain::run(&mut exchange).await;
         trace.leases = std::mem::take(&mut exchange.leases);
+        trace.waf = exchange.waf.take();
         let consumer = exchange.consumer.take();
         let credential_id = exchange.credential_id.take();
         let response_headers = std::mem::take(&mut exchange.response_headers);
@@ -315,11 +330,9 @@ impl Proxy {
             let served = crate::ai::serve(
                 gateway,
                 parts,
-                body,
+                request_body,
                 router::strip_prefix(&canonical.path, &matched),
-                snapshot.limits.max_body_bytes,
                 request_id,
-                stats,
             )
             .await
             .map_err(|mut rejection| {
@@ -396,11 +409,7 @@ impl Proxy {
             query: canonical.query.as_deref(),
             headers,
             original_host,
-            body: ReplayableBody::new(RequestBody::new(
-                body,
-                snapshot.limits.max_body_bytes,
-                stats.clone(),
-            )),
+            body: ReplayableBody::new(request_body),
             stats,
             hash,
         };

@@ -63,6 +63,12 @@ impl RuleSet {
     /// [`Evaluation::blocked`] and stops evaluation, and `ctl:ruleEngine=DetectionOnly` lets it
     /// continue instead.
     pub fn evaluate(&self, request: &Request) -> Evaluation {
+        self.evaluate_excluding(request, &Exclusions::default())
+    }
+
+    /// Runs phases 1 and 2 like [`RuleSet::evaluate`], with `exclusions` applied before the
+    /// first rule, as if a rule at the start of phase 1 had run their `ctl` actions.
+    pub fn evaluate_excluding(&self, request: &Request, exclusions: &Exclusions) -> Evaluation {
         let mut transaction = Transaction {
             set: self,
             request,
@@ -81,6 +87,9 @@ impl RuleSet {
             cache: RefCell::new(HashMap::new()),
             prefilter_cache: RefCell::new(HashMap::new()),
         };
+        for control in &exclusions.controls {
+            transaction.apply_control(control);
+        }
         transaction.run();
         Evaluation {
             matched: transaction.matched,
@@ -88,6 +97,77 @@ impl RuleSet {
             blocked: transaction.blocked,
         }
     }
+}
+
+/// Rules and rule targets removed for every evaluation of a deployment, with the effect of
+/// `ctl:ruleRemoveById`, `ctl:ruleRemoveByTag` and `ctl:ruleRemoveTarget*` at the start of a
+/// request. The compiled rule set stays unchanged, so deployments with different exclusions
+/// share it.
+#[derive(Clone, Debug, Default)]
+pub struct Exclusions {
+    controls: Vec<Control>,
+}
+
+impl Exclusions {
+    /// Removes the rules with ids from `low` to `high`, both included.
+    pub fn remove_ids(&mut self, low: u32, high: u32) {
+        self.controls
+            .push(Control::RuleRemoveById(vec![(low, high)]));
+    }
+
+    /// Removes the rules that carry `tag`.
+    pub fn remove_tag(&mut self, tag: &str) {
+        self.controls
+            .push(Control::RuleRemoveByTag(tag.to_string()));
+    }
+
+    /// Removes `targets`, such as `ARGS:password|REQUEST_COOKIES:/^session/`, from the rules
+    /// with ids from `low` to `high`. Fails with the parser's message when a target is invalid.
+    pub fn remove_targets_by_id(
+        &mut self,
+        low: u32,
+        high: u32,
+        targets: &str,
+    ) -> Result<(), String> {
+        let targets = parse_exclusion_targets(targets)?;
+        self.controls
+            .push(Control::RuleRemoveTargetById((low, high), targets));
+        Ok(())
+    }
+
+    /// Removes `targets` from the rules that carry `tag`.
+    pub fn remove_targets_by_tag(&mut self, tag: &str, targets: &str) -> Result<(), String> {
+        let targets = parse_exclusion_targets(targets)?;
+        self.controls
+            .push(Control::RuleRemoveTargetByTag(tag.to_string(), targets));
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.controls.is_empty()
+    }
+}
+
+/// Checks a target list written for an exclusion, such as `ARGS:password`.
+pub fn parse_exclusion_targets(text: &str) -> Result<Vec<Target>, String> {
+    let location = crate::seclang::Location {
+        file: std::sync::Arc::from("exclusion"),
+        line: 1,
+    };
+    let targets = crate::variable::parse_targets(&location, text).map_err(|error| match error {
+        crate::Error::Syntax { message, .. } => message,
+        other => other.to_string(),
+    })?;
+    if targets.is_empty() {
+        return Err("the target list is empty".to_string());
+    }
+    if let Some(target) = targets.iter().find(|target| target.count || target.exclude) {
+        return Err(format!(
+            "`{}` is not a plain target: write `VARIABLE` or `VARIABLE:key` without `&` or `!`",
+            target.variable.name()
+        ));
+    }
+    Ok(targets)
 }
 
 /// Transformed values keyed by (source value identity, transformation list index).

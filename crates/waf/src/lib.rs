@@ -13,12 +13,14 @@ pub mod regex_repair;
 pub mod request;
 pub mod ruleset;
 pub mod seclang;
+pub mod shared;
 pub mod transform;
 pub mod variable;
 
-pub use engine::{Evaluation, MatchedRule};
+pub use engine::{Evaluation, Exclusions, MatchedRule};
 pub use request::Request;
 pub use ruleset::{RuleSet, Setup};
+pub use shared::load_shared;
 
 use seclang::Location;
 

@@ -20,9 +20,37 @@ const PREFILTER_SIZE_LIMIT: usize = 512 * 1024 * 1024;
 /// Maximum number of patterns in one prefilter set.
 const PREFILTER_CHUNK: usize = 32;
 
+/// The built-in rule files, as name and text, in load order.
+pub const BUILTIN_RULES: [(&str, &str); 6] = [
+    (
+        "BUILTIN-INITIALIZATION.conf",
+        include_str!("../rules/BUILTIN-INITIALIZATION.conf"),
+    ),
+    (
+        "BUILTIN-SQLI.conf",
+        include_str!("../rules/BUILTIN-SQLI.conf"),
+    ),
+    (
+        "BUILTIN-XSS.conf",
+        include_str!("../rules/BUILTIN-XSS.conf"),
+    ),
+    (
+        "BUILTIN-PATH-TRAVERSAL.conf",
+        include_str!("../rules/BUILTIN-PATH-TRAVERSAL.conf"),
+    ),
+    (
+        "BUILTIN-COMMAND-INJECTION.conf",
+        include_str!("../rules/BUILTIN-COMMAND-INJECTION.conf"),
+    ),
+    (
+        "BUILTIN-BLOCKING-EVALUATION.conf",
+        include_str!("../rules/BUILTIN-BLOCKING-EVALUATION.conf"),
+    ),
+];
+
 /// Settings that a deployment puts in `crs-setup.conf`, written here as `SecAction` rules so they
 /// go through the same parser as the rule files.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Setup {
     /// Paranoia level, 1 to 4. It sets both `tx.blocking_paranoia_level` and
     /// `tx.detection_paranoia_level`.
@@ -50,6 +78,18 @@ impl Setup {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+        }
+    }
+
+    /// Returns the setup of a gateway deployment: `paranoia_level` and the inbound anomaly
+    /// score at which a request is denied (`tx.inbound_anomaly_score_threshold`).
+    pub fn deployment(paranoia_level: u8, anomaly_threshold: u32) -> Self {
+        Self {
+            paranoia_level,
+            tx: vec![(
+                "inbound_anomaly_score_threshold".to_string(),
+                anomaly_threshold.to_string(),
+            )],
         }
     }
 
@@ -191,6 +231,18 @@ impl RuleSet {
                 source,
             })?;
             compiler.add_text(&file.display().to_string(), &text)?;
+        }
+        Ok(compiler.finish())
+    }
+
+    /// Compiles the built-in rule set of `crates/waf/rules` after the `setup` rules: libinjection
+    /// SQL injection and XSS detection, path traversal and command injection checks, scored like
+    /// the CRS anomaly mode.
+    pub fn builtin(setup: &Setup) -> Result<Self, Error> {
+        let mut compiler = Compiler::new(Path::new("."));
+        compiler.add_text("<setup>", &setup.to_seclang())?;
+        for (name, text) in BUILTIN_RULES {
+            compiler.add_text(name, text)?;
         }
         Ok(compiler.finish())
     }

@@ -9,6 +9,7 @@ pub mod jwt;
 pub mod key_auth;
 pub mod rate_limit;
 pub mod security_headers;
+pub mod waf;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use portcullis_config::browser::Origin;
 
 use crate::chain::{ChainEntry, Exchange};
 use crate::jwks::JwksRegistry;
-use crate::metrics::BackendErrorLabels;
+use crate::metrics::{BackendErrorLabels, WafVerdictLabels};
 
 /// What an adapter needs from outside its spec when it is built.
 #[derive(Clone)]
@@ -37,6 +38,8 @@ pub struct PolicyContext {
     pub backend_errors: Family<BackendErrorLabels, Counter>,
     /// Introspection caches, kept across snapshots so that reloads keep the cached results.
     pub introspection: Arc<introspection::IntrospectionRegistry>,
+    /// `portcullis_waf_verdicts`, shared with the metrics registry.
+    pub waf_verdicts: Family<WafVerdictLabels, Counter>,
 }
 
 impl PolicyContext {
@@ -49,6 +52,7 @@ impl PolicyContext {
             jwks: Arc::default(),
             introspection: Arc::new(introspection::IntrospectionRegistry::new(Family::default())),
             backend_errors: Family::default(),
+            waf_verdicts: Family::default(),
         }
     }
 }
@@ -131,6 +135,10 @@ pub fn build(
                         |message| format!("{scope}: oauth2-introspection policy: {message}"),
                     )?)
                 }
+                PolicySpec::Waf(spec) => Arc::new(
+                    waf::Waf::new(spec, context)
+                        .map_err(|message| format!("{scope}: waf policy: {message}"))?,
+                ),
             };
             Ok(ChainEntry {
                 override_key: spec.override_key().into(),

@@ -17,9 +17,9 @@ pub use ai::{
     split_target,
 };
 pub use load::{
-    ConfigError, ConfigErrors, KeyError, embedded_default, line_index, load_file, load_str,
-    validate_consumer_fields, validate_entities, validate_policies, validate_route_fields,
-    validate_service_fields,
+    ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, embedded_default, line_index,
+    load_file, load_str, validate_consumer_fields, validate_entities, validate_policies,
+    validate_route_fields, validate_service_fields,
 };
 pub use model::*;
 pub use upstream::*;

@@ -8,5 +8,6 @@
 pub mod api_key;
 pub mod introspection;
 pub mod jwt;
+pub mod oidc;
 pub mod rate_limit;
 pub mod upstream;

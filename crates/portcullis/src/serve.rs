@@ -264,6 +264,7 @@ async fn policy_context(config: &Config, metrics: &Metrics) -> anyhow::Result<Po
             metrics.introspection_calls.clone(),
         )),
         backend_errors: metrics.rate_limit_backend_errors.clone(),
+        openid_connect: Arc::default(),
     })
 }
 

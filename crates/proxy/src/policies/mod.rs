@@ -5,6 +5,7 @@ pub mod introspection;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
+pub mod openid_connect;
 pub mod rate_limit;
 
 use std::sync::Arc;
@@ -32,6 +33,9 @@ pub struct PolicyContext {
     pub backend_errors: Family<BackendErrorLabels, Counter>,
     /// Introspection caches, kept across snapshots so that reloads keep the cached results.
     pub introspection: Arc<introspection::IntrospectionRegistry>,
+    /// `openid-connect` state, kept across snapshots so that a reload does not forget which
+    /// logins have finished.
+    pub openid_connect: Arc<openid_connect::OpenIdConnectRegistry>,
 }
 
 impl PolicyContext {
@@ -44,6 +48,7 @@ impl PolicyContext {
             jwks: Arc::default(),
             introspection: Arc::new(introspection::IntrospectionRegistry::new(Family::default())),
             backend_errors: Family::default(),
+            openid_connect: Arc::default(),
         }
     }
 }
@@ -106,6 +111,10 @@ pub fn build(
                         |message| format!("{scope}: oauth2-introspection policy: {message}"),
                     )?)
                 }
+                PolicySpec::OpenidConnect(spec) => Arc::new(
+                    openid_connect::OpenIdConnect::new(spec, context)
+                        .map_err(|message| format!("{scope}: openid-connect policy: {message}"))?,
+                ),
             };
             Ok(ChainEntry {
                 override_key: spec.override_key().into(),

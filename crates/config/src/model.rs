@@ -1098,7 +1098,7 @@ pub struct OpenIdConnectSpec {
     pub issuer: String,
     /// Client identifier of the gateway at the provider, and the expected `aud` of ID tokens.
     pub client_id: String,
-    /// How the gateway authenticates to the token endpoint.
+    /// The gateway's authentication method at the token endpoint.
     #[serde(default)]
     pub client_auth: ClientAuthMethod,
     /// Name of the environment variable that contains the client secret, for
@@ -1124,8 +1124,9 @@ pub struct OpenIdConnectSpec {
     /// Request path that ends the session. Without it, the route has no logout path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logout_path: Option<String>,
-    /// Where the provider sends the browser after logout (`post_logout_redirect_uri`), and
-    /// where the gateway sends it when the provider has no `end_session_endpoint`.
+    /// The URL that the provider sends the browser to after logout
+    /// (`post_logout_redirect_uri`), and that the gateway redirects to when the provider has
+    /// no `end_session_endpoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_logout_redirect_uri: Option<String>,
     /// Name of the environment variable that contains the secret that the session cookie keys
@@ -1151,7 +1152,7 @@ pub struct OpenIdConnectSpec {
     /// not fit fails with 502.
     #[serde(default = "default_max_cookie_bytes")]
     pub max_cookie_bytes: usize,
-    /// Longest time a session lasts after login, refreshes included.
+    /// Maximum lifetime of a session after login, refreshes included.
     #[serde(default = "default_session_lifetime", with = "duration")]
     pub session_lifetime: Duration,
     /// Time a browser has to finish the login at the provider.

@@ -740,6 +740,58 @@ async fn session_refreshes_access_token() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn revoked_refresh_token_ends_session() {
+    // Access tokens live 6 s and are refreshed in their last 4 s.
+    let Some(setup) = Setup::start(6, 4).await else {
+        return;
+    };
+    let mut browser = Browser::new();
+    let page = setup.login(&mut browser, "/app/", "alice").await;
+    assert_eq!(page.status(), 200);
+
+    // The test knows the session secret, so it can read the refresh token and revoke it.
+    let keys = SessionKeys::derive(SESSION_SECRET.as_bytes(), &setup.provider.issuer, CLIENT_ID);
+    let plaintext = keys
+        .open(
+            Purpose::Session,
+            SESSION_COOKIE,
+            &browser.cookies[SESSION_COOKIE],
+        )
+        .expect("the session cookie opens with the configured secret");
+    let session: Value = serde_json::from_slice(&plaintext).unwrap();
+    let refresh_token = session["refresh_token"].as_str().expect("a refresh token");
+    let response = client()
+        .post(format!("{}/token/revocation", setup.provider.issuer))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", refresh_token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "revocation");
+
+    // Within the refresh window the refresh fails, but the access token is still valid.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let response = browser.get(&setup.url("/app/")).await;
+    assert_eq!(response.status(), 200);
+    assert!(set_cookie(&response, SESSION_COOKIE).is_none());
+
+    // Once the access token has expired, the session is over.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let cookie = format!("{SESSION_COOKIE}={}", browser.cookies[SESSION_COOKIE]);
+    let response = setup.api_get("/app/", Some(&cookie)).await;
+    let body = error_body(response, 401).await;
+    assert_eq!(body["error"]["code"], "invalid_session");
+    let response = browser.get(&setup.url("/app/")).await;
+    assert_eq!(response.status(), 302);
+    assert!(location(&response).starts_with(&setup.provider.issuer));
+    assert!(
+        !browser.cookies.contains_key(SESSION_COOKIE),
+        "the ended session's cookie is deleted"
+    );
+    assert_eq!(setup.provider.grants("refresh_token").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn logout_ends_session_at_provider() {
     let Some(setup) = Setup::start(3600, 60).await else {
         return;

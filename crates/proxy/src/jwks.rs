@@ -77,8 +77,8 @@ pub struct SourceSettings {
 pub struct ProviderMetadata {
     pub authorization_endpoint: Option<String>,
     pub token_endpoint: Option<String>,
-    /// Where a relying party sends the browser to log out (OpenID Connect RP-Initiated Logout
-    /// 1.0 section 2).
+    /// The URL that a relying party sends the browser to for logout (OpenID Connect
+    /// RP-Initiated Logout 1.0 section 2).
     pub end_session_endpoint: Option<String>,
 }
 

@@ -69,6 +69,7 @@ function build(issuer, settings) {
     features: {
       devInteractions: { enabled: true },
       introspection: { enabled: true },
+      revocation: { enabled: true },
       clientCredentials: { enabled: true },
       rpInitiatedLogout: { enabled: true },
       resourceIndicators: {

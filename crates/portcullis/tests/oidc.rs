@@ -749,7 +749,7 @@ async fn revoked_refresh_token_ends_session() {
     let page = setup.login(&mut browser, "/app/", "alice").await;
     assert_eq!(page.status(), 200);
 
-    // The test knows the session secret, so it can read the refresh token and revoke it.
+    // The test has the session secret, so it can read the refresh token and revoke it.
     let keys = SessionKeys::derive(SESSION_SECRET.as_bytes(), &setup.provider.issuer, CLIENT_ID);
     let plaintext = keys
         .open(

@@ -663,6 +663,9 @@ impl OpenIdConnect {
                 "the login took too long; start it again",
             ));
         }
+        // NOTE: each node keeps its own set of used nonces. A replay sent to another node of a
+        // cluster passes this check and is then rejected by the provider, which redeems each
+        // code once.
         if !lock(&self.shared.nonces).consume(&login.nonce, login.expires_at, now) {
             tracing::warn!(policy = POLICY, route.name = %route, oidc.issuer = %self.issuer, "login callback replayed with a login cookie that was already used");
             return Err(unauthorized_login(

@@ -35,4 +35,10 @@ if [[ -z "${PORTCULLIS_TEST_PYTHON:-}" ]]; then
   scripts/python-env.sh
 fi
 
+# The OpenID Connect tests run the oidc-provider package from crates/portcullis/tests/oidc.
+oidc_dir=crates/portcullis/tests/oidc
+if command -v npm >/dev/null && [[ ! -d "$oidc_dir/node_modules" ]]; then
+  npm ci --prefix "$oidc_dir" --no-audit --no-fund
+fi
+
 cargo test --workspace --locked "$@"

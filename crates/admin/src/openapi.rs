@@ -425,7 +425,8 @@ fn schemas() -> Value {
                 { "type": "object", "required": ["cors"], "additionalProperties": false, "properties": { "cors": schema_ref("Cors") } },
                 { "type": "object", "required": ["csrf"], "additionalProperties": false, "properties": { "csrf": schema_ref("Csrf") } },
                 { "type": "object", "required": ["security-headers"], "additionalProperties": false, "properties": { "security-headers": schema_ref("SecurityHeaders") } },
-                { "type": "object", "required": ["waf"], "additionalProperties": false, "properties": { "waf": schema_ref("Waf") } }
+                { "type": "object", "required": ["waf"], "additionalProperties": false, "properties": { "waf": schema_ref("Waf") } },
+                { "type": "object", "required": ["openid-connect"], "additionalProperties": false, "properties": { "openid-connect": schema_ref("OpenidConnect") } }
             ]
         },
         "KeyAuth": {
@@ -483,6 +484,48 @@ fn schemas() -> Value {
                 "jwks_refresh_interval": duration,
                 "jwks_min_refresh_interval": duration,
                 "jwks_timeout": duration
+            }
+        },
+        "OpenidConnect": {
+            "type": "object",
+            "description": "OpenID Connect login (authorization code flow with PKCE) with an encrypted session cookie, and bearer JWTs of the same issuer; see docs/openid-connect.md",
+            "required": ["issuer", "client_id", "redirect_uri", "session_secret_env"],
+            "properties": {
+                "issuer": { "type": "string" },
+                "client_id": { "type": "string" },
+                "client_auth": { "type": "string", "enum": ["client_secret_basic", "client_secret_post", "private_key_jwt"], "default": "client_secret_basic" },
+                "client_secret_env": { "type": "string", "description": "Name of the environment variable with the client secret" },
+                "private_key_env": { "type": "string", "description": "Name of the environment variable with the PEM private key for client assertions" },
+                "private_key_id": { "type": "string" },
+                "redirect_uri": { "type": "string", "description": "Absolute callback URL registered at the provider" },
+                "scopes": { "type": "array", "items": { "type": "string" }, "default": ["openid"] },
+                "authorization_params": { "type": "object", "additionalProperties": { "type": "string" } },
+                "logout_path": { "type": "string" },
+                "post_logout_redirect_uri": { "type": "string" },
+                "session_secret_env": { "type": "string", "description": "Name of the environment variable with the cookie secret, at least 32 bytes" },
+                "cookie_name": { "type": "string", "default": "portcullis_session" },
+                "cookie_same_site": { "type": "string", "enum": ["lax", "strict", "none"], "default": "lax" },
+                "cookie_secure": { "type": "boolean", "default": true },
+                "cookie_path": { "type": "string", "default": "/" },
+                "cookie_domain": { "type": "string" },
+                "max_cookie_bytes": { "type": "integer", "default": 4096 },
+                "session_lifetime": duration,
+                "login_timeout": duration,
+                "refresh_before": duration,
+                "accept_bearer": { "type": "boolean", "default": false },
+                "bearer_only": { "type": "boolean", "default": false },
+                "bearer_audiences": { "type": "array", "items": { "type": "string" } },
+                "algorithms": { "type": "array", "items": { "type": "string" }, "default": ["RS256", "PS256", "ES256"] },
+                "leeway": duration,
+                "consumer_claim": { "type": "string", "default": "sub" },
+                "unknown_consumer": { "type": "string", "enum": ["reject", "anonymous"], "default": "reject" },
+                "roles_claim": { "type": "string" },
+                "forward_claims": { "type": "object", "additionalProperties": { "type": "string" } },
+                "forward_access_token": { "type": "boolean", "default": false },
+                "hide_credentials": { "type": "boolean", "default": true },
+                "ca_file": { "type": "string" },
+                "timeout": duration,
+                "discovery_refresh_interval": duration
             }
         },
         "Oauth2Introspection": {

@@ -20,9 +20,9 @@ pub use ai::{
 };
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{
-    ConfigError, ConfigErrors, KeyError, embedded_default, line_index, load_file, load_str,
-    validate_consumer_fields, validate_entities, validate_policies, validate_route_fields,
-    validate_service_fields,
+    ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, embedded_default, line_index,
+    load_file, load_str, validate_consumer_fields, validate_entities, validate_policies,
+    validate_route_fields, validate_service_fields,
 };
 pub use model::*;
 pub use upstream::*;

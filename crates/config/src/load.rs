@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::model::{
     ClientAuthMethod, Config, CounterBackend, DeclaredKey, Entities, HashedKey,
     IntrospectionFormat, IntrospectionSpec, JWT_ALGORITHMS, JwtSpec, LimitAlgorithm, LimitKey,
-    PathMatch, PolicySpec, RateLimitSpec,
+    OpenIdConnectSpec, PathMatch, PolicySpec, RateLimitSpec, SameSite,
 };
 use crate::yaml::{self, LineIndex};
 
@@ -255,6 +255,50 @@ fn check_secret_variables(config: &Config, env: &dyn Fn(&str) -> Option<String>)
                 }
                 continue;
             }
+            if let PolicySpec::OpenidConnect(spec) = policy {
+                let variables = [
+                    (
+                        "client_secret_env",
+                        spec.client_secret_env.as_ref(),
+                        "client secret",
+                    ),
+                    (
+                        "private_key_env",
+                        spec.private_key_env.as_ref(),
+                        "private key",
+                    ),
+                    (
+                        "session_secret_env",
+                        Some(&spec.session_secret_env),
+                        "session secret",
+                    ),
+                ];
+                for (field, variable, what) in variables {
+                    let Some(name) = variable else {
+                        continue;
+                    };
+                    match env(name) {
+                        None => errors.push(KeyError::new(
+                            format!("{at}[{i}].openid-connect.{field}"),
+                            format!("environment variable `{name}` with the {what} is not set"),
+                        )),
+                        Some(value)
+                            if field == "session_secret_env"
+                                && value.len() < MIN_SESSION_SECRET_BYTES =>
+                        {
+                            errors.push(KeyError::new(
+                                format!("{at}[{i}].openid-connect.{field}"),
+                                format!(
+                                    "the session secret in `{name}` is {} bytes long; use at least {MIN_SESSION_SECRET_BYTES}, for example `openssl rand -base64 48`",
+                                    value.len()
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                continue;
+            }
             let PolicySpec::Jwt(spec) = policy else {
                 continue;
             };
@@ -331,6 +375,11 @@ fn resolve_paths(config: &mut Config) {
         for policy in policies {
             match policy {
                 PolicySpec::Oauth2Introspection(spec) => {
+                    if let Some(path) = &mut spec.ca_file {
+                        resolve(path);
+                    }
+                }
+                PolicySpec::OpenidConnect(spec) => {
                     if let Some(path) = &mut spec.ca_file {
                         resolve(path);
                     }
@@ -845,6 +894,9 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
             PolicySpec::Oauth2Introspection(spec) => {
                 errors.extend(validate_introspection(&key, spec));
             }
+            PolicySpec::OpenidConnect(spec) => {
+                errors.extend(validate_openid_connect(&key, spec));
+            }
             PolicySpec::Acl(spec) => {
                 let empty = spec.roles.is_empty()
                     && spec.deny_roles.is_empty()
@@ -1224,6 +1276,239 @@ fn validate_jwt(key: &str, spec: &JwtSpec) -> Vec<KeyError> {
     }
     errors
 }
+
+/// Shortest session secret of `openid-connect`, in bytes.
+pub const MIN_SESSION_SECRET_BYTES: usize = 32;
+/// Largest `max_cookie_bytes` of `openid-connect`: browsers keep cookies of up to 4096 bytes,
+/// name and value included (RFC 6265 section 6.1).
+pub const MAX_SESSION_COOKIE_BYTES: usize = 4096;
+/// Smallest `max_cookie_bytes` of `openid-connect`, which fits a session with short tokens.
+pub const MIN_SESSION_COOKIE_BYTES: usize = 1024;
+
+fn validate_openid_connect(key: &str, spec: &OpenIdConnectSpec) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    let mut push = |field: &str, message: String| {
+        let at = if field.is_empty() {
+            key.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+        errors.push(KeyError::new(at, message));
+    };
+
+    if let Err(message) = check_fetch_url(&spec.issuer) {
+        push("issuer", message);
+    }
+    if spec.client_id.is_empty() {
+        push("client_id", "must not be empty".into());
+    }
+    let is_variable_name = |name: &str| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    for (field, variable) in [
+        ("client_secret_env", spec.client_secret_env.as_ref()),
+        ("private_key_env", spec.private_key_env.as_ref()),
+        ("session_secret_env", Some(&spec.session_secret_env)),
+    ] {
+        if let Some(name) = variable.filter(|name| !is_variable_name(name)) {
+            push(
+                field,
+                format!(
+                    "`{name}` is not an environment variable name; write the name, not `${{{name}}}`"
+                ),
+            );
+        }
+    }
+    match spec.client_auth {
+        ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
+            if spec.client_secret_env.is_none() {
+                push(
+                    "client_secret_env",
+                    "`client_secret_basic` and `client_secret_post` need `client_secret_env`"
+                        .into(),
+                );
+            }
+        }
+        ClientAuthMethod::PrivateKeyJwt => {
+            if spec.private_key_env.is_none() {
+                push(
+                    "private_key_env",
+                    "`private_key_jwt` needs the private key in `private_key_env`".into(),
+                );
+            }
+        }
+    }
+
+    let redirect_path = match check_fetch_url(&spec.redirect_uri) {
+        Ok(()) => spec
+            .redirect_uri
+            .parse::<http::Uri>()
+            .ok()
+            .map(|uri| uri.path().to_string()),
+        Err(message) => {
+            push("redirect_uri", message);
+            None
+        }
+    };
+    if let Some(uri) = &spec.post_logout_redirect_uri {
+        if let Err(message) = check_fetch_url(uri) {
+            push("post_logout_redirect_uri", message);
+        }
+    }
+    if let Some(path) = &spec.logout_path {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            push(
+                "logout_path",
+                format!("`{path}` must be a path that starts with `/`, without a query"),
+            );
+        } else if redirect_path.as_deref() == Some(path.as_str()) {
+            push(
+                "logout_path",
+                "must differ from the path of `redirect_uri`".into(),
+            );
+        }
+    }
+    if !spec.scopes.iter().any(|scope| scope == "openid") {
+        push("scopes", "must contain `openid`".into());
+    }
+    for (i, scope) in spec.scopes.iter().enumerate() {
+        let valid = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !valid {
+            push(
+                &format!("scopes[{i}]"),
+                format!("invalid scope `{scope}`; a scope is printable ASCII without spaces"),
+            );
+        }
+    }
+    for name in spec.authorization_params.keys() {
+        if RESERVED_AUTHORIZATION_PARAMS.contains(&name.as_str()) {
+            push(
+                &format!("authorization_params.{name}"),
+                format!("`{name}` is set by the gateway and cannot be configured"),
+            );
+        }
+    }
+
+    let cookie_token = |text: &str| {
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !cookie_token(&spec.cookie_name) {
+        push(
+            "cookie_name",
+            format!(
+                "invalid cookie name `{}`; use letters, digits, `-` and `_`",
+                spec.cookie_name
+            ),
+        );
+    }
+    if !spec.cookie_path.starts_with('/') || spec.cookie_path.contains([';', ' ']) {
+        push(
+            "cookie_path",
+            format!("`{}` must be a path that starts with `/`", spec.cookie_path),
+        );
+    }
+    if let Some(domain) = &spec.cookie_domain {
+        if !cookie_token(domain) {
+            push("cookie_domain", format!("invalid cookie domain `{domain}`"));
+        }
+    }
+    if spec.cookie_same_site == SameSite::None && !spec.cookie_secure {
+        push(
+            "cookie_same_site",
+            "`SameSite=None` needs `cookie_secure: true`; browsers drop it otherwise".into(),
+        );
+    }
+    if !(MIN_SESSION_COOKIE_BYTES..=MAX_SESSION_COOKIE_BYTES).contains(&spec.max_cookie_bytes) {
+        push(
+            "max_cookie_bytes",
+            format!("must be between {MIN_SESSION_COOKIE_BYTES} and {MAX_SESSION_COOKIE_BYTES}"),
+        );
+    }
+    let minute = std::time::Duration::from_secs(60);
+    if spec.session_lifetime < minute || spec.session_lifetime > 30 * 24 * 60 * minute {
+        push("session_lifetime", "must be between 1m and 30d".into());
+    }
+    if spec.login_timeout < minute || spec.login_timeout > 60 * minute {
+        push("login_timeout", "must be between 1m and 1h".into());
+    }
+    if spec.refresh_before > 60 * minute {
+        push("refresh_before", "must be at most 1h".into());
+    }
+    if spec.bearer_only && !spec.accept_bearer {
+        push(
+            "bearer_only",
+            "`bearer_only: true` needs `accept_bearer: true`".into(),
+        );
+    }
+    if spec.algorithms.is_empty() {
+        push(
+            "algorithms",
+            "list at least one algorithm, such as `RS256`".into(),
+        );
+    }
+    for (i, name) in spec.algorithms.iter().enumerate() {
+        if !JWT_ALGORITHMS.contains(&name.as_str()) || name.starts_with("HS") {
+            push(
+                &format!("algorithms[{i}]"),
+                format!("unsupported algorithm `{name}`; use an RS, PS, ES or EdDSA algorithm"),
+            );
+        }
+    }
+    for (i, audience) in spec.bearer_audiences.iter().enumerate() {
+        if audience.is_empty() {
+            push(
+                &format!("bearer_audiences[{i}]"),
+                "must not be empty".into(),
+            );
+        }
+    }
+    for (field, name) in [
+        ("consumer_claim", Some(&spec.consumer_claim)),
+        ("roles_claim", spec.roles_claim.as_ref()),
+    ] {
+        if name.is_some_and(|name| name.is_empty()) {
+            push(field, "must not be empty".into());
+        }
+    }
+    for (claim, header) in &spec.forward_claims {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            push(
+                &format!("forward_claims.{claim}"),
+                format!("invalid header name `{header}`"),
+            );
+        }
+    }
+    if spec.leeway > std::time::Duration::from_secs(600) {
+        push("leeway", "must be at most 10m".into());
+    }
+    if spec.timeout < std::time::Duration::from_millis(100)
+        || spec.timeout > std::time::Duration::from_secs(60)
+    {
+        push("timeout", "must be between 100ms and 60s".into());
+    }
+    if spec.discovery_refresh_interval < std::time::Duration::from_secs(1) {
+        push("discovery_refresh_interval", "must be at least 1s".into());
+    }
+    errors
+}
+
+/// Authorization request parameters that the `openid-connect` policy sets itself.
+const RESERVED_AUTHORIZATION_PARAMS: [&str; 8] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
 
 /// Longest `cache_ttl`, `negative_cache_ttl` and `stale_if_error` of `oauth2-introspection`.
 pub const MAX_INTROSPECTION_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -674,6 +674,7 @@ pub enum PolicySpec {
     Csrf(CsrfSpec),
     SecurityHeaders(SecurityHeadersSpec),
     Waf(WafSpec),
+    OpenidConnect(Box<OpenIdConnectSpec>),
 }
 
 impl PolicySpec {
@@ -690,6 +691,7 @@ impl PolicySpec {
             PolicySpec::Csrf(_) => "csrf",
             PolicySpec::SecurityHeaders(_) => "security-headers",
             PolicySpec::Waf(_) => "waf",
+            PolicySpec::OpenidConnect(_) => "openid-connect",
         }
     }
 
@@ -1212,6 +1214,149 @@ pub struct IntrospectionSpec {
     pub jwks_refresh_interval: Duration,
 }
 
+/// OpenID Connect relying-party login (authorization code flow with PKCE) for browser routes,
+/// with an encrypted session cookie, and optionally bearer tokens of the same issuer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenIdConnectSpec {
+    /// Issuer identifier of the OpenID provider, the base URL of its discovery document and the
+    /// expected `iss` of ID tokens and bearer tokens.
+    pub issuer: String,
+    /// Client identifier of the gateway at the provider, and the expected `aud` of ID tokens.
+    pub client_id: String,
+    /// The gateway's authentication method at the token endpoint.
+    #[serde(default)]
+    pub client_auth: ClientAuthMethod,
+    /// Name of the environment variable that contains the client secret, for
+    /// `client_secret_basic` and `client_secret_post`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
+    /// Name of the environment variable that contains the PEM private key for
+    /// `private_key_jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_env: Option<String>,
+    /// `kid` header of `private_key_jwt` client assertions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_id: Option<String>,
+    /// Absolute URL of the callback, registered at the provider. Requests to its path on this
+    /// route finish the login.
+    pub redirect_uri: String,
+    /// Scopes requested at login; `openid` is required.
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// Extra query parameters of the authorization request, such as `prompt` or `acr_values`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub authorization_params: std::collections::BTreeMap<String, String>,
+    /// Request path that ends the session. Without it, the route has no logout path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout_path: Option<String>,
+    /// The URL that the provider sends the browser to after logout
+    /// (`post_logout_redirect_uri`), and that the gateway redirects to when the provider has
+    /// no `end_session_endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_logout_redirect_uri: Option<String>,
+    /// Name of the environment variable that contains the secret that the session cookie keys
+    /// are derived from, at least 32 bytes.
+    pub session_secret_env: String,
+    /// Name of the session cookie. The login cookie is this name with `_login` appended.
+    #[serde(default = "default_session_cookie")]
+    pub cookie_name: String,
+    /// `SameSite` attribute of the cookies.
+    #[serde(default)]
+    pub cookie_same_site: SameSite,
+    /// Set the `Secure` attribute. Only a route served over plain HTTP on loopback for
+    /// development should turn it off.
+    #[serde(default = "default_true")]
+    pub cookie_secure: bool,
+    /// `Path` attribute of the cookies.
+    #[serde(default = "default_cookie_path")]
+    pub cookie_path: String,
+    /// `Domain` attribute of the cookies; without it the cookies are host-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_domain: Option<String>,
+    /// Largest session cookie, in bytes, name and value included. A login whose session does
+    /// not fit fails with 502.
+    #[serde(default = "default_max_cookie_bytes")]
+    pub max_cookie_bytes: usize,
+    /// Maximum lifetime of a session after login, refreshes included.
+    #[serde(default = "default_session_lifetime", with = "duration")]
+    pub session_lifetime: Duration,
+    /// Time a browser has to finish the login at the provider.
+    #[serde(default = "default_login_timeout", with = "duration")]
+    pub login_timeout: Duration,
+    /// Refresh the access token when it expires within this time.
+    #[serde(default = "default_refresh_before", with = "duration")]
+    pub refresh_before: Duration,
+    /// Accept `Authorization: Bearer` JWTs of the issuer on the route besides sessions.
+    #[serde(default)]
+    pub accept_bearer: bool,
+    /// Accept only bearer tokens: no login redirect, no session.
+    #[serde(default)]
+    pub bearer_only: bool,
+    /// Accepted `aud` values of bearer tokens; empty skips the check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bearer_audiences: Vec<String>,
+    /// Accepted `alg` values of ID tokens and bearer tokens.
+    #[serde(default = "default_introspection_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_jwt_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// Claim whose value names the consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// The action when the consumer claim names no configured consumer.
+    #[serde(default)]
+    pub unknown_consumer: UnknownConsumer,
+    /// Claim with the caller's roles: a space-separated string or an array of strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_claim: Option<String>,
+    /// Claims sent to the upstream as request headers, as claim name to header name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+    /// Send the session's access token to the upstream as `Authorization: Bearer`.
+    #[serde(default)]
+    pub forward_access_token: bool,
+    /// Remove the `Authorization` header of bearer requests before forwarding.
+    #[serde(default = "default_true")]
+    pub hide_credentials: bool,
+    /// PEM file with the CA certificates trusted for the provider's `https` URLs. Without it,
+    /// the system's trust store is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Time limit of one call to the provider, connection included.
+    #[serde(default = "default_jwks_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Time between scheduled refreshes of the discovery document and the JWK Set.
+    #[serde(default = "default_jwks_refresh_interval", with = "duration")]
+    pub discovery_refresh_interval: Duration,
+}
+
+/// The `SameSite` cookie attribute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// Sent on top-level navigations from other sites, so the callback from the provider
+    /// carries the login cookie.
+    #[default]
+    Lax,
+    /// Never sent from other sites.
+    Strict,
+    /// Always sent; needs `cookie_secure`.
+    None,
+}
+
+impl SameSite {
+    /// Returns the attribute value as written in `Set-Cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
 /// Client authentication at the introspection endpoint (RFC 6749 section 2.3, OpenID Connect
 /// Core section 9).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1289,6 +1434,34 @@ fn default_introspection_cache_entries() -> usize {
 
 fn default_zero_duration() -> Duration {
     Duration::ZERO
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+
+fn default_session_cookie() -> String {
+    "portcullis_session".into()
+}
+
+fn default_cookie_path() -> String {
+    "/".into()
+}
+
+fn default_max_cookie_bytes() -> usize {
+    4096
+}
+
+fn default_session_lifetime() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+
+fn default_login_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_refresh_before() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_true() -> bool {

@@ -1001,3 +1001,130 @@ consumers:
     }
     assert_eq!(errors.len(), expected.len(), "{}", errors.join("\n"));
 }
+
+const OIDC_EXAMPLE: &str = include_str!("../../../examples/policies/openid-connect.yaml");
+
+fn oidc_env(name: &str) -> Option<String> {
+    match name {
+        "PORTCULLIS_ADMIN_TOKEN" => Some("admin-token-for-tests-0001".into()),
+        "OIDC_CLIENT_SECRET" => Some("client-secret".into()),
+        "OIDC_SESSION_SECRET" => Some("s".repeat(48)),
+        _ => None,
+    }
+}
+
+#[test]
+fn openid_connect_example_loads() {
+    let config = load_str(
+        OIDC_EXAMPLE,
+        Some(Path::new("/etc/portcullis/gateway.yaml")),
+        &oidc_env,
+    )
+    .unwrap();
+    let PolicySpec::OpenidConnect(spec) = &config.entities.routes[0].policies[0] else {
+        panic!("not an openid-connect policy");
+    };
+    assert_eq!(spec.client_id, "portcullis");
+    assert_eq!(spec.scopes, ["openid", "email"]);
+    assert_eq!(spec.cookie_name, "portcullis_session");
+    assert_eq!(spec.cookie_same_site, portcullis_config::SameSite::Lax);
+    assert!(spec.cookie_secure);
+    assert_eq!(spec.max_cookie_bytes, 4096);
+    assert_eq!(
+        spec.session_lifetime,
+        std::time::Duration::from_secs(8 * 3600)
+    );
+    assert_eq!(spec.refresh_before, std::time::Duration::from_secs(60));
+    assert!(spec.accept_bearer);
+    assert!(!spec.bearer_only);
+}
+
+#[test]
+fn openid_connect_errors_name_line_and_key() {
+    let cases = [
+        (
+            "issuer: https://idp.example.com/realms/main\n          client_id: portcullis\n          client_secret_env: OIDC_CLIENT_SECRET",
+            "issuer: idp.example.com\n          client_id: portcullis\n          client_secret_env: OIDC_CLIENT_SECRET",
+            "openid-connect.issuer`: `idp.example.com` must start with https:// or http://",
+        ),
+        (
+            "scopes: [openid, email]\n          logout_path",
+            "scopes: [email]\n          logout_path",
+            "openid-connect.scopes`: must contain `openid`",
+        ),
+        (
+            "logout_path: /app/logout",
+            "logout_path: /app/callback",
+            "openid-connect.logout_path`: must differ from the path of `redirect_uri`",
+        ),
+        (
+            "session_secret_env: OIDC_SESSION_SECRET\n          redirect_uri: https://app.example.com/app/callback\n          scopes: [openid, email]\n          logout_path",
+            "session_secret_env: SHORT_SECRET\n          redirect_uri: https://app.example.com/app/callback\n          scopes: [openid, email]\n          logout_path",
+            "openid-connect.session_secret_env`: environment variable `SHORT_SECRET` with the session secret is not set",
+        ),
+        (
+            "accept_bearer: true",
+            "accept_bearer: false\n          bearer_only: true",
+            "openid-connect.bearer_only`: `bearer_only: true` needs `accept_bearer: true`",
+        ),
+        (
+            "logout_path: /app/logout",
+            "logout_path: /app/logout\n          cookie_same_site: none\n          cookie_secure: false",
+            "openid-connect.cookie_same_site`: `SameSite=None` needs `cookie_secure: true`",
+        ),
+        (
+            "logout_path: /app/logout",
+            "logout_path: /app/logout\n          max_cookie_bytes: 9000",
+            "openid-connect.max_cookie_bytes`: must be between 1024 and 4096",
+        ),
+        (
+            "logout_path: /app/logout",
+            "logout_path: /app/logout\n          authorization_params: { state: fixed }",
+            "openid-connect.authorization_params.state`: `state` is set by the gateway",
+        ),
+        (
+            "logout_path: /app/logout",
+            "logout_path: /app/logout\n          algorithms: [HS256]",
+            "openid-connect.algorithms[0]`: unsupported algorithm `HS256`",
+        ),
+        (
+            "logout_path: /app/logout",
+            "logout_path: /app/logout\n          cookie_name: 'my session'",
+            "openid-connect.cookie_name`: invalid cookie name `my session`",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(OIDC_EXAMPLE.contains(from), "{from}");
+        let source = OIDC_EXAMPLE.replacen(from, to, 1);
+        let errors = load_str(
+            &source,
+            Some(Path::new("/etc/portcullis/gateway.yaml")),
+            &oidc_env,
+        )
+        .unwrap_err();
+        let message = errors.to_string();
+        assert!(
+            message.starts_with("/etc/portcullis/gateway.yaml:"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("routes[0].policies[0].{expected}")),
+            "{to}: {message}"
+        );
+    }
+}
+
+#[test]
+fn openid_connect_short_session_secret_fails() {
+    let env = |name: &str| match name {
+        "OIDC_SESSION_SECRET" => Some("too-short".to_string()),
+        other => oidc_env(other),
+    };
+    let message = load_str(OIDC_EXAMPLE, None, &env).unwrap_err().to_string();
+    assert!(
+        message.contains(
+            "routes[0].policies[0].openid-connect.session_secret_env`: the session secret in `OIDC_SESSION_SECRET` is 9 bytes long; use at least 32"
+        ),
+        "{message}"
+    );
+}

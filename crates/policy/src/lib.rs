@@ -10,6 +10,7 @@ pub mod cors;
 pub mod csrf;
 pub mod introspection;
 pub mod jwt;
+pub mod oidc;
 pub mod rate_limit;
 pub mod security_headers;
 pub mod upstream;

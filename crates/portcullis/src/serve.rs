@@ -265,6 +265,7 @@ async fn policy_context(config: &Config, metrics: &Metrics) -> anyhow::Result<Po
         )),
         backend_errors: metrics.rate_limit_backend_errors.clone(),
         waf_verdicts: metrics.waf_verdicts.clone(),
+        openid_connect: Arc::default(),
     })
 }
 

@@ -42,6 +42,11 @@ fn validate_accepts_the_examples() {
                 "PORTCULLIS_POSTGRES_URL",
                 "postgres://postgres@127.0.0.1:5432/portcullis",
             )
+            .env("OIDC_CLIENT_SECRET", "example-oidc-client-secret-0001")
+            .env(
+                "OIDC_SESSION_SECRET",
+                "example-oidc-session-secret-of-48-bytes-000000001",
+            )
             .output()
             .unwrap();
         // TLS examples reference certificates that their run script generates.

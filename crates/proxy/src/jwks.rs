@@ -7,9 +7,14 @@
 //! request whose `kid` is unknown waits up to `jwks_timeout` for a refresh that it triggered or
 //! that is already running.
 //!
-//! Fetches use HTTP/1.1 over plain TCP or TLS. TLS trusts the operating system's certificate
-//! store, read once per process by `rustls-native-certs`, which honours `SSL_CERT_FILE` and
-//! `SSL_CERT_DIR`. Redirects are not followed.
+//! A discovery source also keeps the provider's endpoints from the discovery document
+//! ([`ProviderMetadata`]), for the `openid-connect` policy, under the same refresh and failure
+//! policy as the keys.
+//!
+//! Fetches use HTTP/1.1 over plain TCP or TLS. TLS trusts the CA file of the source's settings,
+//! or else the operating system's certificate store, read once per process by
+//! `rustls-native-certs`, which honours `SSL_CERT_FILE` and `SSL_CERT_DIR`. Redirects are not
+//! followed.
 //!
 //! Failure policy: a failed fetch (connection error, timeout, non-200 status, invalid document)
 //! is logged at warn with the URL. The last good key set stays in use with no time limit, so an
@@ -18,10 +23,11 @@
 //! per `jwks_min_refresh_interval`; a token whose `kid` is still unknown gets 401.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -29,7 +35,10 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use portcullis_policy::jwt::KeySet;
+use portcullis_policy::jwt::{self, Algorithm, ClaimRules, JwtError, KeySet, Selection};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Map, Value};
 use tokio::sync::{Notify, watch};
 
 /// Largest JWK Set or discovery document accepted, in bytes.
@@ -57,6 +66,20 @@ pub struct SourceSettings {
     pub refresh_interval: Duration,
     pub min_refresh_interval: Duration,
     pub timeout: Duration,
+    /// PEM file with the CA certificates trusted for `https` fetches, in place of the system's
+    /// trust store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The endpoints of an OpenID provider that its discovery document names (OpenID Connect
+/// Discovery 1.0 section 3). Each is an `http://` or `https://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderMetadata {
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    /// The URL that a relying party sends the browser to for logout (OpenID Connect
+    /// RP-Initiated Logout 1.0 section 2).
+    pub end_session_endpoint: Option<String>,
 }
 
 /// The JWK Set sources alive in this process.
@@ -82,33 +105,39 @@ impl JwksRegistry {
     }
 
     /// Returns the source for `settings`, creating it (and starting its fetch task when a tokio
-    /// runtime is running) if no live policy uses it yet.
-    pub fn source(&self, settings: SourceSettings) -> Arc<JwksHandle> {
+    /// runtime is running) if no live policy uses it yet. Fails only when the settings name a
+    /// CA file that cannot be read.
+    pub fn source(&self, settings: SourceSettings) -> Result<Arc<JwksHandle>, String> {
         let mut sources = self
             .sources
             .lock()
             .unwrap_or_else(|error| error.into_inner());
         sources.retain(|_, weak| weak.strong_count() > 0);
         if let Some(handle) = sources.get(&settings).and_then(Weak::upgrade) {
-            return handle;
+            return Ok(handle);
         }
+        let client = match &settings.ca_file {
+            Some(path) => https_client(Some(path))?,
+            None => self.client.get_or_init(fetch_client).clone(),
+        };
         let (attempts, _) = watch::channel(0);
         let source = Arc::new(JwksSource {
             settings: settings.clone(),
             keys: ArcSwap::from_pointee(KeySet::default()),
+            metadata: ArcSwapOption::empty(),
             attempts,
             refresh: Notify::new(),
             stop: Notify::new(),
             last_triggered: Mutex::new(None),
             started: OnceLock::new(),
-            client: self.client.get_or_init(fetch_client).clone(),
+            client,
         });
         let handle = Arc::new(JwksHandle { source });
         if tokio::runtime::Handle::try_current().is_ok() {
             handle.source.ensure_started();
         }
         sources.insert(settings, Arc::downgrade(&handle));
-        handle
+        Ok(handle)
     }
 }
 
@@ -129,9 +158,51 @@ impl JwksHandle {
         self.source.keys.load_full()
     }
 
+    /// Returns the provider's endpoints from the last good discovery document, or `None` for a
+    /// `jwks_uri` source and until the first fetch succeeds.
+    pub fn metadata(&self) -> Option<Arc<ProviderMetadata>> {
+        self.source.metadata.load_full()
+    }
+
+    /// Returns the issuer or URL of the source, for logs.
+    pub fn describe(&self) -> &str {
+        self.source.describe()
+    }
+
     /// Waits, up to the fetch timeout, until the first fetch attempt has finished.
     pub async fn wait_first_attempt(&self) {
         self.source.wait_first_attempt().await;
+    }
+
+    /// Verifies a JWS-signed JWT with this source's keys and returns its claims. The token is
+    /// decoded with `algorithms` and `max_bytes`, its key picked by `kid` and algorithm after
+    /// one refresh for an unknown `kid`, and its claims checked against `rules` at `now`
+    /// (seconds since the Unix epoch). Waits for the first fetch when no key is loaded yet.
+    pub async fn verify(
+        &self,
+        token: &str,
+        max_bytes: usize,
+        algorithms: &[Algorithm],
+        rules: &ClaimRules,
+        now: i64,
+    ) -> Result<Map<String, Value>, JwtError> {
+        let decoded = jwt::decode(token, max_bytes, algorithms)?;
+        if self.keys().is_empty() {
+            self.wait_first_attempt().await;
+        }
+        let mut keys = self.keys();
+        let kid = decoded.kid.clone();
+        if kid.as_deref().is_some_and(|kid| !keys.has_kid(kid))
+            && self.refresh_for_unknown_kid().await
+        {
+            keys = self.keys();
+        }
+        let selected = match keys.select(kid.as_deref(), decoded.algorithm) {
+            Selection::Keys(selected) => selected,
+            Selection::UnknownKid => return Err(JwtError::UnknownKid),
+            Selection::NoMatchingKey => return Err(JwtError::NoMatchingKey),
+        };
+        jwt::verify(decoded, &selected, rules, now)
     }
 
     /// Triggers a refresh for a token with an unknown `kid` and waits for it, up to the fetch
@@ -146,6 +217,7 @@ impl JwksHandle {
 pub struct JwksSource {
     settings: SourceSettings,
     keys: ArcSwap<KeySet>,
+    metadata: ArcSwapOption<ProviderMetadata>,
     /// Number of finished fetch attempts, successful or not. Waiters watch it change.
     attempts: watch::Sender<u64>,
     refresh: Notify,
@@ -207,23 +279,27 @@ impl JwksSource {
         });
     }
 
-    /// Fetches and parses the key set once.
-    async fn fetch(&self) -> Result<KeySet, String> {
-        let jwks_uri = match &self.settings.location {
-            KeyLocation::JwksUri(uri) => uri.clone(),
-            KeyLocation::Discovery { issuer } => self.discover(issuer).await?,
+    /// Fetches and parses the key set once, after the discovery document for a discovery
+    /// source.
+    async fn fetch(&self) -> Result<(KeySet, Option<ProviderMetadata>), String> {
+        let (jwks_uri, metadata) = match &self.settings.location {
+            KeyLocation::JwksUri(uri) => (uri.clone(), None),
+            KeyLocation::Discovery { issuer } => {
+                let (jwks_uri, metadata) = self.discover(issuer).await?;
+                (jwks_uri, Some(metadata))
+            }
         };
         let body = self.get(&jwks_uri).await?;
         let (set, skipped) = KeySet::from_jwks(&body).map_err(|error| error.to_string())?;
         for reason in skipped {
             tracing::warn!(jwks.url = %jwks_uri, reason = %reason, "skipping a key in the JWK Set");
         }
-        Ok(set)
+        Ok((set, metadata))
     }
 
-    /// Reads `jwks_uri` from the issuer's OpenID Provider metadata (OpenID Connect Discovery 1.0
-    /// section 4), which must name the same issuer.
-    async fn discover(&self, issuer: &str) -> Result<String, String> {
+    /// Reads `jwks_uri` and the endpoints from the issuer's OpenID Provider metadata (OpenID
+    /// Connect Discovery 1.0 section 4), which must name the same issuer.
+    async fn discover(&self, issuer: &str) -> Result<(String, ProviderMetadata), String> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
@@ -240,12 +316,26 @@ impl JwksSource {
             .get("jwks_uri")
             .and_then(|value| value.as_str())
             .ok_or_else(|| format!("{url}: the discovery document has no `jwks_uri`"))?;
-        if !jwks_uri.starts_with("https://") && !jwks_uri.starts_with("http://") {
+        if !is_fetch_url(jwks_uri) {
             return Err(format!(
                 "{url}: `jwks_uri` {jwks_uri} is not an http:// or https:// URL"
             ));
         }
-        Ok(jwks_uri.to_string())
+        let endpoint = |name: &str| -> Result<Option<String>, String> {
+            match metadata.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(value)) if is_fetch_url(value) => {
+                    Ok(Some(value.clone()))
+                }
+                Some(_) => Err(format!("{url}: `{name}` is not an http:// or https:// URL")),
+            }
+        };
+        let endpoints = ProviderMetadata {
+            authorization_endpoint: endpoint("authorization_endpoint")?,
+            token_endpoint: endpoint("token_endpoint")?,
+            end_session_endpoint: endpoint("end_session_endpoint")?,
+        };
+        Ok((jwks_uri.to_string(), endpoints))
     }
 
     async fn get(&self, url: &str) -> Result<Bytes, String> {
@@ -273,6 +363,50 @@ impl JwksSource {
             .await
             .map_err(|_| format!("timed out after {:?}", self.settings.timeout))?
     }
+}
+
+fn is_fetch_url(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://")
+}
+
+/// Builds an HTTP and HTTPS client for calls to an identity provider. TLS trusts the
+/// certificates in `ca_file` only, or the system's trust store without one. Fails when the CA
+/// file cannot be read or has no usable certificate.
+pub(crate) fn https_client<B>(
+    ca_file: Option<&Path>,
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, String>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let tls = match ca_file {
+        None => tls_config(),
+        Some(path) => {
+            let certificates = CertificateDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|error| format!("cannot read CA file `{}`: {error}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certificates);
+            if added == 0 {
+                return Err(format!(
+                    "CA file `{}` has no usable certificate",
+                    path.display()
+                ));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|error| format!("TLS setup failed: {error}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+    };
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// Builds the HTTP and HTTPS client for key fetches.
@@ -319,7 +453,7 @@ async fn run(weak: Weak<JwksSource>) {
             () = source.stop.notified() => return,
         };
         match outcome {
-            Ok(set) => {
+            Ok((set, metadata)) => {
                 if failures > 0 || source.keys.load().is_empty() {
                     tracing::info!(
                         jwks.url = source.describe(),
@@ -334,6 +468,9 @@ async fn run(weak: Weak<JwksSource>) {
                     );
                 }
                 source.keys.store(Arc::new(set));
+                if let Some(metadata) = metadata {
+                    source.metadata.store(Some(Arc::new(metadata)));
+                }
                 failures = 0;
             }
             Err(error) => {

@@ -132,7 +132,8 @@ impl fmt::Debug for ClientAuth {
     }
 }
 
-/// The parts of one introspection request that depend on the token and the client.
+/// The parts of one form POST to the authorization server, such as an introspection or token
+/// request, that depend on the form and the client.
 #[derive(Debug)]
 pub struct IntrospectionRequest {
     /// The `application/x-www-form-urlencoded` body.
@@ -150,8 +151,22 @@ impl ClientAuth {
         endpoint: &str,
         now: i64,
     ) -> Result<IntrospectionRequest, String> {
-        let mut form = vec![("token", token.to_string())];
-        form.push(("token_type_hint", "access_token".into()));
+        let form = vec![
+            ("token", token.to_string()),
+            ("token_type_hint", "access_token".into()),
+        ];
+        self.form_request(form, endpoint, now)
+    }
+
+    /// Builds an authenticated form POST of `form` to `endpoint`, such as a token request
+    /// (RFC 6749 section 4.1.3), at `now` (seconds since the Unix epoch). Fails only when
+    /// signing a client assertion fails.
+    pub fn form_request(
+        &self,
+        mut form: Vec<(&'static str, String)>,
+        endpoint: &str,
+        now: i64,
+    ) -> Result<IntrospectionRequest, String> {
         let mut authorization = None;
         match self {
             ClientAuth::SecretBasic { client_id, secret } => {
@@ -223,7 +238,8 @@ pub fn client_assertion(
     ))
 }
 
-fn form_encode(value: &str) -> String {
+/// Encodes `value` for an `application/x-www-form-urlencoded` body or a URL query.
+pub fn form_encode(value: &str) -> String {
     utf8_percent_encode(value, FORM).to_string()
 }
 

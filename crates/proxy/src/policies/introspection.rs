@@ -29,10 +29,9 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use portcullis_config::{
     ClientAuthMethod, IntrospectionFormat, IntrospectionSpec, UnknownConsumer,
 };
@@ -42,8 +41,6 @@ use portcullis_policy::introspection::{self, Introspected};
 use portcullis_policy::jwt::{self, Algorithm, ClaimRules, JwtError, claim_at, string_list};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
@@ -95,9 +92,25 @@ enum Endpoint {
 
 /// Warning rate-limit state: the time of the last warning and the number skipped since.
 #[derive(Default)]
-struct WarnState {
+pub(crate) struct WarnState {
     last: Option<Instant>,
     suppressed: u64,
+}
+
+impl WarnState {
+    /// Returns the number of warnings skipped since the last one when a warning may be logged
+    /// now, at most once per [`WARN_INTERVAL`], or `None` when this one is skipped and counted.
+    pub(crate) fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < WARN_INTERVAL)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 pub struct Introspection {
@@ -181,7 +194,7 @@ impl Introspection {
     /// cannot be read, or a header name is invalid.
     pub fn new(spec: &IntrospectionSpec, context: &PolicyContext) -> Result<Self, String> {
         let auth = client_auth(spec)?;
-        let client = http_client(spec.ca_file.as_deref())?;
+        let client = crate::jwks::https_client(spec.ca_file.as_deref())?;
         let endpoint = match (&spec.introspection_endpoint, &spec.issuer) {
             (Some(url), _) => Endpoint::Configured(url.clone()),
             (None, Some(issuer)) => Endpoint::Discovered {
@@ -214,8 +227,10 @@ impl Introspection {
                 refresh_interval: spec.jwks_refresh_interval,
                 min_refresh_interval: Duration::from_secs(30),
                 timeout: spec.timeout,
+                ca_file: spec.ca_file.clone(),
             })
-        });
+        })
+        .transpose()?;
         let leeway_seconds = i64::try_from(spec.leeway.as_secs()).unwrap_or(i64::MAX);
         let forward_claims = spec
             .forward_claims
@@ -578,18 +593,8 @@ impl Introspection {
 
     /// Logs a failed call at warn, at most once per [`WARN_INTERVAL`].
     fn warn(&self, endpoint: &str, error: &str) {
-        let suppressed = {
-            let mut state = lock(&self.shared.warnings);
-            let now = Instant::now();
-            if state
-                .last
-                .is_some_and(|last| now.duration_since(last) < WARN_INTERVAL)
-            {
-                state.suppressed += 1;
-                return;
-            }
-            state.last = Some(now);
-            std::mem::take(&mut state.suppressed)
+        let Some(suppressed) = lock(&self.shared.warnings).admit(Instant::now()) else {
+            return;
         };
         tracing::warn!(
             policy = POLICY,
@@ -665,19 +670,41 @@ fn metadata_urls(base: &str) -> Vec<String> {
 
 /// Builds the client authentication from the spec, reading secrets from the environment.
 fn client_auth(spec: &IntrospectionSpec) -> Result<ClientAuth, String> {
-    let read = |variable: &Option<String>, field: &str, what: &str| -> Result<String, String> {
-        let name = variable
-            .as_ref()
-            .ok_or_else(|| format!("`{field}` is required for this `client_auth`"))?;
+    client_auth_from_env(&ClientCredentials {
+        client_id: &spec.client_id,
+        method: spec.client_auth,
+        client_secret_env: spec.client_secret_env.as_deref(),
+        private_key_env: spec.private_key_env.as_deref(),
+        private_key_id: spec.private_key_id.as_deref(),
+    })
+}
+
+/// The client authentication settings of a policy that calls an authorization server.
+pub(crate) struct ClientCredentials<'a> {
+    pub client_id: &'a str,
+    pub method: ClientAuthMethod,
+    pub client_secret_env: Option<&'a str>,
+    pub private_key_env: Option<&'a str>,
+    pub private_key_id: Option<&'a str>,
+}
+
+/// Builds the client authentication of `credentials`, reading secrets from the environment.
+/// Fails when a variable is unset or the private key does not parse.
+pub(crate) fn client_auth_from_env(
+    credentials: &ClientCredentials<'_>,
+) -> Result<ClientAuth, String> {
+    let read = |variable: Option<&str>, field: &str, what: &str| -> Result<String, String> {
+        let name =
+            variable.ok_or_else(|| format!("`{field}` is required for this `client_auth`"))?;
         std::env::var(name)
             .map_err(|_| format!("environment variable `{name}` with the {what} is not set"))
     };
-    let client_id = spec.client_id.clone();
-    Ok(match spec.client_auth {
+    let client_id = credentials.client_id.to_string();
+    Ok(match credentials.method {
         ClientAuthMethod::ClientSecretBasic => ClientAuth::SecretBasic {
             client_id,
             secret: read(
-                &spec.client_secret_env,
+                credentials.client_secret_env,
                 "client_secret_env",
                 "client secret",
             )?,
@@ -685,65 +712,30 @@ fn client_auth(spec: &IntrospectionSpec) -> Result<ClientAuth, String> {
         ClientAuthMethod::ClientSecretPost => ClientAuth::SecretPost {
             client_id,
             secret: read(
-                &spec.client_secret_env,
+                credentials.client_secret_env,
                 "client_secret_env",
                 "client secret",
             )?,
         },
         ClientAuthMethod::PrivateKeyJwt => {
-            let pem = read(&spec.private_key_env, "private_key_env", "private key")?;
+            let pem = read(
+                credentials.private_key_env,
+                "private_key_env",
+                "private key",
+            )?;
             let key = SigningKey::from_pem(&pem).map_err(|error| {
                 format!(
                     "`{}`: {error}",
-                    spec.private_key_env.as_deref().unwrap_or_default()
+                    credentials.private_key_env.unwrap_or_default()
                 )
             })?;
             ClientAuth::PrivateKeyJwt {
                 client_id,
                 key: Box::new(key),
-                kid: spec.private_key_id.clone(),
+                kid: credentials.private_key_id.map(str::to_string),
             }
         }
     })
-}
-
-/// Builds the HTTP and HTTPS client of one policy. TLS trusts the certificates in `ca_file`
-/// only, or the system's trust store without one.
-fn http_client(ca_file: Option<&std::path::Path>) -> Result<HttpClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certificates = CertificateDer::pem_file_iter(path)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|error| format!("cannot read CA file `{}`: {error}", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certificates);
-            if added == 0 {
-                return Err(format!(
-                    "CA file `{}` has no usable certificate",
-                    path.display()
-                ));
-            }
-        }
-        None => {
-            let loaded = rustls_native_certs::load_native_certs();
-            for error in &loaded.errors {
-                tracing::warn!(%error, "cannot load a certificate from the system store for token introspection");
-            }
-            roots.add_parsable_certificates(loaded.certs);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| format!("TLS setup failed: {error}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

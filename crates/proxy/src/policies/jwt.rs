@@ -69,14 +69,17 @@ impl Jwt {
             }),
             _ => None,
         };
-        let remote = location.map(|location| {
-            context.jwks.source(SourceSettings {
-                location,
-                refresh_interval: spec.jwks_refresh_interval,
-                min_refresh_interval: spec.jwks_min_refresh_interval,
-                timeout: spec.jwks_timeout,
+        let remote = location
+            .map(|location| {
+                context.jwks.source(SourceSettings {
+                    location,
+                    refresh_interval: spec.jwks_refresh_interval,
+                    min_refresh_interval: spec.jwks_min_refresh_interval,
+                    timeout: spec.jwks_timeout,
+                    ca_file: None,
+                })
             })
-        });
+            .transpose()?;
         let forward_claims = spec
             .forward_claims
             .iter()

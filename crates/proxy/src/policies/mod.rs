@@ -7,6 +7,7 @@ pub mod introspection;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
+pub mod openid_connect;
 pub mod rate_limit;
 pub mod security_headers;
 pub mod waf;
@@ -40,6 +41,9 @@ pub struct PolicyContext {
     pub introspection: Arc<introspection::IntrospectionRegistry>,
     /// `portcullis_waf_verdicts`, shared with the metrics registry.
     pub waf_verdicts: Family<WafVerdictLabels, Counter>,
+    /// `openid-connect` state, kept across snapshots so that a reload does not forget which
+    /// logins have finished.
+    pub openid_connect: Arc<openid_connect::OpenIdConnectRegistry>,
 }
 
 impl PolicyContext {
@@ -53,6 +57,7 @@ impl PolicyContext {
             introspection: Arc::new(introspection::IntrospectionRegistry::new(Family::default())),
             backend_errors: Family::default(),
             waf_verdicts: Family::default(),
+            openid_connect: Arc::default(),
         }
     }
 }
@@ -138,6 +143,10 @@ pub fn build(
                 PolicySpec::Waf(spec) => Arc::new(
                     waf::Waf::new(spec, context)
                         .map_err(|message| format!("{scope}: waf policy: {message}"))?,
+                ),
+                PolicySpec::OpenidConnect(spec) => Arc::new(
+                    openid_connect::OpenIdConnect::new(spec, context)
+                        .map_err(|message| format!("{scope}: openid-connect policy: {message}"))?,
                 ),
             };
             Ok(ChainEntry {

@@ -401,7 +401,17 @@ fn schemas() -> Value {
                 "name": { "type": "string" },
                 "roles": { "type": "array", "items": { "type": "string" } },
                 "policies": { "type": "array", "items": schema_ref("Policy") },
-                "key_rotation": schema_ref("KeyRotation")
+                "key_rotation": schema_ref("KeyRotation"),
+                "certificates": { "type": "array", "items": schema_ref("CertificateMatch"), "description": "Client certificate names that `mtls-auth` maps to this consumer; each name identifies at most one consumer" }
+            }
+        },
+        "CertificateMatch": {
+            "type": "object",
+            "description": "Exactly one of `subject_cn` and `san`",
+            "additionalProperties": false,
+            "properties": {
+                "subject_cn": { "type": "string", "description": "Subject common name, compared exactly" },
+                "san": { "type": "string", "description": "Subject alternative name: `DNS:name`, `email:address` or `URI:uri`" }
             }
         },
         "KeyRotation": {
@@ -421,8 +431,15 @@ fn schemas() -> Value {
                 { "type": "object", "required": ["ip-restriction"], "additionalProperties": false, "properties": { "ip-restriction": schema_ref("IpRestriction") } },
                 { "type": "object", "required": ["rate-limit"], "additionalProperties": false, "properties": { "rate-limit": schema_ref("RateLimit") } },
                 { "type": "object", "required": ["jwt"], "additionalProperties": false, "properties": { "jwt": schema_ref("Jwt") } },
-                { "type": "object", "required": ["oauth2-introspection"], "additionalProperties": false, "properties": { "oauth2-introspection": schema_ref("Oauth2Introspection") } }
+                { "type": "object", "required": ["oauth2-introspection"], "additionalProperties": false, "properties": { "oauth2-introspection": schema_ref("Oauth2Introspection") } },
+                { "type": "object", "required": ["mtls-auth"], "additionalProperties": false, "properties": { "mtls-auth": schema_ref("MtlsAuth") } }
             ]
+        },
+        "MtlsAuth": {
+            "type": "object",
+            "description": "Authenticate by the TLS client certificate, mapped to a consumer by its `certificates`; takes no fields",
+            "additionalProperties": false,
+            "properties": {}
         },
         "KeyAuth": {
             "type": "object",

@@ -18,8 +18,8 @@ pub use ai::{
 };
 pub use load::{
     ConfigError, ConfigErrors, KeyError, embedded_default, line_index, load_file, load_str,
-    validate_consumer_fields, validate_entities, validate_policies, validate_route_fields,
-    validate_service_fields,
+    validate_certificate_owners, validate_consumer_fields, validate_entities, validate_policies,
+    validate_route_fields, validate_service_fields,
 };
 pub use model::*;
 pub use upstream::*;

@@ -5,6 +5,7 @@ pub mod introspection;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
+pub mod mtls_auth;
 pub mod rate_limit;
 
 use std::sync::Arc;
@@ -101,6 +102,7 @@ pub fn build(
                     jwt::Jwt::new(spec, context)
                         .map_err(|message| format!("{scope}: jwt policy: {message}"))?,
                 ),
+                PolicySpec::MtlsAuth(_) => Arc::new(mtls_auth::MtlsAuth),
                 PolicySpec::Oauth2Introspection(spec) => {
                     Arc::new(introspection::Introspection::new(spec, context).map_err(
                         |message| format!("{scope}: oauth2-introspection policy: {message}"),

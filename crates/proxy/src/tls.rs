@@ -348,6 +348,9 @@ fn modification_time(path: &Path) -> Option<SystemTime> {
 }
 
 /// Builds the verifier of client certificates from the CA bundle of `client_auth`.
+///
+/// NOTE: no certificate revocation list or OCSP response is checked, so a revoked client
+/// certificate stays valid until its CA leaves the bundle or its name leaves its consumer.
 fn client_verifier(
     client_auth: &ClientAuthConfig,
     provider: Arc<rustls::crypto::CryptoProvider>,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Count the CPU instructions and the syscalls that a proxy spends per request, on loopback.
 #
-# Usage: bench/instructions.sh [TARGET...]    TARGET: portcullis, policies or nginx (default: all)
+# Usage: bench/instructions.sh [TARGET...]    TARGET: portcullis, policies, nginx, key-auth,
+#                                             jwt-rs256, jwt-eddsa or introspection
+#                                             (default: portcullis, policies and nginx)
 #
 # Requests/s on a shared machine move with every other process, but these counts barely do.
 # callgrind counts the user-space instructions of every thread of the proxy. It slows the
@@ -19,6 +21,9 @@
 #   policies    key-auth + rate limit + JSON access log file
 #   nginx       nginx proxy_pass with a keep-alive upstream pool, run as one process
 #               (master_process off) so that one PID does all the work
+#   key-auth, jwt-rs256, jwt-eddsa, introspection
+#               one authentication policy each, as in `bench/run.sh identity`, with
+#               bench/identity_fixture.py serving the JWK Set and the introspection endpoint
 #
 # For each target the script starts echo-upstream and the proxy under callgrind, warms the
 # proxy up, resets callgrind's counters, runs wrk and dumps the counters. Then it starts the
@@ -36,7 +41,8 @@
 #                                 build (default: the release build of this checkout)
 # and the core and build settings that bench/run.sh documents.
 #
-# Needs valgrind (callgrind_control included), perf, wrk, nginx, curl and python3.
+# Needs valgrind (callgrind_control included), perf, wrk, curl and python3, nginx for the nginx
+# target and openssl for the identity targets.
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/run.sh
 source "$REPO/bench/run.sh"
@@ -57,7 +63,7 @@ portcullis_requests() {
 run_wrk() {
     local name=$1 duration=$2 output line
     output=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$INSTRUCTIONS_CONNECTIONS" -d"$duration" \
-        -s "$BENCH_DIR/wrk-report.lua" -H "apikey: $API_KEY" "${URL[$name]}") ||
+        -s "$BENCH_DIR/wrk-report.lua" -H "$(request_header "$name")" "${URL[$name]}") ||
         die "wrk failed for $name: $output"
     line=$(grep '^RESULT ' <<<"$output") || die "wrk printed no RESULT line for $name: $output"
     [[ $line =~ status_errors=0 && $line =~ read_errors=0 && $line =~ timeouts=0 ]] ||
@@ -173,13 +179,19 @@ print_instruction_report() {
 }
 
 instructions_main() {
-    local targets=("$@") name
+    local targets=("$@") name identity=0
     ((${#targets[@]} > 0)) || targets=(portcullis policies nginx)
     for name in "${targets[@]}"; do
-        [[ $name == portcullis || $name == policies || $name == nginx ]] ||
-            die "unknown target $name; expected portcullis, policies or nginx"
+        if is_identity_target "$name"; then
+            identity=1
+        elif [[ $name != portcullis && $name != policies && $name != nginx ]]; then
+            die "unknown target $name; expected portcullis, policies, nginx, key-auth, jwt-rs256, jwt-eddsa or introspection"
+        fi
     done
-    for command in valgrind callgrind_control perf wrk nginx curl python3 taskset; do
+    local commands=(valgrind callgrind_control perf wrk curl python3 taskset)
+    ((identity == 0)) || commands+=(openssl)
+    [[ " ${targets[*]} " != *" nginx "* ]] || commands+=(nginx)
+    for command in "${commands[@]}"; do
         command -v "$command" >/dev/null || die "$command is missing; install it with apt-get"
     done
     NGINX_GLOBALS='daemon off; master_process off;'
@@ -191,6 +203,7 @@ instructions_main() {
     PORTCULLIS=${PORTCULLIS_BINARY:-$PORTCULLIS}
     WORK_DIR=$(mktemp -d -t portcullis-instructions.XXXXXX)
     start_upstream
+    ((identity == 0)) || start_identity_provider
     for name in "${targets[@]}"; do
         measure_instructions "$name"
         measure_syscalls "$name"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Measure portcullis against nginx proxy_pass and against the bare upstream, on loopback.
 #
-# Usage: bench/run.sh          the proxy comparison: direct, nginx, portcullis, policies
-#        bench/run.sh limits   the cost of one rate limit: portcullis, limit-local, limit-redis
-#        bench/run.sh waf      the cost of the `waf` policy: portcullis, waf-builtin, waf-crs
+# Usage: bench/run.sh           the proxy comparison: direct, nginx, portcullis, policies
+#        bench/run.sh limits    the cost of one rate limit: portcullis, limit-local, limit-redis
+#        bench/run.sh identity  the cost of one authentication policy: portcullis, key-auth,
+#                               jwt-rs256, jwt-eddsa, introspection
+#        bench/run.sh waf       the cost of the `waf` policy: portcullis, waf-builtin, waf-crs
 #
 # Targets, each measured with wrk against GET /fast of tools/echo-upstream, once with
 # BENCH_CONNECTIONS connections (full load) and once with BENCH_LIGHT_CONNECTIONS:
@@ -22,11 +24,22 @@
 # comes from $PORTCULLIS_CRS_DIR/rules (default: ../shared/crs/rules next to the repository);
 # without it waf-crs is skipped. A side-by-side run of nginx with ModSecurity and the same CRS
 # is not part of this script yet.
+#   key-auth     wrk -> portcullis, key-auth with one declared key -> echo-upstream
+#   jwt-rs256    wrk -> portcullis, jwt with a JWK Set, RS256 (RSA-2048) token -> echo-upstream
+#   jwt-eddsa    wrk -> portcullis, jwt with a JWK Set, EdDSA (Ed25519) token -> echo-upstream
+#   introspection  wrk -> portcullis, oauth2-introspection with a warm cache -> echo-upstream
 #
 # The limits run compares the last two with portcullis: the difference in CPU time and
 # latency per request is the cost of a limit. Its Redis is a private redis-server on a free
 # port, pinned to BENCH_LOAD_CORE, so the proxy core measures only the gateway. The limit
 # admits 100,000,000 requests per second, so it never rejects.
+#
+# The identity run compares the next four with portcullis in the same way: the difference is
+# the cost of verifying one credential per request. bench/identity_fixture.py, pinned to
+# BENCH_LOAD_CORE, makes the keys and tokens with openssl and serves the JWK Set and the
+# introspection endpoint on loopback. The gateway caches both, so after the check requests the
+# measured runs verify signatures and look up the introspection cache without calling out. The
+# report prints how many JWK Set and introspection calls the fixture served.
 #
 # wrk and echo-upstream share BENCH_LOAD_CORE; the proxy under test runs alone on
 # BENCH_PROXY_CORE. The script also reads the resident memory (VmRSS) of the policy
@@ -82,9 +95,13 @@ WAF_TARGETS=(portcullis waf-builtin waf-crs)
 readonly CRS_RULES=${PORTCULLIS_CRS_DIR:-$REPO/../shared/crs}/rules
 # Path and query that wrk requests through the proxies.
 PROXY_TARGET=/echo/fast
+readonly IDENTITY_TARGETS=(portcullis key-auth jwt-rs256 jwt-eddsa introspection)
+# Client secret that the introspection target sends to the fixture, which does not check it.
+export BENCH_INTROSPECTION_SECRET=bench-introspection-secret
 
 WORK_DIR=""
 REDIS_URL=""
+IDP_URL=""
 PIDS=()
 # Command that start_nginx and start_portcullis put before the proxy (bench/instructions.sh
 # sets valgrind), and how many seconds they wait for the proxy to start.
@@ -92,6 +109,8 @@ PROXY_WRAPPER=()
 START_TIMEOUT=30
 # Directives that start_nginx passes with -g.
 NGINX_GLOBALS='daemon off;'
+# The credential header that wrk and the checks send to each target; `apikey` when unset.
+declare -A HEADER
 declare -A IDLE_REPORT URL SENT ATTEMPTS_USED RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY OTHER_BUSY PROXY_CPU_US RSS_KIB
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -132,11 +151,11 @@ stop_process() {
 # Install the commands that MODE (proxies or limits) needs.
 install_tools() {
     local mode=$1 missing=() command package commands=(wrk taskset python3 curl)
-    if [[ $mode == limits ]]; then
-        commands+=(redis-server redis-cli)
-    elif [[ $mode == proxies ]]; then
-        commands+=(nginx)
-    fi
+    case $mode in
+        limits) commands+=(redis-server redis-cli) ;;
+        identity) commands+=(openssl) ;;
+        proxies) commands+=(nginx) ;;
+    esac
     for command in "${commands[@]}"; do
         if ! command -v "$command" >/dev/null; then
             case $command in
@@ -283,6 +302,34 @@ start_nginx() {
     log "nginx $(nginx -v 2>&1 | sed 's|.*/||') on $HOST:$port, pinned to core $PROXY_CORE"
 }
 
+# Print the credential header of target NAME.
+request_header() {
+    echo "${HEADER[$1]:-apikey: $API_KEY}"
+}
+
+# Start bench/identity_fixture.py on a free port, pinned to the load core, set IDP_URL, and
+# set the Authorization header of the token targets.
+start_identity_provider() {
+    local port dir=$WORK_DIR/identity pid
+    port=$(free_port)
+    mkdir -p "$dir"
+    taskset -c "$LOAD_CORE" python3 "$BENCH_DIR/identity_fixture.py" --dir "$dir" --port "$port" \
+        >"$dir/fixture.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_until identity_fixture.py "$pid" 30 "$dir/fixture.log" grep -q '^serving on' "$dir/fixture.log"
+    IDP_URL="http://$HOST:$port"
+    HEADER[jwt-rs256]="Authorization: Bearer $(cat "$dir/rs256.token")"
+    HEADER[jwt-eddsa]="Authorization: Bearer $(cat "$dir/eddsa.token")"
+    HEADER[introspection]="Authorization: Bearer $(cat "$dir/introspection.token")"
+    log "identity_fixture.py on $HOST:$port, pinned to core $LOAD_CORE"
+}
+
+# Print the JWK Set and introspection calls that the identity fixture has served, as JSON.
+identity_provider_calls() {
+    curl --silent --fail --max-time 5 "$IDP_URL/stats"
+}
+
 # Start a private redis-server on a free port, pinned to the load core, and set REDIS_URL.
 start_redis() {
     local port dir=$WORK_DIR/redis pid
@@ -295,6 +342,48 @@ start_redis() {
     wait_until redis-server "$pid" 10 "$dir/redis.log" redis-cli -h "$HOST" -p "$port" ping
     REDIS_URL="redis://$HOST:$port"
     log "redis-server $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p') on $HOST:$port, pinned to core $LOAD_CORE"
+}
+
+# Print the services and consumers of identity target NAME, whose one policy authenticates.
+identity_entities() {
+    local name=$1 policy algorithm=RS256
+    case $name in
+        key-auth) policy='key-auth: {}' ;;
+        jwt-rs256 | jwt-eddsa)
+            [[ $name == jwt-eddsa ]] && algorithm=EdDSA
+            policy="jwt: { issuer: \"https://idp.bench\", audiences: [bench], jwks_uri: \"$IDP_URL/jwks.json\", algorithms: [$algorithm], consumer_claim: sub }"
+            ;;
+        introspection)
+            policy="oauth2-introspection: { introspection_endpoint: \"$IDP_URL/introspect\", client_id: gateway, client_secret_env: BENCH_INTROSPECTION_SECRET, audiences: [bench] }"
+            ;;
+        *) die "no identity policy for target $name" ;;
+    esac
+    echo_service_with_policy "$policy"
+    cat <<EOF
+consumers:
+  - name: alice
+    api_keys: [$API_KEY]
+EOF
+}
+
+# Print the echo service, without an access log, with POLICY as its one policy.
+echo_service_with_policy() {
+    cat <<EOF
+access_log: off
+services:
+  - name: echo
+    targets: [http://$UPSTREAM_ADDRESS]
+    policies:
+      - $1
+EOF
+}
+
+# Return 0 when target NAME is one of the identity targets other than portcullis.
+is_identity_target() {
+    case $1 in
+        key-auth | jwt-rs256 | jwt-eddsa | introspection) return 0 ;;
+        *) return 1 ;;
+    esac
 }
 
 # Write a portcullis config for target NAME to DIR/portcullis.yaml.
@@ -314,32 +403,18 @@ store:
 log:
   level: warn
 EOF
-        if [[ $name == limit-* ]]; then
+        if is_identity_target "$name"; then
+            identity_entities "$name"
+        elif [[ $name == limit-* ]]; then
             backend=${name#limit-}
             if [[ $backend == redis ]]; then
                 printf 'redis: { url: "%s", key_prefix: "bench:" }\n' "$REDIS_URL"
             fi
-            cat <<EOF
-access_log: off
-services:
-  - name: echo
-    targets: [http://$UPSTREAM_ADDRESS]
-    policies:
-      - rate-limit: { limit: 100000000, window: 1s, by: ip, backend: $backend }
-EOF
-        elif [[ $name == waf-* ]]; then
-            cat <<EOF
-access_log: off
-services:
-  - name: echo
-    targets: [http://$UPSTREAM_ADDRESS]
-    policies:
-EOF
-            if [[ $name == waf-crs ]]; then
-                printf '      - waf: { rules_dir: "%s", paranoia: 1 }\n' "$CRS_RULES"
-            else
-                printf '      - waf: {}\n'
-            fi
+            echo_service_with_policy "rate-limit: { limit: 100000000, window: 1s, by: ip, backend: $backend }"
+        elif [[ $name == waf-crs ]]; then
+            echo_service_with_policy "waf: { rules_dir: \"$CRS_RULES\", paranoia: 1 }"
+        elif [[ $name == waf-builtin ]]; then
+            echo_service_with_policy "waf: {}"
         elif ((with_policies)); then
             cat <<EOF
 access_log: access.log
@@ -371,11 +446,12 @@ EOF
     } >"$dir/portcullis.yaml"
 }
 
-# Start portcullis for target NAME (portcullis, policies, limit-local, limit-redis, waf-builtin
-# or waf-crs) and check that it proxies.
+# Start portcullis for target NAME (portcullis, policies, a limit, an identity or a waf target)
+# and check that it proxies.
 start_portcullis() {
     local name=$1 with_policies=0 dir=$WORK_DIR/$1 proxy_address admin_address
     [[ $name == policies ]] && with_policies=1
+    is_identity_target "$name" && with_policies=1
     write_portcullis_config "$dir" "$name"
     taskset -c "$PROXY_CORE" "${PROXY_WRAPPER[@]}" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
         --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
@@ -389,9 +465,9 @@ start_portcullis() {
     wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
         status_is "$ADMIN_URL/health/ready" 200
     URL[$name]="http://$proxy_address$PROXY_TARGET"
-    expect_status "${URL[$name]}" 200 --header "apikey: $API_KEY"
+    expect_status "${URL[$name]}" 200 --header "$(request_header "$name")"
     if ((with_policies)); then
-        # Without the key the request must be rejected, or the policy chain is not active.
+        # Without the credential the request must be rejected, or the policy chain is not active.
         expect_status "${URL[$name]}" 401
     fi
     if [[ $name == limit-* ]]; then
@@ -530,7 +606,7 @@ measure_once() {
     local load_before proxy_before other_before process_before
     local load_after proxy_after other_after process_after line pair
     local wrk=(taskset -c "$LOAD_CORE" wrk -t1 -c"$connections" --latency
-        -s "$BENCH_DIR/wrk-report.lua" -H "apikey: $API_KEY")
+        -s "$BENCH_DIR/wrk-report.lua" -H "$(request_header "$name")")
     local output=$WORK_DIR/wrk-$key
 
     wait_for_quiet
@@ -795,25 +871,49 @@ added_cost() {
         'BEGIN { printf "%+.1f us CPU, p50 %+.3f ms, p99 %+.3f ms", (c + s) - (bc + bs), (p50 - bp50) / 1000, (p99 - bp99) / 1000 }'
 }
 
-print_limit_report() {
-    local name
-    print_header
-    printf 'redis: a private redis-server on core %s at %s\n' "$LOAD_CORE" "$REDIS_URL"
+# Print the tables of the targets given, the first of which is portcullis without policies,
+# and the cost that each other target adds per request over it. WHAT names that cost.
+print_cost_report() {
+    local what=$1 name
+    shift
     printf '\nfull load: wrk -c%s -d%s after a %s warm-up\n\n' "$CONNECTIONS" "$DURATION" "$WARMUP"
-    print_table "" "${LIMIT_TARGETS[@]}"
+    print_table "" "$@"
     if ((LIGHT_CONNECTIONS > 0)); then
         printf '\nlight load: wrk -c%s -d%s after a 1s warm-up\n\n' "$LIGHT_CONNECTIONS" "$LIGHT_DURATION"
-        print_table -light "${LIMIT_TARGETS[@]}"
+        print_table -light "$@"
     fi
     print_table_legend
-    printf 'cost of one rate limit per request, over portcullis without policies:\n'
-    for name in limit-local limit-redis; do
-        printf '  %-12s full load: %s\n' "$name" "$(added_cost "$name" portcullis)"
+    printf 'cost of %s per request, over portcullis without policies:\n' "$what"
+    for name in "${@:2}"; do
+        printf '  %-13s full load: %s\n' "$name" "$(added_cost "$name" portcullis)"
         if ((LIGHT_CONNECTIONS > 0)); then
-            printf '  %-12s light load: %s\n' "$name" "$(added_cost "$name-light" portcullis-light)"
+            printf '  %-13s light load: %s\n' "$name" "$(added_cost "$name-light" portcullis-light)"
         fi
     done
     print_warnings
+}
+
+print_limit_report() {
+    print_header
+    printf 'redis: a private redis-server on core %s at %s\n' "$LOAD_CORE" "$REDIS_URL"
+    print_cost_report "one rate limit" "${LIMIT_TARGETS[@]}"
+}
+
+print_identity_report() {
+    print_header
+    printf 'identity provider: bench/identity_fixture.py on core %s at %s\n' "$LOAD_CORE" "$IDP_URL"
+    print_cost_report "one authentication policy" "${IDENTITY_TARGETS[@]}"
+    printf 'calls that the identity fixture served in the whole run: %s\n' "$(identity_provider_calls)"
+}
+
+run_identity_targets() {
+    local name
+    start_identity_provider
+    for name in "${IDENTITY_TARGETS[@]}"; do
+        start_portcullis "$name"
+        measure_target "$name"
+        stop_proxy
+    done
 }
 
 run_limit_targets() {
@@ -865,8 +965,9 @@ main() {
     case ${1:-} in
         "") ;;
         limits) mode=limits ;;
+        identity) mode=identity ;;
         waf) mode=waf ;;
-        *) die "unknown argument '$1'; usage: bench/run.sh [limits | waf]" ;;
+        *) die "unknown argument '$1'; usage: bench/run.sh [limits | identity | waf]" ;;
     esac
     trap cleanup EXIT
     # The EXIT trap runs on these signals only when the shell handles them.
@@ -887,6 +988,11 @@ main() {
     if [[ $mode == limits ]]; then
         run_limit_targets
         print_limit_report
+        return
+    fi
+    if [[ $mode == identity ]]; then
+        run_identity_targets
+        print_identity_report
         return
     fi
     raise_open_file_limit

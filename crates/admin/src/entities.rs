@@ -118,8 +118,13 @@ impl Resource for ConsumerSpec {
         &entities.consumers
     }
 
-    fn validate(&self, _entities: &Entities) -> Vec<KeyError> {
+    fn validate(&self, entities: &Entities) -> Vec<KeyError> {
         let mut errors = portcullis_config::validate_consumer_fields("", self);
+        errors.extend(portcullis_config::validate_certificate_owners(
+            "",
+            self,
+            &entities.consumers,
+        ));
         errors.extend(name_errors(&self.name));
         if !self.api_keys.is_empty() {
             errors.push(KeyError {

@@ -401,7 +401,17 @@ fn schemas() -> Value {
                 "name": { "type": "string" },
                 "roles": { "type": "array", "items": { "type": "string" } },
                 "policies": { "type": "array", "items": schema_ref("Policy") },
-                "key_rotation": schema_ref("KeyRotation")
+                "key_rotation": schema_ref("KeyRotation"),
+                "certificates": { "type": "array", "items": schema_ref("CertificateMatch"), "description": "Client certificate names that `mtls-auth` maps to this consumer; each name identifies at most one consumer" }
+            }
+        },
+        "CertificateMatch": {
+            "type": "object",
+            "description": "Exactly one of `subject_cn` and `san`",
+            "additionalProperties": false,
+            "properties": {
+                "subject_cn": { "type": "string", "description": "Subject common name, compared exactly" },
+                "san": { "type": "string", "description": "Subject alternative name: `DNS:name`, `email:address` or `URI:uri`" }
             }
         },
         "KeyRotation": {
@@ -426,8 +436,15 @@ fn schemas() -> Value {
                 { "type": "object", "required": ["csrf"], "additionalProperties": false, "properties": { "csrf": schema_ref("Csrf") } },
                 { "type": "object", "required": ["security-headers"], "additionalProperties": false, "properties": { "security-headers": schema_ref("SecurityHeaders") } },
                 { "type": "object", "required": ["waf"], "additionalProperties": false, "properties": { "waf": schema_ref("Waf") } },
-                { "type": "object", "required": ["openid-connect"], "additionalProperties": false, "properties": { "openid-connect": schema_ref("OpenidConnect") } }
+                { "type": "object", "required": ["openid-connect"], "additionalProperties": false, "properties": { "openid-connect": schema_ref("OpenidConnect") } },
+                { "type": "object", "required": ["mtls-auth"], "additionalProperties": false, "properties": { "mtls-auth": schema_ref("MtlsAuth") } }
             ]
+        },
+        "MtlsAuth": {
+            "type": "object",
+            "description": "Authenticate by the TLS client certificate, mapped to a consumer by its `certificates`; takes no fields",
+            "additionalProperties": false,
+            "properties": {}
         },
         "KeyAuth": {
             "type": "object",

@@ -21,8 +21,8 @@ pub use ai::{
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{
     ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, embedded_default, line_index,
-    load_file, load_str, validate_consumer_fields, validate_entities, validate_policies,
-    validate_route_fields, validate_service_fields,
+    load_file, load_str, validate_certificate_owners, validate_consumer_fields, validate_entities,
+    validate_policies, validate_route_fields, validate_service_fields,
 };
 pub use model::*;
 pub use upstream::*;

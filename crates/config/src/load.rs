@@ -345,6 +345,9 @@ fn resolve_paths(config: &mut Config) {
                 resolve(&mut certificate.cert_file);
                 resolve(&mut certificate.key_file);
             }
+            if let Some(client_auth) = &mut tls.client_auth {
+                resolve(&mut client_auth.ca_file);
+            }
         }
     }
     if let crate::model::StoreConfig::Sqlite(path) = &mut config.store {
@@ -424,6 +427,14 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
                             format!("cannot read `{}`: {error}", file.display()),
                         ));
                     }
+                }
+            }
+            if let Some(client_auth) = &tls.client_auth {
+                if let Err(error) = std::fs::metadata(&client_auth.ca_file) {
+                    errors.push(KeyError::new(
+                        format!("listeners[{i}].tls.client_auth.ca_file"),
+                        format!("cannot read `{}`: {error}", client_auth.ca_file.display()),
+                    ));
                 }
             }
         }
@@ -640,6 +651,11 @@ pub fn validate_entities(entities: &Entities) -> Vec<KeyError> {
             ));
         }
         errors.extend(validate_consumer_fields(&at, consumer));
+        errors.extend(validate_certificate_owners(
+            &at,
+            consumer,
+            &entities.consumers[..i],
+        ));
         for (j, key) in consumer.api_keys.iter().enumerate() {
             let key_at = format!("{at}.api_keys[{j}]");
             match key {
@@ -781,6 +797,18 @@ pub fn validate_consumer_fields(at: &str, consumer: &crate::model::ConsumerSpec)
     for (j, role) in consumer.roles.iter().enumerate() {
         check_name(&mut errors, &format!("{at}.roles[{j}]"), role);
     }
+    let mut names = HashSet::new();
+    for (j, certificate) in consumer.certificates.iter().enumerate() {
+        let certificate_at = format!("{at}.certificates[{j}]");
+        match certificate.name() {
+            Ok(name) if !names.insert(name.clone()) => errors.push(KeyError::new(
+                certificate_at,
+                format!("`{name}` is listed twice"),
+            )),
+            Ok(_) => {}
+            Err(message) => errors.push(KeyError::new(certificate_at, message)),
+        }
+    }
     if let Some(rotation) = &consumer.key_rotation {
         errors.extend(check_rotation_fields(
             &format!("{at}.key_rotation"),
@@ -802,6 +830,36 @@ pub fn validate_consumer_fields(at: &str, consumer: &crate::model::ConsumerSpec)
                      a consumer; attach it globally, to a service or to a route",
                     policy.kind()
                 ),
+            ));
+        }
+    }
+    errors
+}
+
+/// Checks that no certificate name of `consumer` already identifies one of `others`, because
+/// `mtls-auth` must map each name to one consumer. Consumers named like `consumer` are skipped,
+/// so that an admin update can be checked against the stored version of itself.
+pub fn validate_certificate_owners(
+    at: &str,
+    consumer: &crate::model::ConsumerSpec,
+    others: &[crate::model::ConsumerSpec],
+) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    for (j, certificate) in consumer.certificates.iter().enumerate() {
+        let Ok(name) = certificate.name() else {
+            continue;
+        };
+        let owner = others.iter().find(|other| {
+            other.name != consumer.name
+                && other
+                    .certificates
+                    .iter()
+                    .any(|entry| entry.name().as_ref() == Ok(&name))
+        });
+        if let Some(owner) = owner {
+            errors.push(KeyError::new(
+                format!("{at}.certificates[{j}]"),
+                format!("`{name}` already identifies the consumer `{}`", owner.name),
             ));
         }
     }
@@ -914,6 +972,7 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
             PolicySpec::SecurityHeaders(spec) => {
                 errors.extend(crate::browser::validate_security_headers(&key, spec));
             }
+            PolicySpec::MtlsAuth(_) => {}
             PolicySpec::IpRestriction(spec) => {
                 if spec.allow.is_empty() && spec.deny.is_empty() {
                     errors.push(KeyError::new(

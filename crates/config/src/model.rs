@@ -124,6 +124,30 @@ pub struct TlsConfig {
     /// Offer HTTP/2 through ALPN.
     #[serde(default = "default_true")]
     pub http2: bool,
+    /// Request or require client certificates, verified against a CA bundle.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// Client certificate verification on a TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM bundle of the CA certificates that client certificates must chain to.
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+}
+
+/// Whether a TLS listener requires a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuthMode {
+    /// The handshake fails without a valid client certificate.
+    #[default]
+    Required,
+    /// A client may connect without a certificate, but a certificate it sends must be valid.
+    Optional,
 }
 
 /// A PEM certificate chain and its private key.
@@ -581,6 +605,95 @@ pub struct ConsumerSpec {
     /// Scheduled rotation of the consumer's issued keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rotation: Option<KeyRotationSpec>,
+    /// Client certificate names that `mtls-auth` maps to this consumer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateMatch>,
+}
+
+/// A client certificate name that identifies a consumer: the subject common name (CN) or one
+/// subject alternative name. Exactly one of the two fields is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateMatch {
+    /// The subject CN, compared exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_cn: Option<String>,
+    /// A subject alternative name in OpenSSL notation: `DNS:client.example.com`,
+    /// `email:ops@example.com` or `URI:spiffe://example.com/billing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san: Option<String>,
+}
+
+impl CertificateMatch {
+    /// Returns the name this entry matches, or a message saying why the entry is invalid.
+    pub fn name(&self) -> Result<CertificateName, String> {
+        match (&self.subject_cn, &self.san) {
+            (Some(cn), None) if cn.is_empty() => Err("`subject_cn` must not be empty".into()),
+            (Some(cn), None) => Ok(CertificateName::SubjectCn(cn.clone())),
+            (None, Some(san)) => CertificateName::parse_san(san),
+            (Some(_), Some(_)) => Err("set either `subject_cn` or `san`, not both".into()),
+            (None, None) => Err("set `subject_cn` or `san`".into()),
+        }
+    }
+}
+
+/// One name of a client certificate, in the form used to compare names. DNS names and the
+/// domain of an email address are lowercase, because they compare case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CertificateName {
+    SubjectCn(String),
+    Dns(String),
+    Email(String),
+    Uri(String),
+}
+
+impl CertificateName {
+    /// Parses a subject alternative name written as `DNS:`, `email:` or `URI:` followed by the
+    /// value. The prefix is case-insensitive, as in OpenSSL.
+    pub fn parse_san(text: &str) -> Result<CertificateName, String> {
+        let invalid = || {
+            format!(
+                "invalid subject alternative name `{text}`: expected `DNS:name`, `email:address` or `URI:uri`"
+            )
+        };
+        let (kind, value) = text.split_once(':').ok_or_else(invalid)?;
+        if value.is_empty() {
+            return Err(invalid());
+        }
+        match kind.to_ascii_lowercase().as_str() {
+            "dns" => Ok(CertificateName::dns(value)),
+            "email" => Ok(CertificateName::email(value)),
+            "uri" => Ok(CertificateName::Uri(value.to_string())),
+            _ => Err(invalid()),
+        }
+    }
+
+    pub fn dns(name: &str) -> CertificateName {
+        CertificateName::Dns(name.to_ascii_lowercase())
+    }
+
+    /// Returns an email name with its domain lowercased; the local part stays as written,
+    /// because RFC 5321 lets a mail server treat it case-sensitively.
+    pub fn email(address: &str) -> CertificateName {
+        match address.rsplit_once('@') {
+            Some((local, domain)) => {
+                CertificateName::Email(format!("{local}@{}", domain.to_ascii_lowercase()))
+            }
+            None => CertificateName::Email(address.to_string()),
+        }
+    }
+}
+
+/// Writes the name as `CN=value` or in the OpenSSL notation of subject alternative names.
+impl std::fmt::Display for CertificateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertificateName::SubjectCn(cn) => write!(f, "CN={cn}"),
+            CertificateName::Dns(name) => write!(f, "DNS:{name}"),
+            CertificateName::Email(address) => write!(f, "email:{address}"),
+            CertificateName::Uri(uri) => write!(f, "URI:{uri}"),
+        }
+    }
 }
 
 /// An API key declared in a file: a plaintext string, or a hashed record such as
@@ -675,6 +788,7 @@ pub enum PolicySpec {
     SecurityHeaders(SecurityHeadersSpec),
     Waf(WafSpec),
     OpenidConnect(Box<OpenIdConnectSpec>),
+    MtlsAuth(MtlsAuthSpec),
 }
 
 impl PolicySpec {
@@ -692,6 +806,7 @@ impl PolicySpec {
             PolicySpec::SecurityHeaders(_) => "security-headers",
             PolicySpec::Waf(_) => "waf",
             PolicySpec::OpenidConnect(_) => "openid-connect",
+            PolicySpec::MtlsAuth(_) => "mtls-auth",
         }
     }
 
@@ -741,6 +856,12 @@ impl Default for KeyAuthSpec {
         }
     }
 }
+
+/// Authentication by a verified TLS client certificate, mapped to a consumer through the
+/// consumers' `certificates`. The listener's `tls.client_auth` verifies the certificate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsAuthSpec {}
 
 /// Access control by consumer, role and credential scope, for authenticated requests.
 ///

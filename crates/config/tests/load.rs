@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use portcullis_config::{
-    BackendErrorAction, CounterBackend, DeclaredKey, HashedKey, LimitAlgorithm, LimitKey,
-    PolicySpec, StoreConfig, TlsVersion, load_str,
+    BackendErrorAction, CertificateMatch, CertificateName, ClientAuthMode, CounterBackend,
+    DeclaredKey, HashedKey, LimitAlgorithm, LimitKey, PolicySpec, StoreConfig, TlsVersion,
+    load_str,
 };
 
 const ISSUE_EXAMPLE: &str = r#"
@@ -1127,4 +1128,54 @@ fn openid_connect_short_session_secret_fails() {
         ),
         "{message}"
     );
+}
+
+#[test]
+fn client_auth_loads_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificates(dir.path());
+    std::fs::write(dir.path().join("tls/clients.pem"), "placeholder").unwrap();
+    let source = "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - { cert_file: tls/gateway.crt, key_file: tls/gateway.key }\n      client_auth: { ca_file: tls/clients.pem }\n";
+    let config = load_str(source, Some(&dir.path().join("gateway.yaml")), &env).unwrap();
+    let client_auth = config.listeners[0]
+        .tls
+        .as_ref()
+        .unwrap()
+        .client_auth
+        .as_ref()
+        .unwrap();
+    assert_eq!(client_auth.ca_file, dir.path().join("tls/clients.pem"));
+    assert_eq!(client_auth.mode, ClientAuthMode::Required);
+}
+
+#[test]
+fn certificate_names_parse() {
+    let cases = [
+        ("DNS:Client.Example.COM", "DNS:client.example.com"),
+        ("dns:a.test", "DNS:a.test"),
+        ("email:Ops.Team@Example.COM", "email:Ops.Team@example.com"),
+        ("EMAIL:ops@example.com", "email:ops@example.com"),
+        (
+            "URI:spiffe://example.com/Billing",
+            "URI:spiffe://example.com/Billing",
+        ),
+        ("uri:urn:example:a:b", "URI:urn:example:a:b"),
+    ];
+    for (written, normalised) in cases {
+        let name = CertificateName::parse_san(written)
+            .unwrap_or_else(|message| panic!("{written}: {message}"));
+        assert_eq!(name.to_string(), normalised, "{written}");
+    }
+    for invalid in ["client.example.com", "DNS:", "IP:127.0.0.1", ":x", ""] {
+        let message = CertificateName::parse_san(invalid).unwrap_err();
+        assert!(
+            message.contains("invalid subject alternative name"),
+            "{invalid}: {message}"
+        );
+    }
+    let subject = CertificateMatch {
+        subject_cn: Some("Alice".into()),
+        san: None,
+    };
+    assert_eq!(subject.name().unwrap().to_string(), "CN=Alice");
 }

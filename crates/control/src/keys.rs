@@ -94,6 +94,7 @@ mod tests {
                 api_keys,
                 policies: Vec::new(),
                 key_rotation: None,
+                certificates: Vec::new(),
             }],
             ..Entities::default()
         }

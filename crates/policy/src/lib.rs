@@ -6,6 +6,7 @@
 //! can be tested with fixed inputs and a fake clock.
 
 pub mod api_key;
+pub mod client_certificate;
 pub mod cors;
 pub mod csrf;
 pub mod introspection;

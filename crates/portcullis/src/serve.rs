@@ -16,7 +16,7 @@ use portcullis_proxy::policies::introspection::IntrospectionRegistry;
 use portcullis_proxy::policies::{PolicyContext, SystemClock};
 use portcullis_proxy::server::{self, ConnectionSettings, ConnectionTracker, Listener};
 use portcullis_proxy::service::Proxy;
-use portcullis_proxy::tls::CertificateResolver;
+use portcullis_proxy::tls::ListenerTls;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -124,15 +124,15 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     };
 
     let mut proxy_addrs: Vec<SocketAddr> = Vec::new();
-    let mut certificates: Vec<Arc<CertificateResolver>> = Vec::new();
+    let mut tls_listeners: Vec<Arc<ListenerTls>> = Vec::new();
     let mut listener_tasks = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr();
         proxy_addrs.push(addr);
-        match listener.certificates() {
-            Some(resolver) => {
-                tracing::info!(listener.addr = %addr, tls = true, tls.names = ?resolver.names(), "proxy listener started");
-                certificates.push(resolver);
+        match listener.tls() {
+            Some(tls) => {
+                tracing::info!(listener.addr = %addr, tls = true, tls.names = ?tls.names(), tls.client_auth = ?tls.client_auth(), "proxy listener started");
+                tls_listeners.push(tls);
             }
             None => tracing::info!(listener.addr = %addr, tls = false, "proxy listener started"),
         }
@@ -209,9 +209,9 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
 
     control.spawn_background(shutdown_rx.clone());
     spawn_change_feeds(&config, &control, &shutdown_rx).await;
-    spawn_certificate_poll(certificates.clone(), shutdown_rx.clone());
+    spawn_certificate_poll(tls_listeners.clone(), shutdown_rx.clone());
 
-    wait_for_shutdown(&control, &certificates).await;
+    wait_for_shutdown(&control, &tls_listeners).await;
 
     // Stop accepting, let open connections finish their requests, then exit.
     tracing::info!(
@@ -357,8 +357,9 @@ async fn connect_change_bus(
     }
 }
 
-/// Waits for SIGTERM or SIGINT; reloads the file and the certificates on SIGHUP meanwhile.
-async fn wait_for_shutdown(control: &Arc<ControlPlane>, certificates: &[Arc<CertificateResolver>]) {
+/// Waits for SIGTERM or SIGINT; reloads the file, the certificates and the client CA bundles on
+/// SIGHUP meanwhile.
+async fn wait_for_shutdown(control: &Arc<ControlPlane>, tls_listeners: &[Arc<ListenerTls>]) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -380,8 +381,8 @@ async fn wait_for_shutdown(control: &Arc<ControlPlane>, certificates: &[Arc<Cert
                     if let Err(error) = control.reload_file().await {
                         tracing::error!(%error, "configuration reload failed; the running configuration is unchanged");
                     }
-                    for resolver in certificates {
-                        resolver.reload();
+                    for tls in tls_listeners {
+                        tls.reload();
                     }
                 }
             }
@@ -389,16 +390,16 @@ async fn wait_for_shutdown(control: &Arc<ControlPlane>, certificates: &[Arc<Cert
     }
     #[cfg(not(unix))]
     {
-        let _ = (control, certificates);
+        let _ = (control, tls_listeners);
         let _ = tokio::signal::ctrl_c().await;
     }
 }
 
 fn spawn_certificate_poll(
-    certificates: Vec<Arc<CertificateResolver>>,
+    tls_listeners: Vec<Arc<ListenerTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if certificates.is_empty() {
+    if tls_listeners.is_empty() {
         return;
     }
     tokio::spawn(async move {
@@ -408,8 +409,8 @@ fn spawn_certificate_poll(
                 _ = interval.tick() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
-            for resolver in &certificates {
-                resolver.reload_if_changed();
+            for tls in &tls_listeners {
+                tls.reload_if_changed();
             }
         }
     });

@@ -39,6 +39,7 @@ use crate::error::Rejection;
 use crate::header_edits::HeaderEdits;
 use crate::policies::waf::WafRecord;
 use crate::snapshot::{CompiledRoute, ConsumerInfo, Snapshot};
+use crate::tls::ClientCertificate;
 
 /// The phase a policy runs in. Phases run in declaration order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,6 +65,8 @@ pub struct Exchange<'r> {
     /// Request headers; an authentication policy removes the credential it consumed.
     pub headers: &'r mut HeaderMap,
     pub canonical: &'r mut CanonicalRequest,
+    /// The client certificate verified in the TLS handshake of the request's connection.
+    pub client_certificate: Option<&'r ClientCertificate>,
     /// The authenticated caller, set in [`Phase::Authenticate`].
     pub consumer: Option<Arc<ConsumerInfo>>,
     /// Id of the credential that authenticated the caller, for logs.

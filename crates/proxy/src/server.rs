@@ -18,10 +18,9 @@ use portcullis_config::{ClientTimeouts, Http2Settings, ListenerConfig, RequestLi
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::service::{ConnectionInfo, Proxy};
-use crate::tls::{self, CertificateResolver, TlsError};
+use crate::tls::{ClientCertificate, ListenerTls, TlsError};
 
 /// A listener that could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +42,7 @@ pub enum ListenError {
 /// A bound listener, ready to accept.
 pub struct Listener {
     tcp: TcpListener,
-    tls: Option<(TlsAcceptor, Arc<CertificateResolver>)>,
+    tls: Option<Arc<ListenerTls>>,
     local_addr: SocketAddr,
 }
 
@@ -51,23 +50,12 @@ impl Listener {
     /// Binds the address and loads the TLS certificates of `config`.
     pub async fn bind(config: &ListenerConfig) -> Result<Self, ListenError> {
         let tls = match &config.tls {
-            Some(tls_config) => {
-                let resolver =
-                    Arc::new(CertificateResolver::load(&tls_config.certificates).map_err(
-                        |source| ListenError::Tls {
-                            address: config.address,
-                            source,
-                        },
-                    )?);
-                let server_config =
-                    tls::server_config(tls_config, resolver.clone()).map_err(|source| {
-                        ListenError::Tls {
-                            address: config.address,
-                            source,
-                        }
-                    })?;
-                Some((TlsAcceptor::from(server_config), resolver))
-            }
+            Some(tls_config) => Some(Arc::new(ListenerTls::load(tls_config).map_err(
+                |source| ListenError::Tls {
+                    address: config.address,
+                    source,
+                },
+            )?)),
             None => None,
         };
         let tcp = TcpListener::bind(config.address)
@@ -91,9 +79,9 @@ impl Listener {
         self.local_addr
     }
 
-    /// Returns the certificate resolver of a TLS listener, for reloads.
-    pub fn certificates(&self) -> Option<Arc<CertificateResolver>> {
-        self.tls.as_ref().map(|(_, resolver)| resolver.clone())
+    /// Returns the TLS state of a TLS listener, for reloads.
+    pub fn tls(&self) -> Option<Arc<ListenerTls>> {
+        self.tls.clone()
     }
 }
 
@@ -184,12 +172,16 @@ pub async fn run(
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let settings = settings.clone();
-        let tls = listener.tls.as_ref().map(|(acceptor, _)| acceptor.clone());
+        let tls = listener.tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
             let _open = open;
             match tls {
                 None => {
-                    let info = ConnectionInfo { peer, tls: false };
+                    let info = ConnectionInfo {
+                        peer,
+                        tls: false,
+                        client_certificate: None,
+                    };
                     serve_connection(
                         stream,
                         info,
@@ -208,7 +200,21 @@ pub async fn run(
                     .await;
                     match handshake {
                         Ok(Ok(stream)) => {
-                            let info = ConnectionInfo { peer, tls: true };
+                            // The verifier has checked the chain, so only the end-entity
+                            // certificate is kept, for `mtls-auth`.
+                            let client_certificate = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|der| {
+                                    Arc::new(ClientCertificate::new(der.clone().into_owned()))
+                                });
+                            let info = ConnectionInfo {
+                                peer,
+                                tls: true,
+                                client_certificate,
+                            };
                             serve_connection(
                                 stream,
                                 info,

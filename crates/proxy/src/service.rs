@@ -49,6 +49,8 @@ pub struct Proxy {
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The client certificate verified in the TLS handshake, on listeners with `client_auth`.
+    pub client_certificate: Option<Arc<crate::tls::ClientCertificate>>,
 }
 
 /// Facts gathered while a request moves through the phases, for the log and metrics.
@@ -282,6 +284,7 @@ impl Proxy {
             version: parts.version,
             headers: &mut parts.headers,
             canonical: &mut canonical,
+            client_certificate: connection.client_certificate.as_deref(),
             consumer: None,
             credential_id: None,
             scopes: std::borrow::Cow::Borrowed(&[]),

@@ -14,6 +14,7 @@ use portcullis_config::{
     Config, ConsumerSpec, Entities, PathMatch, PolicySpec, RequestLimits, ServiceSpec,
 };
 use portcullis_policy::api_key::{KeyHasher, KeyTable};
+use portcullis_policy::client_certificate::CertificateTable;
 
 use crate::balancer::Balancer;
 use crate::canonical::ClientIpResolver;
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub services: HashMap<String, Arc<CompiledService>>,
     pub consumers: HashMap<String, Arc<ConsumerInfo>>,
     pub keys: KeyTable,
+    /// Client certificate names of the consumers, for `mtls-auth`.
+    pub certificates: CertificateTable,
     pub hasher: KeyHasher,
     pub key_usage: Arc<KeyUsage>,
     pub limits: RequestLimits,
@@ -242,6 +245,7 @@ pub fn compile<'k>(
             .collect(),
         consumers,
         keys: table,
+        certificates: certificate_table(&entities.consumers),
         hasher: context.hasher.clone(),
         key_usage: context.key_usage.clone(),
         limits: config.limits.clone(),
@@ -299,6 +303,34 @@ fn compile_consumer(
         policies: policies::build(&post_auth, &format!("consumer:{}", spec.name), context)
             .map_err(SnapshotError)?,
     })
+}
+
+/// Builds the table of the consumers' certificate names. A name that two consumers claim maps to
+/// neither, because validation rejects such a pair and only a store written around validation,
+/// such as by two nodes at once, can hold one.
+fn certificate_table(consumers: &[ConsumerSpec]) -> CertificateTable {
+    let mut table = CertificateTable::default();
+    let mut claimed_twice = Vec::new();
+    for consumer in consumers {
+        let owner: Arc<str> = Arc::from(consumer.name.as_str());
+        for entry in &consumer.certificates {
+            let name = match entry.name() {
+                Ok(name) => name,
+                Err(message) => {
+                    tracing::warn!(consumer.name = %consumer.name, %message, "skipping an invalid client certificate name");
+                    continue;
+                }
+            };
+            if let Err(other) = table.insert(name.clone(), owner.clone()) {
+                tracing::warn!(consumer.name = %consumer.name, other.name = %other, certificate.name = %name, "two consumers claim the same client certificate name, so it identifies neither");
+                claimed_twice.push(name);
+            }
+        }
+    }
+    for name in &claimed_twice {
+        table.remove(name);
+    }
+    table
 }
 
 /// The atomically swapped current snapshot.

@@ -1,23 +1,31 @@
-//! TLS termination with rustls: certificates chosen by SNI and reloaded without a restart.
+//! TLS termination with rustls: certificates chosen by SNI, client certificates verified against
+//! a CA bundle, and both reloaded without a restart.
 //!
-//! Each listener has a [`CertificateResolver`] holding the certificates of its config. A client
-//! that sends SNI gets the certificate whose DNS names (from the subject alternative name
-//! extension) match exactly, then one whose wildcard matches, then the first certificate. The
-//! resolver re-reads its files when [`CertificateResolver::reload_if_changed`] sees a newer
-//! modification time; a reload that fails keeps the certificates in use and logs the error.
+//! Each listener has a [`ListenerTls`]. Its [`CertificateResolver`] contains the certificates
+//! of its config: a client that sends SNI gets the certificate whose DNS names (from the subject
+//! alternative name extension) match exactly, then one whose wildcard matches, then the first
+//! certificate. With `client_auth`, the listener's rustls config verifies client certificates
+//! against the CA bundle with `WebPkiClientVerifier`, which checks the chain, the validity
+//! period and the client-authentication key usage. The files are re-read when
+//! [`ListenerTls::reload_if_changed`] sees a newer modification time; a reload that fails keeps
+//! the certificates and CA bundle in use and logs the error.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use portcullis_config::{CertificateConfig, TlsConfig, TlsVersion};
-use rustls::ServerConfig;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use portcullis_config::{
+    CertificateConfig, CertificateName, ClientAuthConfig, ClientAuthMode, TlsConfig, TlsVersion,
+};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 
 /// A certificate or key that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +34,8 @@ pub enum TlsError {
     Certificate { path: PathBuf, message: String },
     #[error("cannot read the private key `{path}`: {message}")]
     Key { path: PathBuf, message: String },
+    #[error("cannot use the client CA bundle `{path}`: {message}")]
+    ClientCa { path: PathBuf, message: String },
     #[error("TLS configuration failed: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -229,8 +239,181 @@ fn load_certified_key(source: &CertificateConfig) -> Result<Arc<CertifiedKey>, T
     Ok(Arc::new(certified))
 }
 
+/// The TLS state of one listener: its certificates, and the rustls config built from them and
+/// from the client CA bundle.
+pub struct ListenerTls {
+    settings: TlsConfig,
+    certificates: Arc<CertificateResolver>,
+    /// Modification time of the client CA bundle when it was last read.
+    client_ca_modified: Mutex<Option<SystemTime>>,
+    server_config: ArcSwap<ServerConfig>,
+}
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("certificates", &self.certificates)
+            .field("client_auth", &self.settings.client_auth)
+            .finish()
+    }
+}
+
+impl ListenerTls {
+    /// Loads the certificates and the client CA bundle of `settings`.
+    pub fn load(settings: &TlsConfig) -> Result<Self, TlsError> {
+        let certificates = Arc::new(CertificateResolver::load(&settings.certificates)?);
+        let client_ca_modified = settings
+            .client_auth
+            .as_ref()
+            .and_then(|client_auth| modification_time(&client_auth.ca_file));
+        let server_config = server_config(settings, certificates.clone())?;
+        Ok(ListenerTls {
+            settings: settings.clone(),
+            certificates,
+            client_ca_modified: Mutex::new(client_ca_modified),
+            server_config: ArcSwap::new(server_config),
+        })
+    }
+
+    /// Returns the DNS names the certificates cover, for the start-up banner.
+    pub fn names(&self) -> Vec<String> {
+        self.certificates.names()
+    }
+
+    /// Returns whether the listener verifies client certificates, for the start-up banner.
+    pub fn client_auth(&self) -> Option<ClientAuthMode> {
+        self.settings
+            .client_auth
+            .as_ref()
+            .map(|client_auth| client_auth.mode)
+    }
+
+    /// Returns an acceptor with the current rustls config.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.server_config.load_full())
+    }
+
+    /// Reloads the certificates and the client CA bundle when their files changed since they
+    /// were last read. Returns true when new ones are in use.
+    pub fn reload_if_changed(&self) -> bool {
+        let certificates = self.certificates.reload_if_changed();
+        let client_ca = self.reload_client_ca(false);
+        certificates || client_ca
+    }
+
+    /// Reloads the certificates and the client CA bundle now. Returns true when new ones are in
+    /// use.
+    pub fn reload(&self) -> bool {
+        let certificates = self.certificates.reload();
+        let client_ca = self.reload_client_ca(true);
+        certificates || client_ca
+    }
+
+    /// Rebuilds the rustls config from the client CA bundle when the bundle changed, or always
+    /// with `force`. Connections accepted later use the new config.
+    fn reload_client_ca(&self, force: bool) -> bool {
+        let Some(client_auth) = &self.settings.client_auth else {
+            return false;
+        };
+        let modified = modification_time(&client_auth.ca_file);
+        {
+            let mut last = self
+                .client_ca_modified
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !force && *last == modified {
+                return false;
+            }
+            // Remembered on failure too, so the same broken file is not retried every poll.
+            *last = modified;
+        }
+        match server_config(&self.settings, self.certificates.clone()) {
+            Ok(config) => {
+                tracing::info!(tls.client_ca = %client_auth.ca_file.display(), "reloaded the client CA bundle");
+                self.server_config.store(config);
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "client CA bundle reload failed; keeping the bundle in use");
+                false
+            }
+        }
+    }
+}
+
+fn modification_time(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok()
+}
+
+/// Builds the verifier of client certificates from the CA bundle of `client_auth`.
+///
+/// NOTE: no certificate revocation list or OCSP response is checked, so a revoked client
+/// certificate stays valid until its CA leaves the bundle or its name leaves its consumer.
+fn client_verifier(
+    client_auth: &ClientAuthConfig,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let path = &client_auth.ca_file;
+    let invalid = |message: String| TlsError::ClientCa {
+        path: path.clone(),
+        message,
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| invalid(error.to_string()))?;
+    if certificates.is_empty() {
+        return Err(invalid("the file contains no PEM certificate".into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for (index, certificate) in certificates.into_iter().enumerate() {
+        roots
+            .add(certificate)
+            .map_err(|error| invalid(format!("certificate {}: {error}", index + 1)))?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match client_auth.mode {
+        ClientAuthMode::Required => builder,
+        ClientAuthMode::Optional => builder.allow_unauthenticated(),
+    };
+    builder.build().map_err(|error| invalid(error.to_string()))
+}
+
+/// The end-entity certificate that a client presented and the handshake verified. Its names
+/// are read on first use, so connections whose requests never ask for them do not pay for it.
+pub struct ClientCertificate {
+    der: CertificateDer<'static>,
+    names: OnceLock<Result<Vec<CertificateName>, String>>,
+}
+
+/// Leaves the certificate out, so that no log line contains it.
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCertificate")
+    }
+}
+
+impl ClientCertificate {
+    pub fn new(der: CertificateDer<'static>) -> Self {
+        ClientCertificate {
+            der,
+            names: OnceLock::new(),
+        }
+    }
+
+    /// Returns the subject CNs and DNS, email and URI alternative names of the certificate, or
+    /// the reason they cannot be read.
+    pub fn names(&self) -> Result<&[CertificateName], &str> {
+        self.names
+            .get_or_init(|| portcullis_policy::client_certificate::certificate_names(&self.der))
+            .as_deref()
+            .map_err(String::as_str)
+    }
+}
+
 /// Builds the rustls server config of a listener.
-pub fn server_config(
+fn server_config(
     tls: &TlsConfig,
     resolver: Arc<CertificateResolver>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
@@ -239,10 +422,15 @@ pub fn server_config(
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
+    let builder = match &tls.client_auth {
+        Some(client_auth) => {
+            builder.with_client_cert_verifier(client_verifier(client_auth, provider)?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = if tls.http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

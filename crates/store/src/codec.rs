@@ -224,6 +224,7 @@ mod tests {
             api_keys: vec![DeclaredKey::Plain("plaintext-key".into())],
             policies: Vec::new(),
             key_rotation: None,
+            certificates: Vec::new(),
         };
         let value = consumer.to_stored_json().unwrap();
         assert!(

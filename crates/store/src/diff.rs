@@ -346,6 +346,7 @@ mod tests {
             api_keys: Vec::new(),
             policies: Vec::new(),
             key_rotation: None,
+            certificates: Vec::new(),
         }
     }
 

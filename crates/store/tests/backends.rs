@@ -360,6 +360,7 @@ fn consumer(name: &str) -> ConsumerSpec {
         api_keys: Vec::new(),
         policies: Vec::new(),
         key_rotation: None,
+        certificates: Vec::new(),
     }
 }
 

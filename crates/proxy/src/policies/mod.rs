@@ -7,6 +7,7 @@ pub mod introspection;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
+pub mod mtls_auth;
 pub mod openid_connect;
 pub mod rate_limit;
 pub mod security_headers;
@@ -135,6 +136,7 @@ pub fn build(
                 PolicySpec::SecurityHeaders(spec) => {
                     Arc::new(security_headers::SecurityHeaders::new(spec))
                 }
+                PolicySpec::MtlsAuth(_) => Arc::new(mtls_auth::MtlsAuth),
                 PolicySpec::Oauth2Introspection(spec) => {
                     Arc::new(introspection::Introspection::new(spec, context).map_err(
                         |message| format!("{scope}: oauth2-introspection policy: {message}"),

@@ -88,18 +88,18 @@ pub fn to_generate_request(request: &Value) -> Result<Value, AiError> {
     if !config.is_empty() {
         body.insert("generationConfig".into(), Value::Object(config));
     }
-    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
-        if !tools.is_empty() {
-            let declarations = tools
-                .iter()
-                .enumerate()
-                .map(|(i, tool)| function_declaration(tool, i))
-                .collect::<Result<Vec<_>, _>>()?;
-            body.insert(
-                "tools".into(),
-                json!([{"functionDeclarations": declarations}]),
-            );
-        }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array)
+        && !tools.is_empty()
+    {
+        let declarations = tools
+            .iter()
+            .enumerate()
+            .map(|(i, tool)| function_declaration(tool, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        body.insert(
+            "tools".into(),
+            json!([{"functionDeclarations": declarations}]),
+        );
     }
     if let Some(config) = tool_config(request.get("tool_choice"))? {
         body.insert("toolConfig".into(), config);

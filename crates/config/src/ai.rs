@@ -236,14 +236,14 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
             )),
             None => {}
         }
-        if let Some(key) = &provider.api_key {
-            if key.0.is_empty() || key.0.bytes().any(|b| !b.is_ascii_graphic()) {
-                errors.push(KeyError::new(
-                    format!("{at}.api_key"),
-                    "the API key is empty or has spaces or control characters; check the \
+        if let Some(key) = &provider.api_key
+            && (key.0.is_empty() || key.0.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            errors.push(KeyError::new(
+                format!("{at}.api_key"),
+                "the API key is empty or has spaces or control characters; check the \
                      environment variable it comes from",
-                ));
-            }
+            ));
         }
         match (&provider.api_version, provider.kind) {
             (Some(version), ProviderKind::AzureOpenai) => {
@@ -340,13 +340,13 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
             ("reasoning_per_million", price.reasoning_per_million),
         ];
         for (field, value) in fields {
-            if let Some(value) = value {
-                if !value.is_finite() || value < 0.0 {
-                    errors.push(KeyError::new(
-                        format!("{at}.{field}"),
-                        "must be a number of 0 or more",
-                    ));
-                }
+            if let Some(value) = value
+                && (!value.is_finite() || value < 0.0)
+            {
+                errors.push(KeyError::new(
+                    format!("{at}.{field}"),
+                    "must be a number of 0 or more",
+                ));
             }
         }
     }

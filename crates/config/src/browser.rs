@@ -521,14 +521,14 @@ pub(crate) fn validate_csrf(key: &str, spec: &CsrfSpec) -> Vec<KeyError> {
 pub(crate) fn validate_security_headers(key: &str, spec: &SecurityHeadersSpec) -> Vec<KeyError> {
     let mut errors = Vec::new();
     for (field, _, setting) in spec.settings() {
-        if let HeaderSetting::Value(value) = setting {
-            if value.is_empty() || http::HeaderValue::from_str(value).is_err() {
-                errors.push(KeyError::new(
-                    format!("{key}.{field}"),
-                    "invalid header value; write visible ASCII text, or `false` to leave the \
+        if let HeaderSetting::Value(value) = setting
+            && (value.is_empty() || http::HeaderValue::from_str(value).is_err())
+        {
+            errors.push(KeyError::new(
+                format!("{key}.{field}"),
+                "invalid header value; write visible ASCII text, or `false` to leave the \
                      header out",
-                ));
-            }
+            ));
         }
     }
     for (i, name) in spec.override_headers.iter().enumerate() {

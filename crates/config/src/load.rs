@@ -429,13 +429,13 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
                     }
                 }
             }
-            if let Some(client_auth) = &tls.client_auth {
-                if let Err(error) = std::fs::metadata(&client_auth.ca_file) {
-                    errors.push(KeyError::new(
-                        format!("listeners[{i}].tls.client_auth.ca_file"),
-                        format!("cannot read `{}`: {error}", client_auth.ca_file.display()),
-                    ));
-                }
+            if let Some(client_auth) = &tls.client_auth
+                && let Err(error) = std::fs::metadata(&client_auth.ca_file)
+            {
+                errors.push(KeyError::new(
+                    format!("listeners[{i}].tls.client_auth.ca_file"),
+                    format!("cannot read `{}`: {error}", client_auth.ca_file.display()),
+                ));
             }
         }
     }
@@ -450,21 +450,21 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
             format!("address {} is also a proxy listener", config.admin.address),
         ));
     }
-    if let Some(token) = &config.admin.token {
-        if token.len() < 16 {
-            errors.push(KeyError::new(
-                "admin.token",
-                "the admin token must be at least 16 characters",
-            ));
-        }
+    if let Some(token) = &config.admin.token
+        && token.len() < 16
+    {
+        errors.push(KeyError::new(
+            "admin.token",
+            "the admin token must be at least 16 characters",
+        ));
     }
-    if let crate::model::StoreConfig::Postgres(url) = &config.store {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            errors.push(KeyError::new(
-                "store.postgres",
-                "expected a URL that starts with postgres://",
-            ));
-        }
+    if let crate::model::StoreConfig::Postgres(url) = &config.store
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        errors.push(KeyError::new(
+            "store.postgres",
+            "expected a URL that starts with postgres://",
+        ));
     }
     if config.version_check_interval < std::time::Duration::from_millis(10) {
         errors.push(KeyError::new(
@@ -489,13 +489,13 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
             errors.push(KeyError::new("redis.timeout", "must be at least 1ms"));
         }
     }
-    if let Some(secret) = &config.key_hash_secret {
-        if secret.len() < 32 {
-            errors.push(KeyError::new(
-                "key_hash_secret",
-                "the key hash secret must be at least 32 characters",
-            ));
-        }
+    if let Some(secret) = &config.key_hash_secret
+        && secret.len() < 32
+    {
+        errors.push(KeyError::new(
+            "key_hash_secret",
+            "the key hash secret must be at least 32 characters",
+        ));
     }
     errors.extend(validate_key_rotation(&config.key_rotation));
     let limits = &config.limits;
@@ -522,13 +522,13 @@ fn validate_key_rotation(rotation: &crate::model::KeyRotationConfig) -> Vec<KeyE
         Some(rotation.overlap),
         rotation.webhook.as_deref(),
     );
-    if let Some(secret) = &rotation.webhook_secret {
-        if secret.len() < 32 {
-            errors.push(KeyError::new(
-                "key_rotation.webhook_secret",
-                "the webhook secret must be at least 32 characters",
-            ));
-        }
+    if let Some(secret) = &rotation.webhook_secret
+        && secret.len() < 32
+    {
+        errors.push(KeyError::new(
+            "key_rotation.webhook_secret",
+            "the webhook secret must be at least 32 characters",
+        ));
     }
     if !(1..=20).contains(&rotation.webhook_attempts) {
         errors.push(KeyError::new(
@@ -563,10 +563,10 @@ fn check_rotation_fields(
             "must be at most 100 years",
         ));
     }
-    if let Some(url) = webhook {
-        if let Err(error) = check_fetch_url(url) {
-            errors.push(KeyError::new(format!("{at}.webhook"), error));
-        }
+    if let Some(url) = webhook
+        && let Err(error) = check_fetch_url(url)
+    {
+        errors.push(KeyError::new(format!("{at}.webhook"), error));
     }
     errors
 }
@@ -1163,13 +1163,13 @@ fn validate_redis_backends(config: &Config) -> Vec<KeyError> {
     let mut errors = Vec::new();
     for (at, policies) in levels {
         for (i, policy) in policies.iter().enumerate() {
-            if let PolicySpec::RateLimit(spec) = policy {
-                if spec.backend == CounterBackend::Redis {
-                    errors.push(KeyError::new(
-                        format!("{at}[{i}].rate-limit.backend"),
-                        "`backend: redis` needs the top-level `redis` key with the server URL",
-                    ));
-                }
+            if let PolicySpec::RateLimit(spec) = policy
+                && spec.backend == CounterBackend::Redis
+            {
+                errors.push(KeyError::new(
+                    format!("{at}[{i}].rate-limit.backend"),
+                    "`backend: redis` needs the top-level `redis` key with the server URL",
+                ));
             }
         }
     }
@@ -1234,10 +1234,10 @@ fn validate_jwt(key: &str, spec: &JwtSpec) -> Vec<KeyError> {
             "set either `jwks_uri` or `discovery: true`, not both".into(),
         );
     }
-    if let Some(uri) = &spec.jwks_uri {
-        if let Err(message) = check_fetch_url(uri) {
-            push("jwks_uri", message);
-        }
+    if let Some(uri) = &spec.jwks_uri
+        && let Err(message) = check_fetch_url(uri)
+    {
+        push("jwks_uri", message);
     }
     match (&spec.issuer, spec.discovery) {
         (None, true) => push("issuer", "`discovery: true` needs `issuer`".into()),
@@ -1269,13 +1269,13 @@ fn validate_jwt(key: &str, spec: &JwtSpec) -> Vec<KeyError> {
                 "set exactly one of `pem`, `jwk` and `secret_env`".into(),
             );
         }
-        if let Some(alg) = &entry.alg {
-            if !JWT_ALGORITHMS.contains(&alg.as_str()) {
-                push(
-                    &format!("keys[{i}].alg"),
-                    format!("unsupported algorithm `{alg}`"),
-                );
-            }
+        if let Some(alg) = &entry.alg
+            && !JWT_ALGORITHMS.contains(&alg.as_str())
+        {
+            push(
+                &format!("keys[{i}].alg"),
+                format!("unsupported algorithm `{alg}`"),
+            );
         }
         if let Some(name) = &entry.secret_env {
             let valid =
@@ -1409,10 +1409,10 @@ fn validate_openid_connect(key: &str, spec: &OpenIdConnectSpec) -> Vec<KeyError>
             None
         }
     };
-    if let Some(uri) = &spec.post_logout_redirect_uri {
-        if let Err(message) = check_fetch_url(uri) {
-            push("post_logout_redirect_uri", message);
-        }
+    if let Some(uri) = &spec.post_logout_redirect_uri
+        && let Err(message) = check_fetch_url(uri)
+    {
+        push("post_logout_redirect_uri", message);
     }
     if let Some(path) = &spec.logout_path {
         if !path.starts_with('/') || path.contains(['?', '#']) {
@@ -1472,10 +1472,10 @@ fn validate_openid_connect(key: &str, spec: &OpenIdConnectSpec) -> Vec<KeyError>
             format!("`{}` must be a path that starts with `/`", spec.cookie_path),
         );
     }
-    if let Some(domain) = &spec.cookie_domain {
-        if !cookie_token(domain) {
-            push("cookie_domain", format!("invalid cookie domain `{domain}`"));
-        }
+    if let Some(domain) = &spec.cookie_domain
+        && !cookie_token(domain)
+    {
+        push("cookie_domain", format!("invalid cookie domain `{domain}`"));
     }
     if spec.cookie_same_site == SameSite::None && !spec.cookie_secure {
         push(
@@ -1597,15 +1597,15 @@ fn validate_introspection(key: &str, spec: &IntrospectionSpec) -> Vec<KeyError> 
         }
         (None, Some(_)) => {}
     }
-    if let Some(issuer) = &spec.issuer {
-        if let Err(message) = check_fetch_url(issuer) {
-            push("issuer", message);
-        }
+    if let Some(issuer) = &spec.issuer
+        && let Err(message) = check_fetch_url(issuer)
+    {
+        push("issuer", message);
     }
-    if let Some(uri) = &spec.jwks_uri {
-        if let Err(message) = check_fetch_url(uri) {
-            push("jwks_uri", message);
-        }
+    if let Some(uri) = &spec.jwks_uri
+        && let Err(message) = check_fetch_url(uri)
+    {
+        push("jwks_uri", message);
     }
     if spec.client_id.is_empty() {
         push("client_id", "must not be empty".into());
@@ -1618,15 +1618,15 @@ fn validate_introspection(key: &str, spec: &IntrospectionSpec) -> Vec<KeyError> 
         ("client_secret_env", &spec.client_secret_env),
         ("private_key_env", &spec.private_key_env),
     ] {
-        if let Some(name) = variable {
-            if !is_variable_name(name) {
-                push(
-                    field,
-                    format!(
-                        "`{name}` is not an environment variable name; write the name, not `${{{name}}}`"
-                    ),
-                );
-            }
+        if let Some(name) = variable
+            && !is_variable_name(name)
+        {
+            push(
+                field,
+                format!(
+                    "`{name}` is not an environment variable name; write the name, not `${{{name}}}`"
+                ),
+            );
         }
     }
     match spec.client_auth {

@@ -216,13 +216,13 @@ pub(crate) fn validate_http2(settings: &Http2Settings) -> Vec<KeyError> {
             errors.push(KeyError::new(key, "must be greater than 0"));
         }
     }
-    if let Some(size) = settings.max_header_list_size {
-        if size < 1024 {
-            errors.push(KeyError::new(
-                "http2.max_header_list_size",
-                "must be at least 1024",
-            ));
-        }
+    if let Some(size) = settings.max_header_list_size
+        && size < 1024
+    {
+        errors.push(KeyError::new(
+            "http2.max_header_list_size",
+            "must be at least 1024",
+        ));
     }
     if settings.max_send_buf_size < 1024 {
         errors.push(KeyError::new(

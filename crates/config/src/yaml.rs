@@ -145,13 +145,13 @@ impl<'e> Builder<'e> {
                 Some(Frame::Mapping { path, .. }) => join_key(path, &text),
                 _ => unreachable!("expects_key checked for a mapping"),
             };
-            if let Some(Frame::Mapping { entries, .. }) = self.stack.last() {
-                if entries.contains_key(&text) {
-                    self.errors.push(YamlError {
-                        line: Some(mark.line()),
-                        message: format!("duplicate key `{path}`"),
-                    });
-                }
+            if let Some(Frame::Mapping { entries, .. }) = self.stack.last()
+                && entries.contains_key(&text)
+            {
+                self.errors.push(YamlError {
+                    line: Some(mark.line()),
+                    message: format!("duplicate key `{path}`"),
+                });
             }
             self.index.lines.entry(path).or_insert(mark.line());
             if let Some(Frame::Mapping { key, .. }) = self.stack.last_mut() {
@@ -285,12 +285,11 @@ fn resolve_plain(text: &str) -> Value {
         .bytes()
         .next()
         .is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.');
-    if looks_numeric {
-        if let Ok(float) = text.parse::<f64>() {
-            if let Some(number) = Number::from_f64(float) {
-                return Value::Number(number);
-            }
-        }
+    if looks_numeric
+        && let Ok(float) = text.parse::<f64>()
+        && let Some(number) = Number::from_f64(float)
+    {
+        return Value::Number(number);
     }
     Value::String(text.to_string())
 }

@@ -131,10 +131,10 @@ impl Csrf {
     /// Decides an unsafe request by its browser headers. `own_origin` is the origin the request
     /// was sent to, when the gateway knows it.
     pub fn check(&self, own_origin: Option<&Origin>, headers: BrowserHeaders<'_>) -> Verdict {
-        if let Some(site) = headers.sec_fetch_site {
-            if self.sec_fetch_site.contains(&site.trim()) {
-                return Verdict::Allowed;
-            }
+        if let Some(site) = headers.sec_fetch_site
+            && self.sec_fetch_site.contains(&site.trim())
+        {
+            return Verdict::Allowed;
         }
         let claimed = match (headers.origin, headers.referer) {
             (Some(origin), _) => Some(origin.trim()),

@@ -345,7 +345,7 @@ async fn connect_change_bus(
             Err(_) => format!("no connection within {} s", ATTEMPT_TIMEOUT.as_secs()),
         };
         // The first failure and then every tenth are logged, so an outage does not flood the log.
-        if failures % 10 == 0 {
+        if failures.is_multiple_of(10) {
             tracing::warn!(%error, redis.channel = %channel, attempts = failures + 1, "cannot connect to Redis for change messages; retrying, and other nodes see this node's writes through the version check meanwhile");
         }
         failures += 1;

@@ -373,12 +373,12 @@ impl ResponseBody {
         if self.outcome.is_none() {
             self.outcome = Some(outcome);
         }
-        if let Content::Upstream { connection, .. } = &mut self.content {
-            if let Some(connection) = connection.take() {
-                // Only a body read to its end leaves the connection ready for another request.
-                if outcome == Outcome::Completed {
-                    connection.release();
-                }
+        if let Content::Upstream { connection, .. } = &mut self.content
+            && let Some(connection) = connection.take()
+        {
+            // Only a body read to its end leaves the connection ready for another request.
+            if outcome == Outcome::Completed {
+                connection.release();
             }
         }
         if let Some(completion) = self.completion.take() {

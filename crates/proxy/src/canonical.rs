@@ -328,10 +328,10 @@ impl ClientIpResolver {
             {
                 for element in value.split(',') {
                     for pair in element.split(';') {
-                        if let Some((name, value)) = pair.trim().split_once('=') {
-                            if name.trim().eq_ignore_ascii_case("for") {
-                                chain.push(value.trim().trim_matches('"').to_string());
-                            }
+                        if let Some((name, value)) = pair.trim().split_once('=')
+                            && name.trim().eq_ignore_ascii_case("for")
+                        {
+                            chain.push(value.trim().trim_matches('"').to_string());
                         }
                     }
                 }

@@ -387,16 +387,16 @@ impl Proxy {
             if let Ok(value) = HeaderValue::from_str(&consumer.name) {
                 headers.insert(X_CONSUMER_NAME, value);
             }
-            if !consumer.roles.is_empty() {
-                if let Ok(value) = HeaderValue::from_str(&consumer.roles.join(",")) {
-                    headers.insert(X_CONSUMER_ROLES, value);
-                }
+            if !consumer.roles.is_empty()
+                && let Ok(value) = HeaderValue::from_str(&consumer.roles.join(","))
+            {
+                headers.insert(X_CONSUMER_ROLES, value);
             }
         }
-        if let Some(id) = &trace.credential_id {
-            if let Ok(value) = HeaderValue::from_str(id) {
-                headers.insert(X_CREDENTIAL_ID, value);
-            }
+        if let Some(id) = &trace.credential_id
+            && let Ok(value) = HeaderValue::from_str(id)
+        {
+            headers.insert(X_CREDENTIAL_ID, value);
         }
         headers.remove(header::HOST);
 

@@ -174,10 +174,10 @@ impl TargetState {
         drop(models);
         // An open circuit turns half-open by time alone, so the first request after the
         // cooldown reports it.
-        if let Some(state) = state {
-            if self.circuit_gauge.get() != circuit_gauge_value(state) {
-                self.report_circuit(state);
-            }
+        if let Some(state) = state
+            && self.circuit_gauge.get() != circuit_gauge_value(state)
+        {
+            self.report_circuit(state);
         }
         if !allowed {
             return None;

@@ -138,10 +138,10 @@ impl ResolvesServerCert for CertificateResolver {
         if let Some(key) = set.exact.get(&name) {
             return Some(key.clone());
         }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(key) = set.wildcard.get(parent) {
-                return Some(key.clone());
-            }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(key) = set.wildcard.get(parent)
+        {
+            return Some(key.clone());
         }
         Some(set.default.clone())
     }

@@ -39,14 +39,13 @@ impl SqliteStore {
         if let Some(folder) = path
             .parent()
             .filter(|folder| !folder.as_os_str().is_empty())
+            && !folder.is_dir()
         {
-            if !folder.is_dir() {
-                return Err(StoreError::Invalid(format!(
-                    "cannot open the SQLite database {}: the folder {} does not exist; create it or change `store.sqlite`",
-                    path.display(),
-                    folder.display()
-                )));
-            }
+            return Err(StoreError::Invalid(format!(
+                "cannot open the SQLite database {}: the folder {} does not exist; create it or change `store.sqlite`",
+                path.display(),
+                folder.display()
+            )));
         }
         let options = SqliteConnectOptions::new()
             .filename(path)

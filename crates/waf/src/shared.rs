@@ -39,10 +39,10 @@ pub fn load_shared(dir: Option<&Path>, setup: &Setup) -> Result<Arc<RuleSet>, Er
     let mut cache = cache()
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((cached, set)) = cache.get(&key) {
-        if *cached == fingerprint {
-            return Ok(set.clone());
-        }
+    if let Some((cached, set)) = cache.get(&key)
+        && *cached == fingerprint
+    {
+        return Ok(set.clone());
     }
     let set = Arc::new(match dir {
         Some(dir) => RuleSet::load(dir, setup)?,

@@ -25,7 +25,7 @@ impl ByteSource {
         (0..len)
             .map(|_| {
                 let roll = self.next();
-                if roll % 4 == 0 {
+                if roll.is_multiple_of(4) {
                     (roll >> 8) as u8
                 } else {
                     SPECIAL[(roll >> 8) as usize % SPECIAL.len()]

@@ -29,15 +29,15 @@ impl ClaimRules {
             None if self.require_exp => return Err(JwtError::MissingClaim),
             _ => {}
         }
-        if let Some(nbf) = time_claim(claims, "nbf")? {
-            if now.saturating_add(self.leeway_seconds) < nbf {
-                return Err(JwtError::NotYetValid);
-            }
+        if let Some(nbf) = time_claim(claims, "nbf")?
+            && now.saturating_add(self.leeway_seconds) < nbf
+        {
+            return Err(JwtError::NotYetValid);
         }
-        if let Some(iat) = time_claim(claims, "iat")? {
-            if now.saturating_add(self.leeway_seconds) < iat {
-                return Err(JwtError::IssuedInFuture);
-            }
+        if let Some(iat) = time_claim(claims, "iat")?
+            && now.saturating_add(self.leeway_seconds) < iat
+        {
+            return Err(JwtError::IssuedInFuture);
         }
         if let Some(issuer) = &self.issuer {
             match claims.get("iss") {

@@ -126,10 +126,10 @@ impl VerifyingKey {
                 .decode(value)
                 .map_err(|_| key_error(format!("JWK member `{name}` is not base64url")))
         };
-        if let Some(usage) = text("use")? {
-            if usage != "sig" {
-                return Err(key_error(format!("JWK `use` is `{usage}`, not `sig`")));
-            }
+        if let Some(usage) = text("use")?
+            && usage != "sig"
+        {
+            return Err(key_error(format!("JWK `use` is `{usage}`, not `sig`")));
         }
         if let Some(operations) = object.get("key_ops") {
             let verifies = operations
@@ -355,11 +355,11 @@ impl KeySet {
         for entry in entries {
             match VerifyingKey::from_jwk(entry) {
                 Ok(key) => {
-                    if let Some(kid) = &key.kid {
-                        if !seen.insert(kid.clone()) {
-                            skipped.push(key_error(format!("duplicate kid `{kid}`")));
-                            continue;
-                        }
+                    if let Some(kid) = &key.kid
+                        && !seen.insert(kid.clone())
+                    {
+                        skipped.push(key_error(format!("duplicate kid `{kid}`")));
+                        continue;
                     }
                     keys.push(key);
                 }

@@ -276,12 +276,12 @@ impl TokenResponse {
     pub fn parse(body: &[u8]) -> Result<TokenResponse, String> {
         let response: TokenResponse = serde_json::from_slice(body)
             .map_err(|error| format!("the token response is not valid JSON: {error}"))?;
-        if let Some(token_type) = &response.token_type {
-            if !token_type.eq_ignore_ascii_case("bearer") {
-                return Err(format!(
-                    "the token response has token_type `{token_type}`; only `Bearer` is supported"
-                ));
-            }
+        if let Some(token_type) = &response.token_type
+            && !token_type.eq_ignore_ascii_case("bearer")
+        {
+            return Err(format!(
+                "the token response has token_type `{token_type}`; only `Bearer` is supported"
+            ));
         }
         Ok(response)
     }

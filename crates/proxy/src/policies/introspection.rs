@@ -609,10 +609,10 @@ impl Introspection {
     /// `iss` when both configured and present.
     fn check_claims(&self, claims: &Map<String, Value>) -> Result<(), JwtError> {
         self.token_rules.check(claims, unix_now())?;
-        if let (Some(expected), Some(issuer)) = (&self.issuer, claims.get("iss")) {
-            if issuer.as_str() != Some(expected.as_str()) {
-                return Err(JwtError::WrongIssuer);
-            }
+        if let (Some(expected), Some(issuer)) = (&self.issuer, claims.get("iss"))
+            && issuer.as_str() != Some(expected.as_str())
+        {
+            return Err(JwtError::WrongIssuer);
         }
         Ok(())
     }

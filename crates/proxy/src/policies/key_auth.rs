@@ -66,12 +66,11 @@ impl KeyAuth {
                 return Ok(Some((key.trim().to_string(), Source::Header(name.clone()))));
             }
         }
-        if self.bearer {
-            if let Some(value) = exchange.headers.get(AUTHORIZATION) {
-                if let Some(token) = value.to_str().ok().and_then(bearer_token) {
-                    return Ok(Some((token.to_string(), Source::Bearer)));
-                }
-            }
+        if self.bearer
+            && let Some(value) = exchange.headers.get(AUTHORIZATION)
+            && let Some(token) = value.to_str().ok().and_then(bearer_token)
+        {
+            return Ok(Some((token.to_string(), Source::Bearer)));
         }
         if let (Some(param), Some(query)) = (&self.query_param, &exchange.canonical.query) {
             for pair in query.split('&') {

@@ -340,10 +340,10 @@ impl OpenIdConnect {
                 return Err(self.logout(exchange));
             }
         }
-        if self.accept_bearer {
-            if let Some(token) = find_bearer(exchange)? {
-                return self.authenticate_bearer(exchange, &token).await;
-            }
+        if self.accept_bearer
+            && let Some(token) = find_bearer(exchange)?
+        {
+            return self.authenticate_bearer(exchange, &token).await;
         }
         if self.bearer_only {
             return Err(unauthorized(
@@ -379,14 +379,13 @@ impl OpenIdConnect {
         }
         self.strip_own_cookies(exchange.headers);
         let consumer = self.consumer(exchange, &session.claims)?;
-        if self.forward_access_token {
-            if let Some(value) = session
+        if self.forward_access_token
+            && let Some(value) = session
                 .access_token
                 .as_deref()
                 .and_then(|token| HeaderValue::from_str(&format!("Bearer {token}")).ok())
-            {
-                exchange.headers.insert(AUTHORIZATION, value);
-            }
+        {
+            exchange.headers.insert(AUTHORIZATION, value);
         }
         exchange.credential_id = Some(Arc::from(format!("oidc-session:{}", self.issuer)));
         self.accept(exchange, consumer, session.claims);
@@ -537,19 +536,16 @@ impl OpenIdConnect {
             let mut rejection = Rejection::new(StatusCode::UNAUTHORIZED, code, message)
                 .by_policy(POLICY)
                 .with_header(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
-            if cookie_present {
-                if let Ok(delete) = header_value(&self.cookies.session().delete()) {
-                    rejection = rejection.with_header(SET_COOKIE, delete);
-                }
+            if cookie_present && let Ok(delete) = header_value(&self.cookies.session().delete()) {
+                rejection = rejection.with_header(SET_COOKIE, delete);
             }
             return rejection;
         }
         match self.start_login(exchange).await {
             Ok(mut rejection) => {
-                if cookie_present {
-                    if let Ok(delete) = header_value(&self.cookies.session().delete()) {
-                        rejection = rejection.with_header(SET_COOKIE, delete);
-                    }
+                if cookie_present && let Ok(delete) = header_value(&self.cookies.session().delete())
+                {
+                    rejection = rejection.with_header(SET_COOKIE, delete);
                 }
                 rejection
             }

@@ -10,6 +10,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::chat::{invalid_message, text_of};
 use crate::error::AiError;
 
 /// Name of the tool that carries JSON output when `response_format` requests JSON.
@@ -215,30 +216,6 @@ pub fn to_messages_request(
         body: Value::Object(body),
         json_mode,
     })
-}
-
-fn invalid_message(i: usize, message: &str) -> AiError {
-    AiError::invalid_request("invalid_message", format!("messages[{i}]: {message}"))
-        .with_param("messages")
-}
-
-/// Returns the text of a string or an array of `text` parts.
-fn text_of(content: &Value, i: usize) -> Result<String, AiError> {
-    match content {
-        Value::String(text) => Ok(text.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => {
-            let mut text = String::new();
-            for part in parts {
-                match part.get("text").and_then(Value::as_str) {
-                    Some(part_text) if part["type"] == "text" => text.push_str(part_text),
-                    _ => return Err(invalid_message(i, "expected only text parts")),
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(invalid_message(i, "content must be a string or an array")),
-    }
 }
 
 fn text_block(text: &str) -> Vec<Value> {

@@ -16,6 +16,7 @@ use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde_json::{Map, Value, json};
 
+use crate::chat::{invalid_message, text_of};
 use crate::error::AiError;
 use crate::usage::Usage;
 
@@ -312,30 +313,6 @@ fn tool_config(choice: Option<&Value>) -> Result<Option<Value>, AiError> {
         }
     };
     Ok(Some(json!({"functionCallingConfig": config})))
-}
-
-fn invalid_message(i: usize, message: &str) -> AiError {
-    AiError::invalid_request("invalid_message", format!("messages[{i}]: {message}"))
-        .with_param("messages")
-}
-
-/// Returns the text of a string or an array of `text` parts.
-fn text_of(content: &Value, i: usize) -> Result<String, AiError> {
-    match content {
-        Value::String(text) => Ok(text.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => {
-            let mut text = String::new();
-            for part in parts {
-                match part.get("text").and_then(Value::as_str) {
-                    Some(part_text) if part["type"] == "text" => text.push_str(part_text),
-                    _ => return Err(invalid_message(i, "expected only text parts")),
-                }
-            }
-            Ok(text)
-        }
-        _ => Err(invalid_message(i, "content must be a string or an array")),
-    }
 }
 
 fn text_part(text: &str) -> Vec<Value> {

@@ -8,6 +8,7 @@
 //! [`record::CallRecord`] when the response ends to write the access log and the metrics.
 
 pub mod anthropic;
+mod chat;
 pub mod error;
 pub mod gateway;
 pub mod gemini;

@@ -150,7 +150,10 @@ pub fn load_str(
     if errors.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(errors.into_iter().map(locate).collect()))
+        // The checks run by topic, so their errors are out of file order. Sort them by line.
+        let mut located: Vec<ConfigError> = errors.into_iter().map(locate).collect();
+        located.sort_by_key(|error| error.line.unwrap_or(usize::MAX));
+        Err(ConfigErrors(located))
     }
 }
 

@@ -1179,3 +1179,16 @@ fn certificate_names_parse() {
     };
     assert_eq!(subject.name().unwrap().to_string(), "CN=Alice");
 }
+
+#[test]
+fn errors_listed_in_file_order() {
+    // The service check runs after the listener check, but the service comes first in the file.
+    let source = "services:\n  - name: echo\n    targets: [ftp://127.0.0.1:9000]\nlimits:\n  max_header_bytes: 0\n";
+    let errors = load_str(source, None, &|_: &str| None).unwrap_err().0;
+    let lines: Vec<Option<usize>> = errors.iter().map(|error| error.line).collect();
+    assert!(errors.len() >= 2, "{errors:?}");
+    let mut sorted = lines.clone();
+    sorted.sort_by_key(|line| line.unwrap_or(usize::MAX));
+    assert_eq!(lines, sorted, "{errors:?}");
+    assert_eq!(lines[0], Some(3), "{errors:?}");
+}

@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::chat::{invalid_message, text_of};
+use crate::chat::{invalid_message, read_tool_call, text_of};
 use crate::error::AiError;
 
 /// Name of the tool that carries JSON output when `response_format` requests JSON.
@@ -286,28 +286,7 @@ fn assistant_blocks(message: &Value, i: usize) -> Result<Vec<Value>, AiError> {
     let mut blocks = text_block(&text_of(content, i)?);
     if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
         for call in calls {
-            let id = call.get("id").and_then(Value::as_str);
-            let name = call.pointer("/function/name").and_then(Value::as_str);
-            let (Some(id), Some(name)) = (id, name) else {
-                return Err(invalid_message(
-                    i,
-                    "a tool call needs `id` and `function.name`",
-                ));
-            };
-            let arguments = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("{}");
-            let input: Value = if arguments.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(arguments).map_err(|_| {
-                    invalid_message(
-                        i,
-                        &format!("the arguments of tool call `{id}` are not valid JSON"),
-                    )
-                })?
-            };
+            let (id, name, input) = read_tool_call(call, i)?;
             blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
         }
     }

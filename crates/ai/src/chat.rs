@@ -28,3 +28,30 @@ pub(crate) fn text_of(content: &Value, i: usize) -> Result<String, AiError> {
         _ => Err(invalid_message(i, "content must be a string or an array")),
     }
 }
+
+/// Reads one entry of an assistant message's `tool_calls`, the call's `id`, function name and
+/// parsed arguments. Empty arguments read as `{}`. `i` is the message's index, for errors.
+pub(crate) fn read_tool_call(call: &Value, i: usize) -> Result<(&str, &str, Value), AiError> {
+    let id = call.get("id").and_then(Value::as_str);
+    let name = call.pointer("/function/name").and_then(Value::as_str);
+    let (Some(id), Some(name)) = (id, name) else {
+        return Err(invalid_message(
+            i,
+            "a tool call needs `id` and `function.name`",
+        ));
+    };
+    let arguments = call
+        .pointer("/function/arguments")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if arguments.trim().is_empty() {
+        return Ok((id, name, Value::Object(serde_json::Map::new())));
+    }
+    let parsed = serde_json::from_str(arguments).map_err(|_| {
+        invalid_message(
+            i,
+            &format!("the arguments of tool call `{id}` are not valid JSON"),
+        )
+    })?;
+    Ok((id, name, parsed))
+}

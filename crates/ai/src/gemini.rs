@@ -16,7 +16,7 @@ use rand::Rng;
 use rand::distributions::Alphanumeric;
 use serde_json::{Map, Value, json};
 
-use crate::chat::{invalid_message, text_of};
+use crate::chat::{invalid_message, read_tool_call, text_of};
 use crate::error::AiError;
 use crate::usage::Usage;
 
@@ -386,28 +386,7 @@ fn model_parts<'a>(
         .into_iter()
         .flatten()
     {
-        let id = call.get("id").and_then(Value::as_str);
-        let name = call.pointer("/function/name").and_then(Value::as_str);
-        let (Some(id), Some(name)) = (id, name) else {
-            return Err(invalid_message(
-                i,
-                "a tool call needs `id` and `function.name`",
-            ));
-        };
-        let arguments = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let args: Value = if arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(arguments).map_err(|_| {
-                invalid_message(
-                    i,
-                    &format!("the arguments of tool call `{id}` are not valid JSON"),
-                )
-            })?
-        };
+        let (id, name, args) = read_tool_call(call, i)?;
         call_names.insert(id, name);
         // The id stays out, because Gemini matches a response to its call by name, and some
         // Gemini model versions reject an `id` in a replayed call.

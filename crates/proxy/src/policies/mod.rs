@@ -93,8 +93,8 @@ impl Clock for SystemClock {
 
 /// Returns the origin that a request was sent to: the scheme the client used, with the
 /// authority of the request target or else the `Host` header.
-// NOTE: behind a trusted proxy that rewrites `Host`, this is the proxy's view of the origin,
-// because `X-Forwarded-Host` is not read here; list the public origin in `allowed_origins`.
+// NOTE: `X-Forwarded-Host` is not read here, so behind a trusted proxy that rewrites `Host` this
+// is the proxy's view of the origin. List the public origin in `allowed_origins` there.
 pub(crate) fn own_origin(exchange: &Exchange<'_>) -> Option<Origin> {
     let authority = match exchange.uri.authority() {
         Some(authority) => authority.as_str(),

@@ -160,7 +160,7 @@ impl RateLimit {
                 key.push_str("route:");
                 key.push_str(&exchange.route.name);
             }
-            // An `ai` route has no service, so its route name stands in.
+            // An `ai` route has no service, so the limit counts by its route name instead.
             LimitKey::Service => match &exchange.route.service {
                 Some(service) => {
                     key.push_str("service:");

@@ -985,6 +985,7 @@ pub fn validate_policies(at: &str, policies: &[PolicySpec]) -> Vec<KeyError> {
                 }
             }
             PolicySpec::Waf(spec) => errors.extend(crate::waf::validate_waf(&key, spec)),
+            PolicySpec::AiLimits(spec) => errors.extend(crate::ai_limits::validate(&key, spec)),
         }
     }
     errors
@@ -1166,11 +1167,14 @@ fn validate_redis_backends(config: &Config) -> Vec<KeyError> {
     let mut errors = Vec::new();
     for (at, policies) in levels {
         for (i, policy) in policies.iter().enumerate() {
-            if let PolicySpec::RateLimit(spec) = policy
-                && spec.backend == CounterBackend::Redis
-            {
+            let backend = match policy {
+                PolicySpec::RateLimit(spec) => spec.backend,
+                PolicySpec::AiLimits(spec) => spec.backend,
+                _ => CounterBackend::Local,
+            };
+            if backend == CounterBackend::Redis {
                 errors.push(KeyError::new(
-                    format!("{at}[{i}].rate-limit.backend"),
+                    format!("{at}[{i}].{}.backend", policy.kind()),
                     "`backend: redis` needs the top-level `redis` key with the server URL",
                 ));
             }

@@ -789,6 +789,7 @@ pub enum PolicySpec {
     Waf(WafSpec),
     OpenidConnect(Box<OpenIdConnectSpec>),
     MtlsAuth(MtlsAuthSpec),
+    AiLimits(crate::ai_limits::AiLimitsSpec),
 }
 
 impl PolicySpec {
@@ -807,6 +808,7 @@ impl PolicySpec {
             PolicySpec::Waf(_) => "waf",
             PolicySpec::OpenidConnect(_) => "openid-connect",
             PolicySpec::MtlsAuth(_) => "mtls-auth",
+            PolicySpec::AiLimits(_) => "ai-limits",
         }
     }
 
@@ -826,6 +828,9 @@ impl PolicySpec {
             PolicySpec::RateLimit(RateLimitSpec {
                 name: Some(name), ..
             }) => format!("rate-limit:{name}"),
+            PolicySpec::AiLimits(crate::ai_limits::AiLimitsSpec {
+                name: Some(name), ..
+            }) => format!("ai-limits:{name}"),
             other => other.kind().to_string(),
         }
     }

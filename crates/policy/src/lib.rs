@@ -5,6 +5,7 @@
 //! HTTP and runs them in its phase chain; nothing here sees a request or a socket, so each model
 //! can be tested with fixed inputs and a fake clock.
 
+pub mod ai_limits;
 pub mod api_key;
 pub mod client_certificate;
 pub mod cors;

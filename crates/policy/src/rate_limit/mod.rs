@@ -18,7 +18,7 @@
 mod gcra;
 mod memory;
 mod quota;
-mod redis;
+pub(crate) mod redis;
 mod share;
 mod window;
 

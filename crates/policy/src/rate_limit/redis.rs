@@ -99,7 +99,7 @@ impl RedisCounters {
             runtime: tokio::runtime::Handle::current(),
             gcra: script(GCRA_SCRIPT),
             window: script(WINDOW_SCRIPT),
-            quota: script(QUOTA_SCRIPT),
+            quota: calendar_script(QUOTA_SCRIPT),
             acquire_slot: script(ACQUIRE_SLOT_SCRIPT),
             health: Health::default(),
         });
@@ -157,7 +157,7 @@ impl RedisCounters {
     }
 
     /// Runs `script` on `key` with `args`, bounded by the timeout, and records the outcome.
-    async fn run<T: redis::FromRedisValue>(
+    pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
         key: &str,
@@ -365,8 +365,13 @@ impl Counters for RedisCounters {
     }
 }
 
-fn script(body: &str) -> redis::Script {
+pub(crate) fn script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{CLOCK_PRELUDE}\n{body}"))
+}
+
+/// Creates a script whose body may call `period_bounds(period)` of [`CALENDAR_LUA`].
+pub(crate) fn calendar_script(body: &str) -> redis::Script {
+    script(&format!("{CALENDAR_LUA}\n{body}"))
 }
 
 /// Reads the server clock in microseconds. Integers are written with `%d`, because Redis
@@ -450,12 +455,9 @@ if remaining < 0 then remaining = 0 end
 return {granted, remaining, until_end, -1, until_end}
 "#;
 
-/// Calendar quota. ARGV: limit, "day" or "month", count.
-/// Returns {granted, remaining, reset_after_us, retry_after_us or -1, valid_for_us}.
-const QUOTA_SCRIPT: &str = r#"
-local limit = tonumber(ARGV[1])
-local period = ARGV[2]
-local count = tonumber(ARGV[3])
+/// The UTC calendar: `period_bounds(period)` returns the start and end, in seconds since the
+/// epoch, of the `day` or `month` that contains `now`. Needs the clock prelude.
+const CALENDAR_LUA: &str = r#"
 local function civil_from_days(days)
   local z = days + 719468
   local era = math.floor(z / 146097)
@@ -476,18 +478,25 @@ local function days_from_civil(year, month, day)
   local doy = math.floor((153 * mp + 2) / 5) + day - 1
   return era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
 end
-local seconds = math.floor(now / 1000000)
-local day = math.floor(seconds / 86400)
-local start, finish
-if period == 'month' then
-  local year, month = civil_from_days(day)
-  start = days_from_civil(year, month, 1) * 86400
-  if month == 12 then year, month = year + 1, 1 else month = month + 1 end
-  finish = days_from_civil(year, month, 1) * 86400
-else
-  start = day * 86400
-  finish = start + 86400
+local function period_bounds(period)
+  local day = math.floor(math.floor(now / 1000000) / 86400)
+  if period == 'month' then
+    local year, month = civil_from_days(day)
+    local start = days_from_civil(year, month, 1) * 86400
+    if month == 12 then year, month = year + 1, 1 else month = month + 1 end
+    return start, days_from_civil(year, month, 1) * 86400
+  end
+  return day * 86400, day * 86400 + 86400
 end
+"#;
+
+/// Calendar quota. ARGV: limit, "day" or "month", count.
+/// Returns {granted, remaining, reset_after_us, retry_after_us or -1, valid_for_us}.
+const QUOTA_SCRIPT: &str = r#"
+local limit = tonumber(ARGV[1])
+local period = ARGV[2]
+local count = tonumber(ARGV[3])
+local start, finish = period_bounds(period)
 local stored = redis.call('HMGET', KEYS[1], 's', 'c')
 local used = 0
 if tonumber(stored[1]) == start then used = tonumber(stored[2]) or 0 end

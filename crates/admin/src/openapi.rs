@@ -437,7 +437,8 @@ fn schemas() -> Value {
                 { "type": "object", "required": ["security-headers"], "additionalProperties": false, "properties": { "security-headers": schema_ref("SecurityHeaders") } },
                 { "type": "object", "required": ["waf"], "additionalProperties": false, "properties": { "waf": schema_ref("Waf") } },
                 { "type": "object", "required": ["openid-connect"], "additionalProperties": false, "properties": { "openid-connect": schema_ref("OpenidConnect") } },
-                { "type": "object", "required": ["mtls-auth"], "additionalProperties": false, "properties": { "mtls-auth": schema_ref("MtlsAuth") } }
+                { "type": "object", "required": ["mtls-auth"], "additionalProperties": false, "properties": { "mtls-auth": schema_ref("MtlsAuth") } },
+                { "type": "object", "required": ["ai-limits"], "additionalProperties": false, "properties": { "ai-limits": schema_ref("AiLimits") } }
             ]
         },
         "MtlsAuth": {
@@ -675,6 +676,23 @@ fn schemas() -> Value {
                 "on_backend_error": { "type": "string", "enum": ["allow", "deny"], "default": "allow" },
                 "lease_ttl": duration,
                 "legacy_headers": { "type": "boolean", "default": false }
+            }
+        },
+        "AiLimits": {
+            "type": "object",
+            "description": "Token limits and a money budget for the calls of `ai` routes, per consumer or team; needs at least one of `tokens_per_minute`, `tokens_per_day` and `budget`",
+            "properties": {
+                "name": { "type": "string" },
+                "tokens_per_minute": { "type": "integer", "minimum": 1, "description": "Tokens per minute, refilled continuously" },
+                "tokens_per_day": { "type": "integer", "minimum": 1, "description": "Tokens per calendar day in UTC" },
+                "budget": { "type": "object", "required": ["amount", "period"], "properties": { "amount": { "type": "number", "exclusiveMinimum": 0, "description": "Spend per period, in the currency unit of ai.prices" }, "period": { "type": "string", "enum": ["day", "month"] } } },
+                "by": { "type": "string", "enum": ["consumer", "team"], "default": "consumer" },
+                "teams": { "type": "array", "items": { "type": "string" }, "description": "Consumer roles the limit applies to; empty means every consumer" },
+                "models": { "type": "array", "items": { "type": "string" }, "description": "Requested models the limit applies to; empty means every model" },
+                "per_model": { "type": "boolean", "default": false },
+                "default_output_tokens": { "type": "integer", "minimum": 1, "default": 4096 },
+                "backend": { "type": "string", "enum": ["local", "redis"], "default": "local" },
+                "on_backend_error": { "type": "string", "enum": ["allow", "deny"], "default": "allow" }
             }
         },
         "CreateKey": {

@@ -30,7 +30,7 @@ use crate::stream::{
     AnthropicPassthrough, AnthropicStream, GeminiStream, OpenAiStream, TranslatedStream, Translator,
 };
 use crate::usage::{Price, Usage};
-use crate::{anthropic, gemini};
+use crate::{anthropic, gemini, limits};
 
 /// Boxed error of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,6 +56,9 @@ pub struct AiRequest {
     pub headers: http::HeaderMap,
     pub body: Bytes,
     pub request_id: String,
+    /// Output tokens per choice that the provider may produce, from an `ai-limits`
+    /// reservation; a request that allows more, or sets no allowance, is capped to it.
+    pub max_output_tokens: Option<u64>,
 }
 
 /// The response and, for a call that reached a provider, its usage record.
@@ -140,6 +143,18 @@ impl Gateway {
                 .map(|spec| (spec.model.clone(), Price::from_spec(spec)))
                 .collect(),
         })
+    }
+
+    /// Returns the prices of the targets of `model`, or `None` when the model is neither an
+    /// alias nor a `provider/model` of a configured provider.
+    pub fn target_prices(&self, model: &str) -> Option<Vec<Option<Price>>> {
+        let targets = self.targets(model).ok()?;
+        Some(
+            targets
+                .iter()
+                .map(|target| self.prices.get(target.key.as_ref()).copied())
+                .collect(),
+        )
     }
 
     /// Serves one request, and renders any error in OpenAI's error shape.
@@ -232,6 +247,8 @@ impl Gateway {
 
         let served = self
             .call(&targets, &request.request_id, |target| {
+                let body =
+                    limits::cap_chat_output(&body, request.max_output_tokens, target.provider.kind);
                 prepare_chat(target, &body, stream)
             })
             .await?;
@@ -394,6 +411,7 @@ impl Gateway {
     /// providers are skipped.
     async fn messages(&self, request: AiRequest) -> Result<AiResponse, AiError> {
         let body = parse_body(&request.body)?;
+        let body = limits::cap_messages_output(&body, request.max_output_tokens).into_owned();
         let model = requested_model(&body)?;
         let targets: Vec<Target> = self
             .targets(&model)?

@@ -12,6 +12,7 @@ mod chat;
 pub mod error;
 pub mod gateway;
 pub mod gemini;
+pub mod limits;
 pub mod metrics;
 pub mod record;
 pub mod sse;

@@ -9,10 +9,12 @@ use anyhow::Context;
 use portcullis_admin::AdminState;
 use portcullis_config::{Config, LogFormat};
 use portcullis_control::ControlPlane;
+use portcullis_policy::ai_limits::{MemoryUsage, RedisUsage, UsageStore};
 use portcullis_policy::rate_limit::{Counters, MemoryCounters, RedisCounters, RedisSettings};
 use portcullis_proxy::access_log::AccessLog;
 use portcullis_proxy::metrics::Metrics;
 use portcullis_proxy::policies::introspection::IntrospectionRegistry;
+use portcullis_proxy::policies::ai_limits::AiLimitsContext;
 use portcullis_proxy::policies::{PolicyContext, SystemClock};
 use portcullis_proxy::server::{self, ConnectionSettings, ConnectionTracker, Listener};
 use portcullis_proxy::service::Proxy;
@@ -241,7 +243,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
 /// Builds the counters and clock that policies use: in-memory counters always, and Redis
 /// counters when the file has a `redis` key. An unreachable Redis does not stop the start.
 async fn policy_context(config: &Config, metrics: &Metrics) -> anyhow::Result<PolicyContext> {
-    let shared_counters = match &config.redis {
+    let redis_counters = match &config.redis {
         Some(redis) => {
             let settings = RedisSettings {
                 url: redis.url.clone(),
@@ -251,10 +253,18 @@ async fn policy_context(config: &Config, metrics: &Metrics) -> anyhow::Result<Po
             let counters = RedisCounters::connect(settings)
                 .await
                 .context("cannot set up the Redis rate-limit counters")?;
-            Some(counters as Arc<dyn Counters>)
+            Some(counters)
         }
         None => None,
     };
+    let ai_limits = AiLimitsContext {
+        memory: MemoryUsage::new(),
+        shared: redis_counters
+            .clone()
+            .map(|counters| RedisUsage::new(counters) as Arc<dyn UsageStore>),
+        metrics: metrics.ai_limits.clone(),
+    };
+    let shared_counters = redis_counters.map(|counters| counters as Arc<dyn Counters>);
     Ok(PolicyContext {
         counters: MemoryCounters::new(),
         shared_counters,
@@ -266,6 +276,7 @@ async fn policy_context(config: &Config, metrics: &Metrics) -> anyhow::Result<Po
         backend_errors: metrics.rate_limit_backend_errors.clone(),
         waf_verdicts: metrics.waf_verdicts.clone(),
         openid_connect: Arc::default(),
+        ai_limits,
     })
 }
 

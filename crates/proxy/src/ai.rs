@@ -2,7 +2,9 @@
 //! limits and inspection, and hands the request to the AI gateway instead of a service.
 //!
 //! The request body is read whole, up to `limits.max_body_bytes`, because the gateway parses
-//! and translates it. The response streams back through [`ResponseBody`] unchanged.
+//! and translates it. The `ai-limits` policies that apply reserve the call's estimate here,
+//! before the gateway calls a provider. The response streams back through [`ResponseBody`]
+//! unchanged.
 
 use std::sync::Arc;
 
@@ -12,29 +14,41 @@ use portcullis_ai::{AiRequest, CallRecord, Gateway};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::Rejection;
+use crate::policies::ai_limits::{self, PendingLimit, Reservation};
 
 /// A served AI call: the response and what the access log needs from it.
 pub struct Served {
     pub response: http::Response<ResponseBody>,
     pub call: Option<Arc<CallRecord>>,
     pub upstream_latency: Option<std::time::Duration>,
+    /// The call's `ai-limits` reservations, to settle when the response ends.
+    pub reservations: Vec<Reservation>,
 }
 
 /// Serves one request of an `ai` route. `relative_path` is the path after the route's matched
 /// prefix, such as `/chat/completions`. `body` enforces the gateway's body size limit and counts
-/// its bytes for the access log.
+/// its bytes for the access log. `limits` are the `ai-limits` policies that apply to the request.
 pub async fn serve(
     gateway: &Gateway,
     parts: &request::Parts,
     body: RequestBody,
     relative_path: String,
     request_id: &str,
+    limits: Vec<PendingLimit>,
 ) -> Result<Served, Rejection> {
     let body = body
         .collect()
         .await
         .map_err(|error| crate::body::read_rejection(&error))?
         .to_bytes();
+    let estimate = match limits.is_empty() {
+        true => None,
+        false => portcullis_ai::limits::estimate(&relative_path, &body),
+    };
+    let admission = match &estimate {
+        Some(estimate) => ai_limits::admit(gateway, estimate, limits).await?,
+        None => ai_limits::Admission::default(),
+    };
     let reply = gateway
         .handle(AiRequest {
             method: parts.method.clone(),
@@ -42,12 +56,17 @@ pub async fn serve(
             headers: parts.headers.clone(),
             body,
             request_id: request_id.to_string(),
+            max_output_tokens: admission.max_output_tokens,
         })
         .await;
-    let (response_parts, body) = reply.response.into_parts();
+    let (mut response_parts, body) = reply.response.into_parts();
+    for (name, value) in &admission.headers {
+        response_parts.headers.insert(name, value.clone());
+    }
     Ok(Served {
         response: http::Response::from_parts(response_parts, ResponseBody::generated(body)),
         call: reply.call,
         upstream_latency: reply.upstream_latency,
+        reservations: admission.reservations,
     })
 }

@@ -93,6 +93,9 @@ pub struct Exchange<'r> {
     pub body: &'r mut RequestBody,
     /// The verdict of a `waf` policy, for the access log.
     pub waf: Option<WafRecord>,
+    /// `ai-limits` policies that apply to the request, reserved once the AI gateway has read
+    /// the body.
+    pub ai_limits: Vec<crate::policies::ai_limits::PendingLimit>,
 }
 
 /// A boxed future returned by [`Policy::on_request`].

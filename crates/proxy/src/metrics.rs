@@ -99,6 +99,7 @@ fn latency_histogram() -> Histogram {
 /// All data-plane metrics.
 pub struct Metrics {
     pub ai: portcullis_ai::AiMetrics,
+    pub ai_limits: Arc<crate::policies::ai_limits::AiLimitMetrics>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -214,6 +215,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let metrics = Metrics {
             ai: portcullis_ai::AiMetrics::register(registry),
+            ai_limits: crate::policies::ai_limits::AiLimitMetrics::register(registry),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             upstream_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),

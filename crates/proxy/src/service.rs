@@ -20,6 +20,7 @@ use crate::error::{Rejection, Side};
 use crate::forward::{self, Answered, AttemptLog, Outgoing};
 use crate::header_edits::HeaderEdits;
 use crate::metrics::{Metrics, Name, RejectionLabels};
+use crate::policies::ai_limits::Reservation;
 use crate::policies::waf::WafRecord;
 use crate::router::{self, NoMatch};
 use crate::snapshot::{CompiledRoute, Snapshot, SnapshotHandle};
@@ -58,6 +59,8 @@ pub struct ConnectionInfo {
 struct Trace {
     /// The usage record of a call on an `ai` route.
     ai_call: Option<Arc<portcullis_ai::CallRecord>>,
+    /// `ai-limits` reservations of the call, settled when the response ends.
+    ai_reservations: Vec<Reservation>,
     path: Option<String>,
     host: String,
     client_ip: Option<String>,
@@ -184,6 +187,7 @@ impl Proxy {
         };
         response.body_mut().on_complete(Box::new(LogOnComplete {
             ai_call: trace.ai_call,
+            ai_reservations: trace.ai_reservations,
             proxy: self.clone(),
             route: trace.route,
             record,
@@ -296,10 +300,12 @@ impl Proxy {
             leases: Vec::new(),
             body: &mut request_body,
             waf: None,
+            ai_limits: Vec::new(),
         };
         let chain_result = chain::run(&mut exchange).await;
         trace.leases = std::mem::take(&mut exchange.leases);
         trace.waf = exchange.waf.take();
+        let ai_limits = std::mem::take(&mut exchange.ai_limits);
         let consumer = exchange.consumer.take();
         let credential_id = exchange.credential_id.take();
         let response_headers = std::mem::take(&mut exchange.response_headers);
@@ -336,6 +342,7 @@ impl Proxy {
                 request_body,
                 router::strip_prefix(&canonical.path, &matched),
                 request_id,
+                ai_limits,
             )
             .await
             .map_err(|mut rejection| {
@@ -343,6 +350,7 @@ impl Proxy {
                 rejection
             })?;
             trace.ai_call = served.call;
+            trace.ai_reservations = served.reservations;
             trace.upstream_latency = served.upstream_latency;
             let mut response = served.response;
             for (name, value) in &response_headers {
@@ -616,6 +624,8 @@ fn protocol_name(version: http::Version) -> &'static str {
 /// Writes the access-log line and the request metrics when the response body ends.
 struct LogOnComplete {
     ai_call: Option<Arc<portcullis_ai::CallRecord>>,
+    /// Settled with the call's usage; returned whole when no provider served the call.
+    ai_reservations: Vec<Reservation>,
     proxy: Arc<Proxy>,
     /// The matched route, whose metric series are kept with it.
     route: Option<Arc<CompiledRoute>>,
@@ -633,6 +643,7 @@ impl Completion for LogOnComplete {
     fn complete(self: Box<Self>, bytes_out: u64, outcome: Outcome) {
         let LogOnComplete {
             ai_call,
+            ai_reservations,
             proxy,
             route,
             mut record,
@@ -661,6 +672,9 @@ impl Completion for LogOnComplete {
             // Read at the end of the body, including a client disconnect, so the tokens
             // received so far are counted.
             let summary = call.summary();
+            for reservation in ai_reservations {
+                reservation.settle(&summary);
+            }
             let consumer = record.consumer.as_deref().unwrap_or("");
             let route_name = route.as_ref().map_or("", |route| &*route.name);
             metrics.ai.record(&summary, consumer, route_name);

@@ -1,6 +1,7 @@
 //! Adapters that run the policy models of `portcullis-policy` in the chain.
 
 pub mod acl;
+pub mod ai_limits;
 pub mod cors;
 pub mod csrf;
 pub mod introspection;
@@ -45,6 +46,8 @@ pub struct PolicyContext {
     /// `openid-connect` state, kept across snapshots so that a reload does not forget which
     /// logins have finished.
     pub openid_connect: Arc<openid_connect::OpenIdConnectRegistry>,
+    /// Counters and metrics of `ai-limits` policies.
+    pub ai_limits: ai_limits::AiLimitsContext,
 }
 
 impl PolicyContext {
@@ -59,6 +62,7 @@ impl PolicyContext {
             backend_errors: Family::default(),
             waf_verdicts: Family::default(),
             openid_connect: Arc::default(),
+            ai_limits: ai_limits::AiLimitsContext::default(),
         }
     }
 }
@@ -137,6 +141,9 @@ pub fn build(
                     Arc::new(security_headers::SecurityHeaders::new(spec))
                 }
                 PolicySpec::MtlsAuth(_) => Arc::new(mtls_auth::MtlsAuth),
+                PolicySpec::AiLimits(spec) => {
+                    Arc::new(ai_limits::AiLimits::new(spec, scope, context))
+                }
                 PolicySpec::Oauth2Introspection(spec) => {
                     Arc::new(introspection::Introspection::new(spec, context).map_err(
                         |message| format!("{scope}: oauth2-introspection policy: {message}"),

@@ -166,7 +166,11 @@ fn cap_output<'a>(body: &'a Value, cap: Option<u64>, absent_field: &str) -> Cow<
 /// OpenAI take `max_completion_tokens`, which their reasoning models require, while Mistral and
 /// other OpenAI-compatible servers take `max_tokens`. The Anthropic and Gemini translations
 /// read either.
-pub(crate) fn cap_chat_output(body: &Value, cap: Option<u64>, kind: ProviderKind) -> Cow<'_, Value> {
+pub(crate) fn cap_chat_output(
+    body: &Value,
+    cap: Option<u64>,
+    kind: ProviderKind,
+) -> Cow<'_, Value> {
     let absent_field = match kind {
         ProviderKind::Mistral | ProviderKind::OpenaiCompatible => "max_tokens",
         _ => "max_completion_tokens",

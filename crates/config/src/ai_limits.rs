@@ -95,8 +95,7 @@ fn is_allow(action: &BackendErrorAction) -> bool {
 /// Checks an `ai-limits` policy at `key`, such as `routes[0].policies[1].ai-limits`.
 pub(crate) fn validate(key: &str, spec: &AiLimitsSpec) -> Vec<KeyError> {
     let mut errors = Vec::new();
-    if spec.tokens_per_minute.is_none() && spec.tokens_per_day.is_none() && spec.budget.is_none()
-    {
+    if spec.tokens_per_minute.is_none() && spec.tokens_per_day.is_none() && spec.budget.is_none() {
         errors.push(KeyError::new(
             key,
             "ai-limits needs at least one of tokens_per_minute, tokens_per_day and budget",
@@ -121,9 +120,8 @@ pub(crate) fn validate(key: &str, spec: &AiLimitsSpec) -> Vec<KeyError> {
         }
     }
     if let Some(budget) = &spec.budget {
-        let valid = budget.amount.is_finite()
-            && budget.amount > 0.0
-            && budget.amount <= MAX_BUDGET_AMOUNT;
+        let valid =
+            budget.amount.is_finite() && budget.amount > 0.0 && budget.amount <= MAX_BUDGET_AMOUNT;
         if !valid {
             errors.push(KeyError::new(
                 format!("{key}.budget.amount"),
@@ -202,9 +200,17 @@ routes:
     #[test]
     fn invalid_fields_are_named() {
         let cases = [
-            ("tokens_per_minute: 10000", "tokens_per_minute: 0", "tokens_per_minute"),
+            (
+                "tokens_per_minute: 10000",
+                "tokens_per_minute: 0",
+                "tokens_per_minute",
+            ),
             ("amount: 5.00", "amount: -1", "budget.amount"),
-            ("by: team", "by: team\n          teams: [\"a b\"]", "teams[0]"),
+            (
+                "by: team",
+                "by: team\n          teams: [\"a b\"]",
+                "teams[0]",
+            ),
             ("by: team", "by: team\n          name: \"x/y\"", "name"),
         ];
         for (from, to, field) in cases {

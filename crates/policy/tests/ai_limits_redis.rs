@@ -53,8 +53,10 @@ fn amount(tokens: u64, cost_micros: u64) -> Amount {
 async fn run_sequence(store: &dyn UsageStore) -> Vec<String> {
     let mut steps = Vec::new();
     let reserved = amount(600, 4_000);
-    let Outcome::Admitted { periods, levels } =
-        store.reserve("alice", &LIMITS, reserved, now_nanos()).await.unwrap()
+    let Outcome::Admitted { periods, levels } = store
+        .reserve("alice", &LIMITS, reserved, now_nanos())
+        .await
+        .unwrap()
     else {
         panic!("the first reservation was rejected");
     };
@@ -74,8 +76,9 @@ async fn run_sequence(store: &dyn UsageStore) -> Vec<String> {
         } => steps.push(format!(
             "rejected {} retry_about_12s={}",
             kind.name(),
-            retry_after.is_some_and(|retry| retry > Duration::from_secs(11)
-                && retry <= Duration::from_secs(12))
+            retry_after.is_some_and(
+                |retry| retry > Duration::from_secs(11) && retry <= Duration::from_secs(12)
+            )
         )),
         Outcome::Admitted { .. } => steps.push("admitted twice".into()),
     }

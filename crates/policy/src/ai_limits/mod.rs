@@ -472,10 +472,7 @@ mod tests {
         };
         assert_eq!(kind, LimitKind::Budget);
         // December 2026 ends in 27.5 days.
-        assert_eq!(
-            retry_after,
-            Some(Duration::from_micros(27 * DAY + DAY / 2))
-        );
+        assert_eq!(retry_after, Some(Duration::from_micros(27 * DAY + DAY / 2)));
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use portcullis_ai::CallSummary;
 use portcullis_ai::limits::{Estimate, PriceBound};
-use portcullis_config::{AiLimitKey, AiLimitsSpec, BackendErrorAction, CounterBackend, QuotaPeriod};
+use portcullis_config::{
+    AiLimitKey, AiLimitsSpec, BackendErrorAction, CounterBackend, QuotaPeriod,
+};
 use portcullis_policy::ai_limits::{
     Amount, Budget, Levels, LimitKind, Limits, MemoryUsage, Outcome, Periods, Settlement,
     UsageStore,
@@ -322,17 +324,18 @@ pub async fn admit(
         };
         let key = limit.counter_key(&estimate.model);
         let now = shared.clock.now_nanos();
-        match shared.store.reserve(&key, &shared.limits, amount, now).await {
+        match shared
+            .store
+            .reserve(&key, &shared.limits, amount, now)
+            .await
+        {
             Ok(Outcome::Admitted { periods, levels }) => {
                 let metrics = &shared.metrics;
                 metrics.record_levels(&shared.name, &limit.subject_label, &levels);
                 write_headers(&mut admission.headers, &levels);
-                admission.reservations.push(Reservation::new(
-                    limit,
-                    key,
-                    amount,
-                    Some(periods),
-                ));
+                admission
+                    .reservations
+                    .push(Reservation::new(limit, key, amount, Some(periods)));
             }
             Ok(Outcome::Rejected {
                 kind,
@@ -351,7 +354,14 @@ pub async fn admit(
                     .inc();
                 let mut headers = admission.headers.clone();
                 write_headers(&mut headers, &levels);
-                return Err(reject(&shared, kind, retry_after, amount, &levels, &headers));
+                return Err(reject(
+                    &shared,
+                    kind,
+                    retry_after,
+                    amount,
+                    &levels,
+                    &headers,
+                ));
             }
             Err(error) => {
                 backend_failed(&shared, &error)?;
@@ -425,7 +435,10 @@ fn reject(
     levels: &Levels,
     headers: &HeaderMap,
 ) -> Rejection {
-    let level = levels.iter().find(|(found, _)| *found == kind).map(|(_, level)| level);
+    let level = levels
+        .iter()
+        .find(|(found, _)| *found == kind)
+        .map(|(_, level)| level);
     let (limit, remaining) = level.map_or((0, 0), |level| (level.limit, level.remaining));
     let name = &shared.name;
     let (code, message) = match kind {

@@ -17,7 +17,7 @@ use common::{ALICE_KEY, Gateway, client, error_body, metric};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use llm_mock::{Mock, OPENAI_KEY};
+use llm_mock::{ANTHROPIC_KEY, Mock, OPENAI_KEY};
 
 const BOB_KEY: &str = "bob-demo-key-000001";
 const CAROL_KEY: &str = "carol-demo-key-00001";
@@ -35,7 +35,12 @@ fn unique_prefix() -> String {
 
 /// Returns a gateway config with the mock as provider and one `ai` route per entry of
 /// `routes`: its path prefix and its `ai-limits` policy as YAML flow mapping.
-fn config(openai: &Mock, redis: Option<(&str, &str)>, routes: &[(&str, &str)]) -> String {
+fn config(
+    openai: &Mock,
+    anthropic: Option<&Mock>,
+    redis: Option<(&str, &str)>,
+    routes: &[(&str, &str)],
+) -> String {
     let mut text = common::node_config();
     if let Some((url, prefix)) = redis {
         text.push_str(&format!(
@@ -53,6 +58,10 @@ fn config(openai: &Mock, redis: Option<(&str, &str)>, routes: &[(&str, &str)]) -
       type: openai-compatible
       base_url: http://{openai}/v1
       api_key: ${{OPENAI_API_KEY}}
+    - name: claude-main
+      type: anthropic
+      base_url: http://{anthropic}
+      api_key: ${{ANTHROPIC_API_KEY}}
   models:
     - name: gpt
       targets: [openai-main/gpt-4.1]
@@ -65,6 +74,9 @@ fn config(openai: &Mock, redis: Option<(&str, &str)>, routes: &[(&str, &str)]) -
     - model: openai-main/gpt-hang
       input_per_million: 2.00
       output_per_million: 8.00
+    - model: claude-main/claude-sonnet-4-5
+      input_per_million: 3.00
+      output_per_million: 15.00
 consumers:
   - name: alice
     roles: [research]
@@ -77,7 +89,8 @@ consumers:
     api_keys: [{CAROL_KEY}]
 routes:
 "#,
-        openai = openai.addr
+        openai = openai.addr,
+        anthropic = anthropic.map_or(openai.addr, |mock| mock.addr),
     ));
     for (name, policy) in routes {
         text.push_str(&format!(
@@ -88,9 +101,21 @@ routes:
 }
 
 fn start(openai: &Mock, redis: Option<(&str, &str)>, routes: &[(&str, &str)]) -> Gateway {
+    start_with_anthropic(openai, None, redis, routes)
+}
+
+fn start_with_anthropic(
+    openai: &Mock,
+    anthropic: Option<&Mock>,
+    redis: Option<(&str, &str)>,
+    routes: &[(&str, &str)],
+) -> Gateway {
     Gateway::start_with_env(
-        &config(openai, redis, routes),
-        &[("OPENAI_API_KEY", OPENAI_KEY)],
+        &config(openai, anthropic, redis, routes),
+        &[
+            ("OPENAI_API_KEY", OPENAI_KEY),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
+        ],
     )
 }
 
@@ -113,16 +138,27 @@ async fn chat_status(gateway: &Gateway, path: &str, key: &str, max_tokens: u64) 
     status
 }
 
-fn remaining_metric(route_policy: &str, subject: &str, limit: &str) -> String {
+fn remaining_metric(route_policy: &str, subject: &str, model: &str, limit: &str) -> String {
     format!(
-        "portcullis_ai_limit_remaining{{policy=\"{route_policy}\",subject=\"{subject}\",limit=\"{limit}\"}}"
+        "portcullis_ai_limit_remaining{{policy=\"{route_policy}\",subject=\"{subject}\",model=\"{model}\",limit=\"{limit}\"}}"
     )
 }
 
 /// Waits until the gateway reports `expected` remaining under `limit` for `subject`, which it
 /// does once the settlement of the last call ran.
 async fn wait_remaining(gateway: &Gateway, subject: &str, limit: &str, expected: f64) {
-    let name = remaining_metric("default", subject, limit);
+    wait_model_remaining(gateway, subject, "", limit, expected).await;
+}
+
+/// Waits like [`wait_remaining`] for the counters of one model under `per_model: true`.
+async fn wait_model_remaining(
+    gateway: &Gateway,
+    subject: &str,
+    model: &str,
+    limit: &str,
+    expected: f64,
+) {
+    let name = remaining_metric("default", subject, model, limit);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let value = metric(gateway, &name).await;
@@ -219,7 +255,7 @@ async fn token_limit_rejects_then_settles() {
     );
     let rejections = metric(
         &gateway,
-        "portcullis_ai_limit_rejections_total{policy=\"default\",subject=\"alice\",limit=\"tokens_per_day\"}",
+        "portcullis_ai_limit_rejections_total{policy=\"default\",subject=\"alice\",model=\"\",limit=\"tokens_per_day\"}",
     )
     .await;
     assert_eq!(rejections, 2.0);
@@ -433,5 +469,78 @@ async fn redis_outage_fails_open_or_closed() {
     assert_eq!(
         status, 200,
         "the fail-closed limit recovers without a restart"
+    );
+}
+
+#[tokio::test]
+async fn messages_and_model_filter() {
+    let openai = llm_mock::openai().await;
+    let anthropic = llm_mock::anthropic().await;
+    let gateway = start_with_anthropic(
+        &openai,
+        Some(&anthropic),
+        None,
+        &[(
+            "claude",
+            "{ tokens_per_day: 100000, models: [claude-main/claude-sonnet-4-5], per_model: true, default_output_tokens: 64 }",
+        )],
+    );
+
+    // An Anthropic client's max_tokens is reserved as sent.
+    let body = json!({"model": "claude-main/claude-sonnet-4-5", "max_tokens": 2000, "messages": [{"role": "user", "content": "Hi"}]});
+    let response = client()
+        .post(gateway.url("/claude/messages"))
+        .header("apikey", ALICE_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let remaining: u64 = header(&response, "x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining < 100000 - 2000, "{remaining}");
+    response.bytes().await.unwrap();
+    assert_eq!(anthropic.requests()[0].body["max_tokens"], 2000);
+    // The mock reports 30 input, 200 cache-write, 1000 cache-read and 15 output tokens.
+    let model = "claude-main/claude-sonnet-4-5";
+    wait_model_remaining(
+        &gateway,
+        "alice",
+        model,
+        "tokens_per_day",
+        100000.0 - 1245.0,
+    )
+    .await;
+
+    // A chat call to the same model without max_tokens gets the default as Anthropic's
+    // max_tokens.
+    let body = json!({"model": "claude-main/claude-sonnet-4-5", "messages": [{"role": "user", "content": "Hi"}]});
+    let response = call(&gateway, "/claude/chat/completions", ALICE_KEY, body).await;
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    assert_eq!(anthropic.requests()[1].body["max_tokens"], 64);
+    wait_model_remaining(
+        &gateway,
+        "alice",
+        model,
+        "tokens_per_day",
+        100000.0 - 2490.0,
+    )
+    .await;
+
+    // Other models are not limited, so their calls carry no token headers.
+    let body = json!({"model": "gpt", "messages": [{"role": "user", "content": "Hi"}]});
+    let response = call(&gateway, "/claude/chat/completions", ALICE_KEY, body).await;
+    assert_eq!(response.status(), 200);
+    assert!(header(&response, "x-ratelimit-remaining-tokens").is_none());
+    response.bytes().await.unwrap();
+    assert!(
+        openai.requests()[0]
+            .body
+            .get("max_completion_tokens")
+            .is_none()
     );
 }

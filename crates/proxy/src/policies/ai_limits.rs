@@ -65,6 +65,8 @@ pub struct SubjectLabels {
     pub policy: String,
     /// The consumer or team name, or `anonymous`.
     pub subject: String,
+    /// The requested model under `per_model: true`, else empty.
+    pub model: String,
     /// `tokens_per_minute`, `tokens_per_day` or `budget`.
     pub limit: &'static str,
 }
@@ -93,13 +95,15 @@ impl AiLimitMetrics {
         let metrics = AiLimitMetrics::default();
         registry.register(
             "portcullis_ai_limit_rejections",
-            "AI calls rejected by an ai-limits policy, by policy name, consumer or team, and limit",
+            "AI calls rejected by an ai-limits policy, by policy name, consumer or team, model \
+             under per_model, and limit",
             metrics.rejections.clone(),
         );
         registry.register(
             "portcullis_ai_limit_remaining",
             "Tokens, or currency units for a budget, left under an ai-limits policy after its last \
-             reservation or settlement, by policy name, consumer or team, and limit",
+             reservation or settlement, by policy name, consumer or team, model under \
+             per_model, and limit",
             metrics.remaining.clone(),
         );
         registry.register(
@@ -110,8 +114,8 @@ impl AiLimitMetrics {
         Arc::new(metrics)
     }
 
-    /// Records the levels of `subject` after an operation.
-    fn record_levels(&self, policy: &str, subject: &str, levels: &Levels) {
+    /// Records the levels of `subject` and `model` after an operation.
+    fn record_levels(&self, policy: &str, subject: &str, model: &str, levels: &Levels) {
         for (kind, level) in levels.iter() {
             let remaining = match kind {
                 LimitKind::Budget => level.remaining as f64 / MICROS_PER_UNIT,
@@ -121,6 +125,7 @@ impl AiLimitMetrics {
                 .get_or_create(&SubjectLabels {
                     policy: policy.to_string(),
                     subject: subject.to_string(),
+                    model: model.to_string(),
                     limit: kind.name(),
                 })
                 .set(remaining);
@@ -323,6 +328,10 @@ pub async fn admit(
             cost_micros,
         };
         let key = limit.counter_key(&estimate.model);
+        let model = match shared.per_model {
+            true => estimate.model.clone(),
+            false => String::new(),
+        };
         let now = shared.clock.now_nanos();
         match shared
             .store
@@ -331,11 +340,10 @@ pub async fn admit(
         {
             Ok(Outcome::Admitted { periods, levels }) => {
                 let metrics = &shared.metrics;
-                metrics.record_levels(&shared.name, &limit.subject_label, &levels);
+                metrics.record_levels(&shared.name, &limit.subject_label, &model, &levels);
                 write_headers(&mut admission.headers, &levels);
-                admission
-                    .reservations
-                    .push(Reservation::new(limit, key, amount, Some(periods)));
+                let reservation = Reservation::new(limit, key, model, amount, Some(periods));
+                admission.reservations.push(reservation);
             }
             Ok(Outcome::Rejected {
                 kind,
@@ -343,12 +351,13 @@ pub async fn admit(
                 levels,
             }) => {
                 let metrics = &shared.metrics;
-                metrics.record_levels(&shared.name, &limit.subject_label, &levels);
+                metrics.record_levels(&shared.name, &limit.subject_label, &model, &levels);
                 metrics
                     .rejections
                     .get_or_create(&SubjectLabels {
                         policy: shared.name.to_string(),
                         subject: limit.subject_label.clone(),
+                        model,
                         limit: kind.name(),
                     })
                     .inc();
@@ -366,7 +375,7 @@ pub async fn admit(
             Err(error) => {
                 backend_failed(&shared, &error)?;
                 // Admitted unreserved: the settlement still charges the real usage.
-                let reservation = Reservation::new(limit, key, Amount::default(), None);
+                let reservation = Reservation::new(limit, key, model, Amount::default(), None);
                 admission.reservations.push(reservation);
             }
         }
@@ -529,6 +538,8 @@ fn write_headers(headers: &mut HeaderMap, levels: &Levels) {
 pub struct Reservation {
     limit: PendingLimit,
     key: String,
+    /// The model label of the metrics.
+    model: String,
     reserved: Amount,
     /// `None` for a call admitted while the backend failed, which reserved nothing.
     periods: Option<Periods>,
@@ -537,10 +548,17 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    fn new(limit: PendingLimit, key: String, reserved: Amount, periods: Option<Periods>) -> Self {
+    fn new(
+        limit: PendingLimit,
+        key: String,
+        model: String,
+        reserved: Amount,
+        periods: Option<Periods>,
+    ) -> Self {
         Reservation {
             limit,
             key,
+            model,
             reserved,
             periods,
             settled: false,
@@ -574,6 +592,7 @@ impl Reservation {
         let shared = self.limit.shared.clone();
         let subject = self.limit.subject_label.clone();
         let key = std::mem::take(&mut self.key);
+        let model = std::mem::take(&mut self.model);
         let settlement = Settlement {
             reserved: self.reserved,
             actual,
@@ -582,7 +601,10 @@ impl Reservation {
         self.runtime.spawn(async move {
             let now = shared.clock.now_nanos();
             match shared.store.settle(&key, &shared.limits, settlement, now).await {
-                Ok(levels) => shared.metrics.record_levels(&shared.name, &subject, &levels),
+                Ok(levels) => {
+                    let metrics = &shared.metrics;
+                    metrics.record_levels(&shared.name, &subject, &model, &levels);
+                }
                 Err(error) => {
                     shared
                         .metrics

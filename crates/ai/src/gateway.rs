@@ -57,7 +57,7 @@ pub struct AiRequest {
     pub body: Bytes,
     pub request_id: String,
     /// Output tokens per choice that the provider may produce, from an `ai-limits`
-    /// reservation; a request that allows more, or sets no allowance, is capped to it.
+    /// reservation. A request that allows more, or sets no allowance, is capped to it.
     pub max_output_tokens: Option<u64>,
 }
 

@@ -1,5 +1,5 @@
-//! What an `ai-limits` reservation needs from a request: its estimated tokens and price bound,
-//! and the output cap that the gateway then sends to the provider.
+//! Request estimates for `ai-limits` reservations: estimated tokens, the price bound, and the
+//! output cap that the gateway then sends to the provider.
 
 use std::borrow::Cow;
 

@@ -54,7 +54,7 @@ pub struct BudgetSpec {
     pub period: QuotaPeriod,
 }
 
-/// What the counters of an `ai-limits` policy are kept by.
+/// The subject whose calls share the counters of an `ai-limits` policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AiLimitKey {

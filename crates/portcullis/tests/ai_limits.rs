@@ -201,7 +201,7 @@ async fn token_limit_rejects_then_settles() {
         .unwrap()
         .parse()
         .unwrap();
-    // The reservation holds 100 output tokens and a few estimated input tokens.
+    // The reservation counts 100 output tokens and a few estimated input tokens.
     assert!((890..900).contains(&remaining), "{remaining}");
     let reset = header(&response, "x-ratelimit-reset-tokens").unwrap();
     assert!(reset.ends_with('s'), "{reset}");
@@ -311,7 +311,8 @@ async fn disconnect_keeps_tokens_received() {
     let ai = &line["ai"];
     assert_eq!(ai["usage_estimated"], true, "{line}");
     let spent = ai["input_tokens"].as_u64().unwrap() + ai["output_tokens"].as_u64().unwrap();
-    assert!(spent > 0 && spent < 500, "{line}");
+    assert!(spent > 0, "{line}");
+    assert!(spent < 500, "{line}");
     // The tokens received stay counted, and the rest of the 500 reserved is returned.
     wait_remaining(&gateway, "alice", "tokens_per_day", 1000.0 - spent as f64).await;
 }
@@ -380,8 +381,8 @@ async fn two_nodes_share_one_redis_limit() {
         start(&openai, Some((&redis, &prefix)), &routes),
         start(&openai, Some((&redis, &prefix)), &routes),
     ];
-    // Each call reserves about 10 tokens and settles at 150, so the two nodes together admit
-    // four calls (600 tokens); counting per node would admit eight.
+    // Each call reserves about 10 tokens and settles at 150. The two nodes together admit four
+    // calls (600 tokens), where counting per node would admit eight.
     let mut admitted = 0;
     let mut statuses = Vec::new();
     for i in 0..8 {

@@ -128,7 +128,7 @@ impl Levels {
     }
 }
 
-/// The answer to a reservation.
+/// The outcome of a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The estimate is counted; settle it with the same `periods`.

@@ -111,6 +111,8 @@ pub fn estimate(path: &str, body: &[u8]) -> Option<Estimate> {
 
 /// Adds the bytes of every string in `value` to `bytes`, and counts integers in arrays, which
 /// are token ids in an embeddings `input`. Object keys are not counted.
+// NOTE: an image sent as a `data:` URI counts as text, so it raises the estimate far above the
+// tokens a provider bills for it, until the settlement returns the difference.
 fn count_text(value: &Value, bytes: &mut u64, token_ids: &mut u64) {
     match value {
         Value::String(text) => *bytes += text.len() as u64,

@@ -225,15 +225,13 @@ impl AiLimits {
         let team = roles.find(|role| shared.teams.is_empty() || shared.teams.contains(role));
         match (shared.by, team) {
             (AiLimitKey::Team, Some(team)) => Some((format!("team:{team}"), team.clone())),
-            (AiLimitKey::Consumer, Some(_)) => Some((
+            (AiLimitKey::Team, None) => None,
+            // With `teams`, only consumers of one of those teams are limited.
+            (AiLimitKey::Consumer, None) if !shared.teams.is_empty() => None,
+            (AiLimitKey::Consumer, _) => Some((
                 format!("consumer:{}", consumer.name),
                 consumer.name.to_string(),
             )),
-            (AiLimitKey::Consumer, None) if shared.teams.is_empty() => Some((
-                format!("consumer:{}", consumer.name),
-                consumer.name.to_string(),
-            )),
-            _ => None,
         }
     }
 }

@@ -159,10 +159,16 @@ async fn wait_model_remaining(
     expected: f64,
 ) {
     let name = remaining_metric("default", subject, model, limit);
+    let accept = |value: f64| (value - expected).abs() < 1e-9;
+    wait_metric(gateway, &name, accept, &expected.to_string()).await;
+}
+
+/// Polls the metric `name` for up to 5 seconds until `accept` takes its value.
+async fn wait_metric(gateway: &Gateway, name: &str, accept: impl Fn(f64) -> bool, expected: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let value = metric(gateway, &name).await;
-        if (value - expected).abs() < 1e-9 {
+        let value = metric(gateway, name).await;
+        if accept(value) {
             return;
         }
         assert!(
@@ -544,4 +550,44 @@ async fn messages_and_model_filter() {
             .get("max_completion_tokens")
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn minute_bucket_limits_listed_teams() {
+    let openai = llm_mock::openai().await;
+    let gateway = start(
+        &openai,
+        None,
+        &[(
+            "minute",
+            "{ tokens_per_minute: 200, teams: [research], default_output_tokens: 100 }",
+        )],
+    );
+    // The first call settles at 150 of the 200 tokens, which refill at 200 per minute.
+    assert_eq!(
+        chat_status(&gateway, "/minute/chat/completions", ALICE_KEY, 100).await,
+        200
+    );
+    let name = remaining_metric("default", "alice", "", "tokens_per_minute");
+    wait_metric(&gateway, &name, |value| value <= 60.0, "at most 60").await;
+
+    // The next 100 output tokens wait for the bucket to refill, about 15 seconds.
+    let body = json!({"model": "gpt", "messages": [{"role": "user", "content": "Hi"}]});
+    let response = call(&gateway, "/minute/chat/completions", ALICE_KEY, body).await;
+    let retry_after: u64 = header(&response, "retry-after").unwrap().parse().unwrap();
+    assert!((10..=20).contains(&retry_after), "{retry_after}");
+    let error = error_body(response, 429).await;
+    assert_eq!(error["error"]["code"], "token_limit_exceeded");
+
+    // bob shares alice's team but has a bucket of his own, and carol's team is not listed.
+    assert_eq!(
+        chat_status(&gateway, "/minute/chat/completions", BOB_KEY, 100).await,
+        200
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            chat_status(&gateway, "/minute/chat/completions", CAROL_KEY, 100).await,
+            200
+        );
+    }
 }

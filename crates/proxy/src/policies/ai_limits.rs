@@ -151,6 +151,18 @@ struct Shared {
     clock: Arc<dyn Clock>,
 }
 
+impl Shared {
+    /// Counts a failed counter operation in `portcullis_ai_limit_backend_errors`.
+    fn count_backend_error(&self, action: &'static str) {
+        let labels = BackendErrorLabels {
+            policy: self.name.to_string(),
+            backend: self.store.backend(),
+            action,
+        };
+        self.metrics.backend_errors.get_or_create(&labels).inc();
+    }
+}
+
 pub struct AiLimits {
     shared: Arc<Shared>,
 }
@@ -398,15 +410,7 @@ fn backend_failed(shared: &Shared, error: &CounterError) -> Result<(), Rejection
         BackendErrorAction::Allow => "allow",
         BackendErrorAction::Deny => "deny",
     };
-    shared
-        .metrics
-        .backend_errors
-        .get_or_create(&BackendErrorLabels {
-            policy: shared.name.to_string(),
-            backend: shared.store.backend(),
-            action,
-        })
-        .inc();
+    shared.count_backend_error(action);
     tracing::debug!(policy = "ai-limits", policy.name = %shared.name, redis.addr = shared.store.address(), %error, action, "ai-limits reservation failed");
     match shared.on_backend_error {
         BackendErrorAction::Allow => Ok(()),
@@ -604,15 +608,7 @@ impl Reservation {
                     metrics.record_levels(&shared.name, &subject, &model, &levels);
                 }
                 Err(error) => {
-                    shared
-                        .metrics
-                        .backend_errors
-                        .get_or_create(&BackendErrorLabels {
-                            policy: shared.name.to_string(),
-                            backend: shared.store.backend(),
-                            action: "unsettled",
-                        })
-                        .inc();
+                    shared.count_backend_error("unsettled");
                     tracing::debug!(policy = "ai-limits", policy.name = %shared.name, redis.addr = shared.store.address(), %error, "ai-limits settlement failed; the reservation stays counted");
                 }
             }

@@ -9,6 +9,7 @@
 
 mod common;
 mod llm_mock;
+mod sdk;
 
 use std::time::Duration;
 
@@ -590,4 +591,22 @@ async fn minute_bucket_limits_listed_teams() {
             200
         );
     }
+}
+
+#[tokio::test]
+async fn openai_sdk_gets_token_limit_error() {
+    let openai = llm_mock::openai().await;
+    let gateway = start(
+        &openai,
+        None,
+        &[("sdk", "{ tokens_per_day: 350, default_output_tokens: 100 }")],
+    );
+    // Each call reserves about 115 tokens and settles at 150, so the third no longer fits,
+    // whether or not the second has been settled when it arrives.
+    let cases = json!([["chat", "gpt"], ["chat", "gpt"], ["chat", "gpt"]]);
+    let results = sdk::run_sdk_script("openai_client.py", &gateway.url("/sdk"), &cases).await;
+    assert_eq!(results[0]["content"], "Hello from gpt", "{results:?}");
+    assert_eq!(results[1]["content"], "Hello from gpt", "{results:?}");
+    assert_eq!(results[2]["status"], 429, "{results:?}");
+    assert_eq!(results[2]["body"]["code"], "token_limit_exceeded");
 }

@@ -198,6 +198,17 @@ routes:
     }
 
     #[test]
+    fn spec_round_trips_through_the_store_form() {
+        let config = load_str(CONFIG, None, &env).unwrap();
+        let policy = &config.entities.routes[0].policies[0];
+        let stored = serde_json::to_value(policy).unwrap();
+        assert_eq!(stored["ai-limits"]["budget"]["period"], "month");
+        assert!(stored["ai-limits"].get("backend").is_none(), "{stored}");
+        let read: PolicySpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(&read, policy);
+    }
+
+    #[test]
     fn invalid_fields_are_named() {
         let cases = [
             (

@@ -38,31 +38,7 @@ impl RedisUsage {
         mode: &str,
         settlement: Settlement,
     ) -> Result<(bool, LimitKind, Option<Duration>, Periods, Levels), CounterError> {
-        let (budget, period) = match limits.budget {
-            Some(Budget { micros, period }) => (micros, period),
-            None => (0, Period::Day),
-        };
-        let period = match period {
-            Period::Day => "day",
-            Period::Month => "month",
-        };
-        let (day_start, budget_start) = match settlement.periods {
-            Some(periods) => (periods.day_start as i64, periods.budget_start as i64),
-            None => (-1, -1),
-        };
-        let args = [
-            mode.to_string(),
-            limits.tokens_per_minute.unwrap_or(0).to_string(),
-            limits.tokens_per_day.unwrap_or(0).to_string(),
-            budget.to_string(),
-            period.to_string(),
-            settlement.reserved.tokens.to_string(),
-            settlement.reserved.cost_micros.to_string(),
-            settlement.actual.tokens.to_string(),
-            settlement.actual.cost_micros.to_string(),
-            day_start.to_string(),
-            budget_start.to_string(),
-        ];
+        let args = script_arguments(limits, mode, settlement);
         let reply: Vec<i64> = self.counters.run(&self.script, key, &args).await?;
         let [
             admitted,
@@ -115,6 +91,35 @@ impl RedisUsage {
         let retry_after = (retry_us >= 0).then(|| micros(retry_us));
         Ok((admitted == 1, kind, retry_after, periods, levels))
     }
+}
+
+/// Returns the ARGV of [`USAGE_SCRIPT`].
+fn script_arguments(limits: &Limits, mode: &str, settlement: Settlement) -> [String; 11] {
+    let (budget, period) = match limits.budget {
+        Some(Budget { micros, period }) => (micros, period),
+        None => (0, Period::Day),
+    };
+    let period = match period {
+        Period::Day => "day",
+        Period::Month => "month",
+    };
+    let (day_start, budget_start) = match settlement.periods {
+        Some(periods) => (periods.day_start as i64, periods.budget_start as i64),
+        None => (-1, -1),
+    };
+    [
+        mode.to_string(),
+        limits.tokens_per_minute.unwrap_or(0).to_string(),
+        limits.tokens_per_day.unwrap_or(0).to_string(),
+        budget.to_string(),
+        period.to_string(),
+        settlement.reserved.tokens.to_string(),
+        settlement.reserved.cost_micros.to_string(),
+        settlement.actual.tokens.to_string(),
+        settlement.actual.cost_micros.to_string(),
+        day_start.to_string(),
+        budget_start.to_string(),
+    ]
 }
 
 impl UsageStore for RedisUsage {

@@ -337,60 +337,72 @@ pub async fn admit(
             tokens,
             cost_micros,
         };
-        let key = limit.counter_key(&estimate.model);
-        let model = match shared.per_model {
-            true => estimate.model.clone(),
-            false => String::new(),
-        };
-        let now = shared.clock.now_nanos();
-        match shared
-            .store
-            .reserve(&key, &shared.limits, amount, now)
-            .await
-        {
-            Ok(Outcome::Admitted { periods, levels }) => {
-                let metrics = &shared.metrics;
-                metrics.record_levels(&shared.name, &limit.subject_label, &model, &levels);
-                write_headers(&mut admission.headers, &levels);
-                let reservation = Reservation::new(limit, key, model, amount, Some(periods));
-                admission.reservations.push(reservation);
-            }
-            Ok(Outcome::Rejected {
-                kind,
-                retry_after,
-                levels,
-            }) => {
-                let metrics = &shared.metrics;
-                metrics.record_levels(&shared.name, &limit.subject_label, &model, &levels);
-                metrics
-                    .rejections
-                    .get_or_create(&SubjectLabels {
-                        policy: shared.name.to_string(),
-                        subject: limit.subject_label.clone(),
-                        model,
-                        limit: kind.name(),
-                    })
-                    .inc();
-                let mut headers = admission.headers.clone();
-                write_headers(&mut headers, &levels);
-                return Err(reject(
-                    &shared,
-                    kind,
-                    retry_after,
-                    amount,
-                    &levels,
-                    &headers,
-                ));
-            }
-            Err(error) => {
-                backend_failed(&shared, &error)?;
-                // Admitted unreserved: the settlement still charges the real usage.
-                let reservation = Reservation::new(limit, key, model, Amount::default(), None);
-                admission.reservations.push(reservation);
-            }
-        }
+        reserve_one(limit, &estimate.model, amount, &mut admission).await?;
     }
     Ok(admission)
+}
+
+/// Reserves `amount` under one limit and adds the reservation and its headers to `admission`.
+async fn reserve_one(
+    limit: PendingLimit,
+    model_name: &str,
+    amount: Amount,
+    admission: &mut Admission,
+) -> Result<(), Rejection> {
+    let shared = limit.shared.clone();
+    let key = limit.counter_key(model_name);
+    let model = match shared.per_model {
+        true => model_name.to_string(),
+        false => String::new(),
+    };
+    let now = shared.clock.now_nanos();
+    match shared
+        .store
+        .reserve(&key, &shared.limits, amount, now)
+        .await
+    {
+        Ok(Outcome::Admitted { periods, levels }) => {
+            let metrics = &shared.metrics;
+            metrics.record_levels(&shared.name, &limit.subject_label, &model, &levels);
+            write_headers(&mut admission.headers, &levels);
+            let reservation = Reservation::new(limit, key, model, amount, Some(periods));
+            admission.reservations.push(reservation);
+        }
+        Ok(Outcome::Rejected {
+            kind,
+            retry_after,
+            levels,
+        }) => {
+            let metrics = &shared.metrics;
+            metrics.record_levels(&shared.name, &limit.subject_label, &model, &levels);
+            metrics
+                .rejections
+                .get_or_create(&SubjectLabels {
+                    policy: shared.name.to_string(),
+                    subject: limit.subject_label.clone(),
+                    model,
+                    limit: kind.name(),
+                })
+                .inc();
+            let mut headers = admission.headers.clone();
+            write_headers(&mut headers, &levels);
+            return Err(reject(
+                &shared,
+                kind,
+                retry_after,
+                amount,
+                &levels,
+                &headers,
+            ));
+        }
+        Err(error) => {
+            backend_failed(&shared, &error)?;
+            // Admitted unreserved: the settlement still charges the real usage.
+            let reservation = Reservation::new(limit, key, model, Amount::default(), None);
+            admission.reservations.push(reservation);
+        }
+    }
+    Ok(())
 }
 
 impl PendingLimit {

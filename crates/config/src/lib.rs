@@ -5,6 +5,7 @@
 //! key path, so `portcullis validate` can point at the exact spot.
 
 pub mod ai;
+pub mod ai_prompts;
 pub mod browser;
 mod duration;
 mod load;
@@ -18,6 +19,7 @@ pub use ai::{
     AiConfig, AiRouteSpec, ApiKey, ModelAliasSpec, PriceSpec, ProviderKind, ProviderSpec,
     split_target,
 };
+pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{
     ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, embedded_default, line_index,

@@ -25,6 +25,7 @@ pub struct Served {
 /// its bytes for the access log.
 pub async fn serve(
     gateway: &Gateway,
+    route: &portcullis_config::AiRouteSpec,
     parts: &request::Parts,
     body: RequestBody,
     relative_path: String,
@@ -42,6 +43,8 @@ pub async fn serve(
             headers: parts.headers.clone(),
             body,
             request_id: request_id.to_string(),
+            query: parts.uri.query().map(str::to_string),
+            route: route.clone(),
         })
         .await;
     let (response_parts, body) = reply.response.into_parts();

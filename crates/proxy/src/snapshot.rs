@@ -51,6 +51,8 @@ pub struct CompiledRoute {
     pub service: Option<Arc<CompiledService>>,
     /// The AI gateway that serves an `ai` route after the policy chain.
     pub ai: Option<Arc<portcullis_ai::Gateway>>,
+    /// The route's `ai` settings: the prompt it serves and the guard it applies.
+    pub ai_route: portcullis_config::AiRouteSpec,
     pub strip_prefix: bool,
     pub chain: Vec<ChainEntry>,
     pub metrics: RouteMetrics,
@@ -185,6 +187,7 @@ pub fn compile<'k>(
             name: spec.name.as_str().into(),
             service,
             ai,
+            ai_route: spec.ai.clone().unwrap_or_default(),
             strip_prefix: spec.strip_prefix,
             chain,
             metrics: RouteMetrics::default(),

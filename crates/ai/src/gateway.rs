@@ -231,6 +231,23 @@ impl Gateway {
         Ok(redactions)
     }
 
+    /// Lists the prompt and guard that `route` names and this gateway does not have. A route
+    /// from the store may name them, because the store is shared by nodes with other files.
+    pub fn missing_settings(&self, route: &AiRouteSpec) -> Vec<String> {
+        let mut missing = Vec::new();
+        if let Some(prompt) = &route.prompt
+            && !self.prompts.contains_key(prompt)
+        {
+            missing.push(format!("prompt `{prompt}` is not defined in `ai.prompts`"));
+        }
+        if let Some(guard) = &route.guard
+            && !self.guards.contains_key(guard)
+        {
+            missing.push(format!("guard `{guard}` is not defined in `ai.guards`"));
+        }
+        missing
+    }
+
     /// Routes a request to its endpoint.
     async fn dispatch(&self, request: AiRequest) -> Result<AiResponse, AiError> {
         if let Some(prompt) = request.route.prompt.clone() {

@@ -29,7 +29,8 @@ use crate::sse::{SseEvent, SseParser};
 const CHARS_PER_TOKEN: u64 = 4;
 /// Largest event the restoring stream parses, in bytes.
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
-/// Longest placeholder, such as `[EMAIL_4294967295]`; a held-back tail is never longer.
+/// Maximum length of a placeholder, such as `[EMAIL_4294967295]`, in characters. A held-back
+/// tail is always shorter.
 const MAX_PLACEHOLDER_CHARS: usize = 24;
 
 /// Candidate card numbers: 13 to 19 digits, optionally grouped by single spaces or hyphens.
@@ -52,7 +53,7 @@ static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\[(EMAIL|PHONE|CARD)_\d{1,10}\]").expect("valid placeholder pattern")
 });
 
-/// The endpoint a guarded request is for, which says where its prompt text is.
+/// The endpoint of a guarded request, which determines where its prompt text is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     Chat,
@@ -392,20 +393,20 @@ pub(crate) fn restore_strings(value: &mut Value, redactions: &Redactions) {
 /// the start of a placeholder keeps that tail back until the next piece shows how it ends.
 #[derive(Debug, Default)]
 struct TextRestorer {
-    held: String,
+    pending: String,
 }
 
 impl TextRestorer {
     /// Returns the restored text of `piece` that is safe to send now.
     fn push(&mut self, piece: &str, redactions: &Redactions) -> String {
-        self.held.push_str(piece);
-        let text = std::mem::take(&mut self.held);
+        self.pending.push_str(piece);
+        let text = std::mem::take(&mut self.pending);
         let keep_from = text
             .rfind('[')
             .filter(|&start| is_placeholder_prefix(&text[start..]));
         match keep_from {
             Some(start) => {
-                self.held = text[start..].to_string();
+                self.pending = text[start..].to_string();
                 redactions.restore_text(&text[..start])
             }
             None => redactions.restore_text(&text),
@@ -414,7 +415,7 @@ impl TextRestorer {
 
     /// Returns the held-back tail, restored, at the end of the text.
     fn flush(&mut self, redactions: &Redactions) -> String {
-        redactions.restore_text(&std::mem::take(&mut self.held))
+        redactions.restore_text(&std::mem::take(&mut self.pending))
     }
 }
 

@@ -316,6 +316,7 @@ async fn input_schema_violation_is_400() {
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.contains("`text`"), "{message}");
     }
+
     let not_json = client()
         .post(gateway.url("/ai/sentiment"))
         .bearer_auth(ALICE_KEY)
@@ -325,6 +326,7 @@ async fn input_schema_violation_is_400() {
         .unwrap();
     let error = error_body(not_json, 400).await;
     assert_eq!(error["error"]["code"], "invalid_json");
+
     let get = client()
         .get(gateway.url("/ai/sentiment"))
         .bearer_auth(ALICE_KEY)
@@ -356,6 +358,7 @@ async fn injection_stays_inside_its_slot() {
     )
     .await;
     assert_eq!(response.status(), 200);
+
     let sent = anthropic.requests();
     let user = sent_user_text(&sent[0]);
     assert_eq!(
@@ -642,4 +645,32 @@ async fn redaction_is_restored_in_streams() {
             "a Luhn-invalid number is kept: {text}"
         );
     }
+}
+
+#[tokio::test]
+async fn unknown_guard_fails_closed() {
+    let (gateway, _anthropic, openai) = start().await;
+    let created = common::admin(&client(), reqwest::Method::POST, &gateway, "/routes")
+        .json(&json!({"name": "unguarded", "paths": ["/other/v1"], "ai": {"guard": "missing"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let response = post(
+        &gateway,
+        "/other/v1/chat/completions",
+        "guard-missing",
+        json!({"model": "openai-main/gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let error = error_body(response, 503).await;
+    assert_eq!(error["error"]["code"], "guard_not_configured");
+    assert!(openai.requests().is_empty());
+    assert!(
+        gateway
+            .stderr()
+            .contains("guard `missing` is not defined in `ai.guards`"),
+        "the snapshot build warns about the route"
+    );
 }

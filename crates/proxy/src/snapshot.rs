@@ -151,6 +151,11 @@ pub fn compile<'k>(
                         "the node's config has no `ai` section, so the `ai` route answers 503"
                     );
                 }
+                if let (Some(gateway), Some(ai_route)) = (&context.ai, &spec.ai) {
+                    for problem in gateway.missing_settings(ai_route) {
+                        tracing::warn!(route.name = %spec.name, "{problem}, so the route answers 503");
+                    }
+                }
                 (None, &no_chain, context.ai.clone())
             }
             (Some(service_name), _) => {

@@ -3,9 +3,9 @@
 //! A model name containing `echo` replies with the text of the last user message, and streams
 //! it in pieces of 3 characters so that a placeholder such as `[EMAIL_1]` is split across
 //! events. A request for JSON (OpenAI `response_format` `json_schema`, or the Anthropic tool
-//! that the gateway forces for it) gets `{"sentiment": ...}`: `negative` when the prompt
-//! contains "terrible", else `positive`; a model name containing `badjson` replies with the
-//! value `ecstatic`, which the sentiment schemas of the tests do not allow.
+//! that the gateway forces for it) gets `{"sentiment": ...}`, which is `negative` when the
+//! prompt contains "terrible" and `positive` otherwise. A model name containing `badjson`
+//! replies with the value `ecstatic`, which the sentiment schemas of the tests do not allow.
 
 use serde_json::{Value, json};
 
@@ -45,7 +45,7 @@ pub fn structured(model: &str, request: &Value) -> Value {
     json!({"sentiment": sentiment})
 }
 
-/// Whether an OpenAI request asks for JSON with a schema.
+/// Tells whether an OpenAI request requests JSON with a schema.
 pub fn openai_wants_json(request: &Value) -> bool {
     request.pointer("/response_format/type") == Some(&json!("json_schema"))
 }

@@ -122,8 +122,9 @@ pub struct Gateway {
 
 /// A provider, prompt or guard could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up AI provider `{provider}`: {message}")]
+#[error("cannot set up `{provider}` of the `ai` section: {message}")]
 pub struct SetupError {
+    /// The name of the provider, prompt or guard.
     pub provider: String,
     pub message: String,
 }
@@ -169,7 +170,7 @@ impl Gateway {
     /// Serves one request, and renders any error in OpenAI's error shape, or in Anthropic's
     /// for `/messages`. The route's guard checks and redacts the request before any provider
     /// call, and restores redacted values in the response.
-    pub async fn handle(&self, mut request: AiRequest) -> AiResponse {
+    pub async fn handle(&self, request: AiRequest) -> AiResponse {
         let request_id = request.request_id.clone();
         let endpoint = match (&request.route.prompt, request.path.as_str()) {
             (Some(_), _) => Endpoint::Prompt,
@@ -177,21 +178,7 @@ impl Gateway {
             (None, "/embeddings") => Endpoint::Embeddings,
             (None, _) => Endpoint::Chat,
         };
-        let result = match self.guard(&mut request, endpoint) {
-            Ok(redactions) => match self.dispatch(request).await {
-                Ok(mut served) => {
-                    if let Some(call) = &served.call {
-                        call.update(|state| state.redactions = redactions.len() as u32);
-                    }
-                    served.response =
-                        crate::guards::restore_response(served.response, redactions, endpoint)
-                            .await;
-                    Ok(served)
-                }
-                Err(error) => Err(error),
-            },
-            Err(error) => Err(error),
-        };
+        let result = self.serve_guarded(request, endpoint).await;
         result.unwrap_or_else(|error| AiResponse {
             response: if endpoint == Endpoint::Messages {
                 anthropic_error_response(&error, &request_id)
@@ -201,6 +188,22 @@ impl Gateway {
             call: None,
             upstream_latency: None,
         })
+    }
+
+    /// Serves a request between the route's guard and the restoration of redacted values.
+    async fn serve_guarded(
+        &self,
+        mut request: AiRequest,
+        endpoint: Endpoint,
+    ) -> Result<AiResponse, AiError> {
+        let redactions = self.guard(&mut request, endpoint)?;
+        let mut served = self.dispatch(request).await?;
+        if let Some(call) = &served.call {
+            call.update(|state| state.redactions = redactions.len() as u32);
+        }
+        served.response =
+            crate::guards::restore_response(served.response, redactions, endpoint).await;
+        Ok(served)
     }
 
     /// Applies the route's guard to the request body of a POST. A route that names a guard

@@ -674,4 +674,70 @@ mod tests {
         out.push_str(&restorer.flush(&redactions));
         assert_eq!(out, "Write to a@b.io or [not a placeholder] [CARD");
     }
+
+    /// Runs `events` through a restoring stream and returns the `data:` payloads it writes.
+    fn restore_events(endpoint: Endpoint, events: &[(Option<&str>, Value)]) -> Vec<Value> {
+        let guard = guard(all_kinds());
+        let mut redactions = Redactions {
+            restore: true,
+            ..Redactions::default()
+        };
+        guard.redact_text("a@b.io", &mut redactions);
+        let mut stream =
+            RestoringStream::new(crate::gateway::full(Bytes::new()), redactions, endpoint);
+        let mut out = BytesMut::new();
+        for (name, data) in events {
+            let event = SseEvent {
+                event: name.map(str::to_string),
+                data: data.to_string(),
+            };
+            stream.on_event(event, &mut out);
+        }
+        String::from_utf8(out.to_vec())
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
+            .map(|data| serde_json::from_str(data).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn openai_finish_flushes_held_text() {
+        let chunk = |content: &str, finish: Value| json!({"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]});
+        let chunks = restore_events(
+            Endpoint::Chat,
+            &[
+                (None, chunk("to [EMAI", Value::Null)),
+                (None, chunk("L_1] and [EM", Value::Null)),
+                (None, chunk("", json!("stop"))),
+            ],
+        );
+        let contents: Vec<&str> = chunks
+            .iter()
+            .map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(contents, ["to ", "a@b.io and ", "[EM"]);
+    }
+
+    #[test]
+    fn anthropic_block_stop_flushes_held_text() {
+        let delta = |text: &str| json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}});
+        let events = restore_events(
+            Endpoint::Messages,
+            &[
+                (Some("content_block_delta"), delta("mail [EMAIL_")),
+                (Some("content_block_delta"), delta("1] [CA")),
+                (
+                    Some("content_block_stop"),
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+            ],
+        );
+        let texts: Vec<&str> = events
+            .iter()
+            .filter_map(|event| event.pointer("/delta/text")?.as_str())
+            .collect();
+        assert_eq!(texts, ["mail ", "a@b.io ", "[CA"]);
+        assert_eq!(events.last().unwrap()["type"], "content_block_stop");
+    }
 }

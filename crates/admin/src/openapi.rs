@@ -428,7 +428,11 @@ fn schemas() -> Value {
                 "ai": {
                     "type": "object",
                     "additionalProperties": false,
-                    "description": "`{}` makes the route serve the node's AI gateway instead of a service"
+                    "description": "`{}` makes the route serve the node's AI gateway instead of a service",
+                    "properties": {
+                        "prompt": { "type": "string", "description": "Serve this entry of `ai.prompts` as a prompt endpoint" },
+                        "guard": { "type": "string", "description": "Apply this entry of `ai.guards` to the route's prompts" }
+                    }
                 },
                 "paths": { "type": "array", "items": { "oneOf": [
                     { "type": "string", "description": "Prefix that matches whole segments" },

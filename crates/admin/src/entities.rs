@@ -176,7 +176,7 @@ fn strip_leading_dot(errors: Vec<KeyError>) -> Vec<KeyError> {
         .collect()
 }
 
-async fn load_entities(state: &AdminState) -> Result<Entities, ApiError> {
+pub(crate) async fn load_entities(state: &AdminState) -> Result<Entities, ApiError> {
     Ok(state.control.store().load().await?.entities)
 }
 

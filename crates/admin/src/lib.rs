@@ -69,6 +69,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/keys", get(keys::find_keys))
         .route("/config/reload", axum::routing::post(ops::reload))
+        .route("/ai/openapi.json", get(openapi::prompts_document))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health/live", get(ops::live))

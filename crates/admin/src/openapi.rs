@@ -5,11 +5,48 @@
 //! macros describe poorly. A test compares its paths with the router's, so an endpoint cannot be
 //! added or removed without the document following.
 
+use std::sync::Arc;
+
 use axum::Json;
+use axum::extract::State;
+use portcullis_ai::prompt_openapi::PromptEndpoint;
+use portcullis_config::PathMatch;
 use serde_json::{Value, json};
+
+use crate::{AdminState, ApiError};
 
 pub async fn document() -> Json<Value> {
     Json(build())
+}
+
+/// Returns the OpenAPI document of the prompt endpoints: the store's routes with
+/// `ai: {prompt: NAME}`, described with this node's `ai.prompts`.
+pub async fn prompts_document(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<Value>, ApiError> {
+    let entities = crate::entities::load_entities(&state).await?;
+    let config = state.control.config();
+    let prompts = config.ai.as_ref().map_or(&[][..], |ai| &ai.prompts[..]);
+    let mut endpoints = Vec::new();
+    for route in &entities.routes {
+        let Some(prompt) = route.ai.as_ref().and_then(|ai| ai.prompt.as_ref()) else {
+            continue;
+        };
+        for path in &route.paths {
+            let path = match path {
+                PathMatch::Prefix(prefix) => prefix.clone(),
+                PathMatch::Exact { exact } => exact.clone(),
+            };
+            endpoints.push(PromptEndpoint {
+                route: route.name.clone(),
+                path,
+                prompt: prompt.clone(),
+            });
+        }
+    }
+    Ok(Json(portcullis_ai::prompt_openapi::document(
+        prompts, &endpoints,
+    )))
 }
 
 fn error_response(description: &str) -> Value {
@@ -204,6 +241,15 @@ fn build() -> Value {
         }}),
     );
     paths.insert(
+        "/ai/openapi.json".into(),
+        json!({ "get": {
+            "summary": "Read the OpenAPI document of the prompt endpoints",
+            "description": "Lists each route with `ai: {prompt: NAME}` at its paths, with the input and output schemas of the prompt's active version from this node's `ai.prompts`. The paths are served by the gateway's listeners, not by the admin API.",
+            "operationId": "get_prompts_openapi",
+            "responses": { "200": json_response("An OpenAPI 3.1 document", json!({ "type": "object" })), "401": error_response("Missing or invalid admin token") }
+        }}),
+    );
+    paths.insert(
         "/health/live".into(),
         json!({ "get": { "summary": "Liveness probe", "operationId": "live", "security": [], "responses": { "200": { "description": "The process is running" } } } }),
     );
@@ -382,7 +428,11 @@ fn schemas() -> Value {
                 "ai": {
                     "type": "object",
                     "additionalProperties": false,
-                    "description": "`{}` makes the route serve the node's AI gateway instead of a service"
+                    "description": "`{}` makes the route serve the node's AI gateway instead of a service",
+                    "properties": {
+                        "prompt": { "type": "string", "description": "Serve this entry of `ai.prompts` as a prompt endpoint" },
+                        "guard": { "type": "string", "description": "Apply this entry of `ai.guards` to the route's prompts" }
+                    }
                 },
                 "paths": { "type": "array", "items": { "oneOf": [
                     { "type": "string", "description": "Prefix that matches whole segments" },
@@ -750,7 +800,7 @@ mod tests {
     use super::build;
 
     /// Every path the router serves, in OpenAPI form.
-    const ROUTER_PATHS: [&str; 17] = [
+    const ROUTER_PATHS: [&str; 18] = [
         "/services",
         "/services/{name}",
         "/services/{name}/health",
@@ -763,6 +813,7 @@ mod tests {
         "/consumers/{name}/keys/{id}/rotate",
         "/keys",
         "/config/reload",
+        "/ai/openapi.json",
         "/health/live",
         "/health/ready",
         "/metrics",

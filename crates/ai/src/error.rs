@@ -18,7 +18,8 @@ pub struct AiError {
     /// Stable machine-readable code.
     pub code: String,
     pub message: String,
-    pub param: Option<&'static str>,
+    /// The request field at fault, such as `model` or `text`.
+    pub param: Option<String>,
 }
 
 impl AiError {
@@ -32,8 +33,8 @@ impl AiError {
         }
     }
 
-    pub fn with_param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
         self
     }
 

@@ -21,10 +21,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use portcullis_config::{AiConfig, ProviderKind, ProviderSpec, split_target};
+use portcullis_config::{AiConfig, AiRouteSpec, ProviderKind, ProviderSpec, split_target};
 use serde_json::{Value, json};
 
 use crate::error::AiError;
+use crate::guards::{Endpoint, Guard};
+use crate::prompts::Prompt;
 use crate::record::CallRecord;
 use crate::stream::{
     AnthropicPassthrough, AnthropicStream, GeminiStream, OpenAiStream, TranslatedStream, Translator,
@@ -59,6 +61,10 @@ pub struct AiRequest {
     /// Output tokens per choice that the provider may produce, from an `ai-limits`
     /// reservation. A request that allows more, or sets no allowance, is capped to it.
     pub max_output_tokens: Option<u64>,
+    /// The query string, which a prompt endpoint reads its `version` from.
+    pub query: Option<String>,
+    /// The route's `ai` settings: the prompt it serves and the guard it applies.
+    pub route: AiRouteSpec,
 }
 
 /// The response and, for a call that reached a provider, its usage record.
@@ -113,12 +119,15 @@ pub struct Gateway {
     /// Aliases in config order, for `/models`.
     aliases: Vec<(String, Vec<String>)>,
     prices: HashMap<String, Price>,
+    pub(crate) prompts: HashMap<String, Prompt>,
+    guards: HashMap<String, Guard>,
 }
 
-/// A provider could not be set up.
+/// A provider, prompt or guard could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up AI provider `{provider}`: {message}")]
+#[error("cannot set up `{provider}` of the `ai` section: {message}")]
 pub struct SetupError {
+    /// The name of the provider, prompt or guard.
     pub provider: String,
     pub message: String,
 }
@@ -130,7 +139,23 @@ impl Gateway {
         for spec in &config.providers {
             providers.insert(spec.name.clone(), Arc::new(provider(spec)?));
         }
+        let setup_error = |name: &str, message: String| SetupError {
+            provider: name.to_string(),
+            message,
+        };
+        let mut prompts = HashMap::new();
+        for spec in &config.prompts {
+            let prompt = Prompt::new(spec).map_err(|message| setup_error(&spec.name, message))?;
+            prompts.insert(spec.name.clone(), prompt);
+        }
+        let mut guards = HashMap::new();
+        for spec in &config.guards {
+            let guard = Guard::new(spec).map_err(|message| setup_error(&spec.name, message))?;
+            guards.insert(spec.name.clone(), guard);
+        }
         Ok(Gateway {
+            prompts,
+            guards,
             providers,
             aliases: config
                 .models
@@ -157,11 +182,96 @@ impl Gateway {
         )
     }
 
-    /// Serves one request, and renders any error in OpenAI's error shape.
+    /// Serves one request, and renders any error in OpenAI's error shape, or in Anthropic's
+    /// for `/messages`. The route's guard checks and redacts the request before any provider
+    /// call, and restores redacted values in the response.
     pub async fn handle(&self, request: AiRequest) -> AiResponse {
         let request_id = request.request_id.clone();
-        let anthropic_shape = request.path == "/messages";
-        let result = match (request.method.clone(), request.path.as_str()) {
+        let endpoint = match (&request.route.prompt, request.path.as_str()) {
+            (Some(_), _) => Endpoint::Prompt,
+            (None, "/messages") => Endpoint::Messages,
+            (None, "/embeddings") => Endpoint::Embeddings,
+            (None, _) => Endpoint::Chat,
+        };
+        let result = self.serve_guarded(request, endpoint).await;
+        result.unwrap_or_else(|error| AiResponse {
+            response: if endpoint == Endpoint::Messages {
+                anthropic_error_response(&error, &request_id)
+            } else {
+                error_response(&error, &request_id)
+            },
+            call: None,
+            upstream_latency: None,
+        })
+    }
+
+    /// Serves a request between the route's guard and the restoration of redacted values.
+    async fn serve_guarded(
+        &self,
+        mut request: AiRequest,
+        endpoint: Endpoint,
+    ) -> Result<AiResponse, AiError> {
+        let redactions = self.guard(&mut request, endpoint)?;
+        let mut served = self.dispatch(request).await?;
+        if let Some(call) = &served.call {
+            call.update(|state| state.redactions = redactions.len() as u32);
+        }
+        served.response =
+            crate::guards::restore_response(served.response, redactions, endpoint).await;
+        Ok(served)
+    }
+
+    /// Applies the route's guard to the request body of a POST. A route that names a guard
+    /// this node does not have fails closed with 503.
+    fn guard(
+        &self,
+        request: &mut AiRequest,
+        endpoint: Endpoint,
+    ) -> Result<crate::guards::Redactions, AiError> {
+        let Some(name) = &request.route.guard else {
+            return Ok(Default::default());
+        };
+        let guard = self.guards.get(name).ok_or_else(|| {
+            AiError::upstream(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "guard_not_configured",
+                format!("guard `{name}` is not defined in this node's `ai.guards`"),
+            )
+        })?;
+        if request.method != Method::POST {
+            return Ok(Default::default());
+        }
+        let mut body = parse_body(&request.body)?;
+        let redactions = guard.apply(endpoint, &mut body, &request.request_id)?;
+        if !redactions.is_empty() {
+            request.body = Bytes::from(body.to_string());
+        }
+        Ok(redactions)
+    }
+
+    /// Lists the prompt and guard that `route` names and this gateway does not have. A route
+    /// from the store may name them, because the store is shared by nodes with other files.
+    pub fn missing_settings(&self, route: &AiRouteSpec) -> Vec<String> {
+        let mut missing = Vec::new();
+        if let Some(prompt) = &route.prompt
+            && !self.prompts.contains_key(prompt)
+        {
+            missing.push(format!("prompt `{prompt}` is not defined in `ai.prompts`"));
+        }
+        if let Some(guard) = &route.guard
+            && !self.guards.contains_key(guard)
+        {
+            missing.push(format!("guard `{guard}` is not defined in `ai.guards`"));
+        }
+        missing
+    }
+
+    /// Routes a request to its endpoint.
+    async fn dispatch(&self, request: AiRequest) -> Result<AiResponse, AiError> {
+        if let Some(prompt) = request.route.prompt.clone() {
+            return self.prompt(&prompt, request).await;
+        }
+        match (request.method.clone(), request.path.as_str()) {
             (Method::GET, "/models") => Ok(self.models()),
             (Method::POST, "/chat/completions") => self.chat(request).await,
             (Method::POST, "/embeddings") => self.embeddings(request).await,
@@ -179,16 +289,7 @@ impl Gateway {
                     "unknown AI endpoint `{path}`; use /chat/completions, /embeddings, /messages or /models"
                 ),
             )),
-        };
-        result.unwrap_or_else(|error| AiResponse {
-            response: if anthropic_shape {
-                anthropic_error_response(&error, &request_id)
-            } else {
-                error_response(&error, &request_id)
-            },
-            call: None,
-            upstream_latency: None,
-        })
+        }
     }
 
     fn models(&self) -> AiResponse {
@@ -232,7 +333,7 @@ impl Gateway {
             .collect()
     }
 
-    async fn chat(&self, request: AiRequest) -> Result<AiResponse, AiError> {
+    pub(crate) async fn chat(&self, request: AiRequest) -> Result<AiResponse, AiError> {
         let body = parse_body(&request.body)?;
         let model = requested_model(&body)?;
         let targets = self.targets(&model)?;
@@ -781,7 +882,7 @@ async fn read_recording_usage(
     Ok(bytes)
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, AiError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, AiError> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         AiError::invalid_request(
             "invalid_json",
@@ -807,13 +908,13 @@ fn requested_model(body: &Value) -> Result<String, AiError> {
         })
 }
 
-fn full(bytes: Bytes) -> AiBody {
+pub(crate) fn full(bytes: Bytes) -> AiBody {
     Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<AiBody> {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<AiBody> {
     let mut response = Response::new(full(Bytes::from(value.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(

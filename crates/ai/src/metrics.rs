@@ -27,6 +27,15 @@ pub struct TokenLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a call made by a prompt endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PromptLabels {
+    pub consumer: String,
+    pub route: String,
+    pub prompt: String,
+    pub version: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OverheadLabels {
     pub route: String,
@@ -47,6 +56,8 @@ pub struct AiMetrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub cost: Family<CallLabels, Counter<f64, AtomicU64>>,
     pub overhead: Family<OverheadLabels, Histogram, fn() -> Histogram>,
+    pub prompt_calls: Family<PromptLabels, Counter>,
+    pub prompt_cost: Family<PromptLabels, Counter<f64, AtomicU64>>,
 }
 
 impl AiMetrics {
@@ -57,6 +68,8 @@ impl AiMetrics {
             tokens: Family::default(),
             cost: Family::default(),
             overhead: Family::new_with_constructor(overhead_histogram as fn() -> Histogram),
+            prompt_calls: Family::default(),
+            prompt_cost: Family::default(),
         };
         registry.register(
             "portcullis_ai_calls",
@@ -78,6 +91,16 @@ impl AiMetrics {
             "Time the gateway added to an AI call before the response headers, by route",
             metrics.overhead.clone(),
         );
+        registry.register(
+            "portcullis_ai_prompt_calls",
+            "AI calls made by prompt endpoints, by consumer, route, prompt and version",
+            metrics.prompt_calls.clone(),
+        );
+        registry.register(
+            "portcullis_ai_prompt_cost",
+            "Cost of the calls of prompt endpoints, by consumer, route, prompt and version",
+            metrics.prompt_cost.clone(),
+        );
         metrics
     }
 
@@ -89,6 +112,18 @@ impl AiMetrics {
             model: summary.target.to_string(),
         };
         self.calls.get_or_create(&labels).inc();
+        if let (Some(prompt), Some(version)) = (&summary.prompt, summary.prompt_version) {
+            let prompt_labels = PromptLabels {
+                consumer: labels.consumer.clone(),
+                route: labels.route.clone(),
+                prompt: prompt.to_string(),
+                version: version.to_string(),
+            };
+            self.prompt_calls.get_or_create(&prompt_labels).inc();
+            if let Some(cost) = summary.cost {
+                self.prompt_cost.get_or_create(&prompt_labels).inc_by(cost);
+            }
+        }
         if let Some(cost) = summary.cost {
             self.cost.get_or_create(&labels).inc_by(cost);
         }

@@ -21,6 +21,10 @@ pub struct CallState {
     pub output_chars: u64,
     /// The provider reported an error in the middle of a stream, or the stream broke off.
     pub stream_error: bool,
+    /// The prompt endpoint and version that made the call.
+    pub prompt: Option<(Arc<str>, u32)>,
+    /// Values that the route's guard replaced by placeholders in the prompt.
+    pub redactions: u32,
 }
 
 /// The shared record of one call.
@@ -65,6 +69,14 @@ pub struct CallSummary {
     /// when the client disconnected before the end of a stream.
     pub usage_estimated: bool,
     pub stream_error: bool,
+    /// The prompt endpoint that made the call; absent on other endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_version: Option<u32>,
+    /// Values that the route's guard redacted; absent when none were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redactions: Option<u32>,
 }
 
 impl CallRecord {
@@ -117,9 +129,11 @@ impl CallRecord {
                 state.usage_final,
                 state.output_chars,
                 state.stream_error,
+                state.prompt.clone(),
+                state.redactions,
             )
         });
-        let (mut usage, usage_final, output_chars, stream_error) = state;
+        let (mut usage, usage_final, output_chars, stream_error, prompt, redactions) = state;
         let mut estimated = false;
         if !usage_final {
             if usage.input.is_none() {
@@ -148,6 +162,9 @@ impl CallRecord {
             cost: self.price.map(|price| price.cost(&usage)),
             usage_estimated: estimated,
             stream_error,
+            prompt_version: prompt.as_ref().map(|(_, version)| *version),
+            prompt: prompt.map(|(name, _)| name),
+            redactions: (redactions > 0).then_some(redactions),
         }
     }
 }

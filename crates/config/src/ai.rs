@@ -23,6 +23,12 @@ pub struct AiConfig {
     pub models: Vec<ModelAliasSpec>,
     #[serde(default)]
     pub prices: Vec<PriceSpec>,
+    /// Prompt templates that routes publish as REST endpoints.
+    #[serde(default)]
+    pub prompts: Vec<crate::ai_prompts::PromptSpec>,
+    /// Named checks on prompts that routes apply before any provider call.
+    #[serde(default)]
+    pub guards: Vec<crate::ai_prompts::GuardSpec>,
 }
 
 /// One LLM provider account.
@@ -177,10 +183,17 @@ pub struct PriceSpec {
 }
 
 /// The `ai` kind of a route: it serves the OpenAI-compatible API itself instead of forwarding to
-/// a service.
+/// a service, or with `prompt` one prompt endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AiRouteSpec {}
+pub struct AiRouteSpec {
+    /// The `ai.prompts` entry that the route serves as a REST endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The `ai.guards` entry applied to the route's prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
+}
 
 /// Splits `provider/model` at the first `/`; model names may contain more slashes.
 pub fn split_target(target: &str) -> Option<(&str, &str)> {
@@ -195,6 +208,10 @@ pub(crate) fn validate_config(config: &crate::model::Config) -> Vec<KeyError> {
         Some(ai) => validate(ai),
         None => Vec::new(),
     };
+    if let Some(ai) = &config.ai {
+        errors.extend(crate::ai_prompts::validate(ai));
+    }
+    errors.extend(crate::ai_prompts::validate_routes(config));
     for (i, route) in config.entities.routes.iter().enumerate() {
         if route.ai.is_some() && config.ai.is_none() {
             errors.push(KeyError::new(

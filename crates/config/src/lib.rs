@@ -6,6 +6,7 @@
 
 pub mod ai;
 pub mod ai_limits;
+pub mod ai_prompts;
 pub mod browser;
 mod duration;
 mod load;
@@ -20,6 +21,7 @@ pub use ai::{
     split_target,
 };
 pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec};
+pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{
     ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, embedded_default, line_index,

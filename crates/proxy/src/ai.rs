@@ -30,6 +30,7 @@ pub struct Served {
 /// its bytes for the access log. `limits` are the `ai-limits` policies that apply to the request.
 pub async fn serve(
     gateway: &Gateway,
+    route: &portcullis_config::AiRouteSpec,
     parts: &request::Parts,
     body: RequestBody,
     relative_path: String,
@@ -41,24 +42,30 @@ pub async fn serve(
         .await
         .map_err(|error| crate::body::read_rejection(&error))?
         .to_bytes();
-    let estimate = match limits.is_empty() {
-        true => None,
-        false => portcullis_ai::limits::estimate(&relative_path, &body),
+    let mut request = AiRequest {
+        method: parts.method.clone(),
+        path: relative_path,
+        headers: parts.headers.clone(),
+        body,
+        request_id: request_id.to_string(),
+        max_output_tokens: None,
+        query: parts.uri.query().map(str::to_string),
+        route: route.clone(),
+    };
+    let estimate = match (limits.is_empty(), &route.prompt) {
+        (true, _) => None,
+        // A prompt endpoint is estimated on the chat request that it sends for its inputs.
+        (false, Some(prompt)) => gateway
+            .prompt_chat_body(prompt, &request)
+            .and_then(|chat| portcullis_ai::limits::estimate("/chat/completions", &chat)),
+        (false, None) => portcullis_ai::limits::estimate(&request.path, &request.body),
     };
     let admission = match &estimate {
         Some(estimate) => ai_limits::admit(gateway, estimate, limits).await?,
         None => ai_limits::Admission::default(),
     };
-    let reply = gateway
-        .handle(AiRequest {
-            method: parts.method.clone(),
-            path: relative_path,
-            headers: parts.headers.clone(),
-            body,
-            request_id: request_id.to_string(),
-            max_output_tokens: admission.max_output_tokens,
-        })
-        .await;
+    request.max_output_tokens = admission.max_output_tokens;
+    let reply = gateway.handle(request).await;
     let (mut response_parts, body) = reply.response.into_parts();
     for (name, value) in &admission.headers {
         response_parts.headers.insert(name, value.clone());

@@ -338,6 +338,7 @@ impl Proxy {
         if let Some(gateway) = &route.ai {
             let served = crate::ai::serve(
                 gateway,
+                &route.ai_route,
                 parts,
                 request_body,
                 router::strip_prefix(&canonical.path, &matched),

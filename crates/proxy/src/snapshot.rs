@@ -51,6 +51,8 @@ pub struct CompiledRoute {
     pub service: Option<Arc<CompiledService>>,
     /// The AI gateway that serves an `ai` route after the policy chain.
     pub ai: Option<Arc<portcullis_ai::Gateway>>,
+    /// The route's `ai` settings: the prompt it serves and the guard it applies.
+    pub ai_route: portcullis_config::AiRouteSpec,
     pub strip_prefix: bool,
     pub chain: Vec<ChainEntry>,
     pub metrics: RouteMetrics,
@@ -149,6 +151,11 @@ pub fn compile<'k>(
                         "the node's config has no `ai` section, so the `ai` route answers 503"
                     );
                 }
+                if let (Some(gateway), Some(ai_route)) = (&context.ai, &spec.ai) {
+                    for problem in gateway.missing_settings(ai_route) {
+                        tracing::warn!(route.name = %spec.name, "{problem}, so the route answers 503");
+                    }
+                }
                 (None, &no_chain, context.ai.clone())
             }
             (Some(service_name), _) => {
@@ -185,6 +192,7 @@ pub fn compile<'k>(
             name: spec.name.as_str().into(),
             service,
             ai,
+            ai_route: spec.ai.clone().unwrap_or_default(),
             strip_prefix: spec.strip_prefix,
             chain,
             metrics: RouteMetrics::default(),

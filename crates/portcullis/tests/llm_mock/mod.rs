@@ -5,12 +5,14 @@
 //! The provider model name picks the behaviour: a name containing `429`, `500`, `503` (OpenAI)
 //! or `529` (Anthropic) fails with that status, `error-mid` sends an error event mid-stream, `hang` stops a stream after
 //! its first events and keeps the connection open, `tools` answers with two tool calls, and
-//! `nousage` streams without usage. Every request is recorded for assertions.
+//! `nousage` streams without usage. [`replies`] lists the replies that depend on the request,
+//! such as echoes and structured output. Every request is recorded for assertions.
 
 #![allow(dead_code)]
 
 mod azure;
 mod gemini;
+mod replies;
 
 // Not every test binary that includes this module uses every key.
 #[allow(unused_imports)]
@@ -204,9 +206,9 @@ async fn handle(
                 );
             }
             if body["stream"] == true {
-                anthropic_stream(&model)
+                anthropic_stream(&model, &body)
             } else {
-                json_response(200, anthropic_message(&model))
+                json_response(200, anthropic_message(&model, &body))
             }
         }
     }
@@ -273,6 +275,11 @@ fn openai_completion(model: &str, request: &Value) -> Value {
             {"id": "call_paris", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
             {"id": "call_oslo", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}
         ]})
+    } else if replies::openai_wants_json(request) {
+        let content = replies::structured(model, request).to_string();
+        json!({"role": "assistant", "content": content, "refusal": null})
+    } else if model.contains("echo") {
+        json!({"role": "assistant", "content": replies::last_user_text(request), "refusal": null})
     } else {
         json!({"role": "assistant", "content": "Hello from gpt", "refusal": null})
     };
@@ -329,7 +336,12 @@ fn openai_stream_after(
             ));
         }
     } else {
-        for word in ["Hello", " from", " gpt"] {
+        let words = if model.contains("echo") {
+            replies::echo_pieces(&replies::last_user_text(request))
+        } else {
+            vec!["Hello".into(), " from".into(), " gpt".into()]
+        };
+        for word in words {
             events.push(chunk(json!({"content": word}), Value::Null));
         }
     }
@@ -356,8 +368,13 @@ fn anthropic_usage() -> Value {
     json!({"input_tokens": 30, "cache_creation_input_tokens": 200, "cache_read_input_tokens": 1000, "output_tokens": 15})
 }
 
-fn anthropic_message(model: &str) -> Value {
-    let content = if model.contains("tools") {
+fn anthropic_message(model: &str, request: &Value) -> Value {
+    let forced = replies::anthropic_forced_tool(request);
+    let content = if let Some(tool) = forced {
+        json!([{"type": "tool_use", "id": "toolu_json", "name": tool, "input": replies::structured(model, request)}])
+    } else if model.contains("echo") {
+        json!([{"type": "text", "text": replies::last_user_text(request)}])
+    } else if model.contains("tools") {
         json!([
             {"type": "text", "text": "Let me check both."},
             {"type": "tool_use", "id": "toolu_paris", "name": "get_weather", "input": {"city": "Paris"}},
@@ -372,13 +389,13 @@ fn anthropic_message(model: &str) -> Value {
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": if model.contains("tools") { "tool_use" } else { "end_turn" },
+        "stop_reason": if model.contains("tools") || forced.is_some() { "tool_use" } else { "end_turn" },
         "stop_sequence": null,
         "usage": anthropic_usage()
     })
 }
 
-fn anthropic_stream(model: &str) -> Response<MockBody> {
+fn anthropic_stream(model: &str, request: &Value) -> Response<MockBody> {
     let event = |name: &str, data: Value| Some(format!("event: {name}\ndata: {data}\n\n"));
     let mut start_usage = anthropic_usage();
     start_usage["output_tokens"] = json!(1);
@@ -406,7 +423,15 @@ fn anthropic_stream(model: &str) -> Response<MockBody> {
         events.push(None);
         return sse_response(events, Duration::from_millis(5));
     }
-    events.push(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from claude"}})));
+    if model.contains("echo") {
+        // The echo replaces the "Hello" delta above.
+        events.pop();
+        for piece in replies::echo_pieces(&replies::last_user_text(request)) {
+            events.push(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+        }
+    } else {
+        events.push(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " from claude"}})));
+    }
     events.push(event(
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use crate::operator::parse_number;
 use crate::request::{Pair, Request, RequestData};
@@ -50,10 +51,12 @@ impl Evaluation {
             .collect()
     }
 
-    /// Returns the inbound anomaly score that the CRS compares with its threshold.
+    /// Returns the inbound anomaly score that the CRS compares with its threshold:
+    /// `tx.blocking_inbound_anomaly_score` in CRS 4, `tx.anomaly_score` in CRS 3.
     pub fn anomaly_score(&self) -> i64 {
         self.tx
             .get("blocking_inbound_anomaly_score")
+            .or_else(|| self.tx.get("anomaly_score"))
             .map_or(0, |value| parse_number(value))
     }
 }
@@ -86,6 +89,7 @@ impl RuleSet {
             blocked: false,
             cache: RefCell::new(HashMap::new()),
             prefilter_cache: RefCell::new(HashMap::new()),
+            started: Instant::now(),
         };
         for control in &exclusions.controls {
             transaction.apply_control(control);
@@ -259,6 +263,8 @@ struct Transaction<'a> {
     cache: RefCell<TransformCache>,
     /// Prefilter set results, keyed like the transformation cache.
     prefilter_cache: RefCell<HashMap<(u32, usize), regex::bytes::SetMatches>>,
+    /// Start of the evaluation, for `DURATION`.
+    started: Instant,
 }
 
 // Cache identities: the source collection in the high byte and the index below it.
@@ -606,7 +612,7 @@ impl<'a> Transaction<'a> {
                     });
                 }
             }
-            Variable::Response(_) => {}
+            Variable::Response(_) | Variable::Persistent(_) => {}
             scalar => {
                 if let Some((value, id)) = self.scalar(scalar) {
                     output.push(Candidate {
@@ -667,6 +673,10 @@ impl<'a> Transaction<'a> {
                 (Cow::Owned(size.to_string().into_bytes()), None)
             }
             Variable::UniqueId => (Cow::Borrowed(&b"0000000000000000"[..]), None),
+            Variable::Duration => {
+                let micros = self.started.elapsed().as_micros();
+                (Cow::Owned(micros.to_string().into_bytes()), None)
+            }
             _ => return None,
         };
         Some(value)

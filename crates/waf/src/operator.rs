@@ -53,7 +53,7 @@ pub enum OperatorKind {
     /// code points of the same value, so the pattern matches bytes as PCRE does without its
     /// UTF flag, except that `\w`, `\d` and `\s` also match non-ASCII letters, digits and
     /// spaces among U+0080 to U+00FF. CRS 3.3 has three such patterns (rules 920120, 942130
-    /// and 953110); CRS 4 has none.
+    /// and 953120); CRS 4 has none.
     BacktrackingRx(Box<fancy_regex::Regex>),
     /// `@pm`, `@pmFromFile` and `@pmf`: case-insensitive phrase match.
     Pm(AhoCorasick),

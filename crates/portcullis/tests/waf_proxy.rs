@@ -843,7 +843,15 @@ async fn compressed_bodies_inspected_decoded() {
         .send()
         .await
         .unwrap();
-    assert_blocked(&gateway, &upstream, response, 100100, "UNION SELECT", "gzip json").await;
+    assert_blocked(
+        &gateway,
+        &upstream,
+        response,
+        100100,
+        "UNION SELECT",
+        "gzip json",
+    )
+    .await;
     let form = format!("q={}", encode(XSS));
     let response = post(
         "deflate",
@@ -853,7 +861,15 @@ async fn compressed_bodies_inspected_decoded() {
     .send()
     .await
     .unwrap();
-    assert_blocked(&gateway, &upstream, response, 100200, "<script>", "deflate form").await;
+    assert_blocked(
+        &gateway,
+        &upstream,
+        response,
+        100200,
+        "<script>",
+        "deflate form",
+    )
+    .await;
     let response = post(
         "deflate, gzip",
         "application/json",
@@ -862,7 +878,15 @@ async fn compressed_bodies_inspected_decoded() {
     .send()
     .await
     .unwrap();
-    assert_blocked(&gateway, &upstream, response, 100100, "UNION SELECT", "stacked").await;
+    assert_blocked(
+        &gateway,
+        &upstream,
+        response,
+        100100,
+        "UNION SELECT",
+        "stacked",
+    )
+    .await;
 
     // A benign compressed body reaches the upstream as the client sent it.
     let benign = gzip(br#"{"customer":"alice","items":[{"sku":"A-100","quantity":2}]}"#);

@@ -12,7 +12,7 @@
 use std::io::Read;
 
 /// Ratio of decoded to encoded size above which a body is rejected as a decompression bomb.
-/// Text such as JSON compresses about 5 to 20 times with gzip, while a gzip or deflate stream
+/// Text such as JSON typically compresses 5 to 20 times with gzip, while a gzip or deflate stream
 /// can expand a little over 1000 times and Brotli far more.
 pub const MAX_RATIO: usize = 100;
 
@@ -25,7 +25,7 @@ pub const RATIO_FLOOR: usize = 16 * 1024;
 pub struct Decoded {
     /// The decoded body, at most `max_output` bytes.
     pub body: Vec<u8>,
-    /// True when the decoded body is longer than `max_output` and `body` holds its first
+    /// True when the decoded body is longer than `max_output`, so `body` is only its first
     /// `max_output` bytes.
     pub truncated: bool,
 }
@@ -208,8 +208,9 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    /// A Brotli stream of `data` in one uncompressed meta-block (RFC 7932, section 9.2), written
-    /// by hand because the decoder crate has no encoder. `data` must be 1 to 65536 bytes.
+    /// Encodes `data` as a Brotli stream of one uncompressed meta-block (RFC 7932, section
+    /// 9.2). The stream is written by hand because the decoder crate has no encoder. `data`
+    /// must be 1 to 65536 bytes.
     fn brotli_uncompressed(data: &[u8]) -> Vec<u8> {
         assert!((1..=65536).contains(&data.len()));
         let length = data.len() - 1;

@@ -51,8 +51,8 @@ pub enum OperatorKind {
     /// An `@rx` pattern with lookarounds or backreferences, which the `regex` crate does not
     /// support, on the backtracking `fancy-regex` engine. The input's bytes are mapped to the
     /// code points of the same value, so the pattern matches bytes as PCRE does without its
-    /// UTF flag, except that `\w`, `\d` and `\s` also match non-ASCII letters, digits and
-    /// spaces among U+0080 to U+00FF. CRS 3.3 has three such patterns (rules 920120, 942130
+    /// UTF flag. The exception: `\w`, `\d` and `\s` also match the non-ASCII letters, digits
+    /// and spaces among U+0080 to U+00FF. CRS 3.3 has three such patterns (rules 920120, 942130
     /// and 953120); CRS 4 has none.
     BacktrackingRx(Box<fancy_regex::Regex>),
     /// `@pm`, `@pmFromFile` and `@pmf`: case-insensitive phrase match.

@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn class_literals_escaped() {
-        // From CRS 3.3 rule 920470: `[` is a literal inside a PCRE class.
+        // From CRS 3.3 rule 920600: `[` is a literal inside a PCRE class.
         let (regex, repair) = compile(r"^[^;<=>?![\x5c\]{}]+$").unwrap();
         assert_eq!(repair.unwrap().repaired, r"^[^;<=>?!\[\x5c\]{}]+$");
         assert!(regex.is_match(b"text/html"));

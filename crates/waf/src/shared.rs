@@ -2,7 +2,7 @@
 //!
 //! Compiling the CRS takes far longer than a configuration reload should, so a rule set is
 //! compiled once per rules directory and [`Setup`], and compiled again only when a file in that
-//! directory changed (its name, size or modification time). The cache holds at most
+//! directory changed (its name, size or modification time). The cache keeps at most
 //! [`MAX_CACHED_SETS`] sets.
 
 use std::collections::HashMap;
@@ -35,8 +35,8 @@ struct Cache {
 }
 
 impl Cache {
-    /// Evicts entries until there is room for one more: first the least recently used of the
-    /// sets that no caller holds any more, then the least recently used of all.
+    /// Evicts entries until there is room for one more. It picks the least recently used set
+    /// that no caller references any more, or else the least recently used set.
     fn make_room(&mut self) {
         while self.entries.len() >= MAX_CACHED_SETS {
             let unused = self

@@ -158,8 +158,8 @@ impl Waf {
     /// Decodes a body sent with a `Content-Encoding` for inspection, keeping at most
     /// `body_limit` decoded bytes, and returns it with the flag that it is partial. The body
     /// forwarded upstream stays as the client sent it. In detect mode a body that fails to
-    /// decode is inspected as sent; in block mode it is rejected: 415 for an unsupported coding,
-    /// 400 for invalid data and 413 for a decompression bomb.
+    /// decode is inspected as sent. In block mode it is rejected with 415 for an unsupported
+    /// coding, 400 for invalid data and 413 for a decompression bomb.
     fn decode_body(
         &self,
         exchange: &Exchange<'_>,
@@ -174,10 +174,7 @@ impl Waf {
             return Ok((body, partial));
         }
         match content_encoding::decode(&coding, &body, !partial, self.body_limit) {
-            Ok(decoded) => Ok((
-                Bytes::from(decoded.body),
-                partial || decoded.truncated,
-            )),
+            Ok(decoded) => Ok((Bytes::from(decoded.body), partial || decoded.truncated)),
             Err(error) if self.mode == WafMode::Detect => {
                 tracing::info!(
                     request.id = exchange.request_id,
@@ -196,9 +193,10 @@ impl Waf {
                     DecodeError::Invalid { .. } => {
                         (StatusCode::BAD_REQUEST, "invalid_content_encoding")
                     }
-                    DecodeError::RatioExceeded { .. } => {
-                        (StatusCode::PAYLOAD_TOO_LARGE, "decompression_ratio_exceeded")
-                    }
+                    DecodeError::RatioExceeded { .. } => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "decompression_ratio_exceeded",
+                    ),
                 };
                 Err(Rejection::new(status, code, error.to_string()).by_policy("waf"))
             }

@@ -24,8 +24,8 @@
 #                the same CRS 3.3 rules and crs-setup.conf as waf-crs3 -> echo-upstream
 #
 # The waf run measures two workloads on every target: GET /fast?user=alice&page=2, a benign
-# request with two query parameters, and POST /api/orders with a 60-byte JSON body, a typical
-# API call that echo-upstream answers with a JSON echo. It compares nginx, nginx-modsec,
+# request with two query parameters, and POST /api/orders with a 59-byte JSON body, a typical
+# API call to which echo-upstream returns a JSON echo. It compares nginx, nginx-modsec,
 # portcullis without policies and the WAF targets. Before measuring, it sends an attack and
 # benign corpus (bench/waf_corpus.py over $PORTCULLIS_SHARED_DIR/datasets/HttpParamsDataset,
 # BENCH_CORPUS_PER_CLASS values of each label) through every WAF target and counts the 403s.

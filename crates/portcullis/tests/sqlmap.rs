@@ -1,8 +1,9 @@
 //! The sqlmap SQL injection scanner against a deliberately vulnerable app
-//! (`tests/sqlmap/vulnerable_app.py`, SQLite behind an injectable `id` parameter): sqlmap finds
-//! the injection when it talks to the app directly, and finds none through the gateway with the
-//! `waf` policy, with the built-in rules and with the OWASP CRS when `PORTCULLIS_CRS_DIR` (by
-//! default `../shared/crs` relative to the repository root) has a `rules` directory.
+//! (`tests/sqlmap/vulnerable_app.py`, SQLite behind an injectable `id` parameter). sqlmap finds
+//! the injection when it talks to the app directly. Through the gateway with the `waf` policy
+//! it finds none, with the built-in rules and with the OWASP CRS. The CRS case runs when
+//! `PORTCULLIS_CRS_DIR` (by default `../shared/crs` relative to the repository root) has a
+//! `rules` directory.
 //!
 //! sqlmap comes from `PORTCULLIS_TEST_SQLMAP`, `.venv/bin/sqlmap` (which `scripts/python-env.sh`
 //! installs), or `PATH`; without it the test prints a `skipping:` line and passes. Each sqlmap

@@ -16,14 +16,21 @@
 #   limit-local  wrk -> portcullis, one rate limit with in-memory counters -> echo-upstream
 #   limit-redis  wrk -> portcullis, one rate limit with Redis counters -> echo-upstream
 #   waf-builtin  wrk -> portcullis, a `waf` policy with the built-in rules -> echo-upstream
-#   waf-crs      wrk -> portcullis, a `waf` policy with the OWASP CRS at paranoia level 1
+#   waf-crs3     wrk -> portcullis, a `waf` policy with Debian's CRS 3.3 (package
+#                modsecurity-crs) and its crs-setup.conf at paranoia level 1 -> echo-upstream
+#   waf-crs      wrk -> portcullis, a `waf` policy with the OWASP CRS 4 at paranoia level 1
 #                -> echo-upstream
+#   nginx-modsec wrk -> nginx with ModSecurity v3 (package libnginx-mod-http-modsecurity) and
+#                the same CRS 3.3 rules and crs-setup.conf as waf-crs3 -> echo-upstream
 #
-# The waf run sends GET /fast?user=alice&page=2 to every target, a benign request with two
-# query parameters, and compares the two WAF targets with portcullis without policies. The CRS
-# comes from $PORTCULLIS_CRS_DIR/rules (default: ../shared/crs/rules next to the repository);
-# without it waf-crs is skipped. A side-by-side run of nginx with ModSecurity and the same CRS
-# is not part of this script yet.
+# The waf run measures two workloads on every target: GET /fast?user=alice&page=2, a benign
+# request with two query parameters, and POST /api/orders with a 59-byte JSON body, a typical
+# API call to which echo-upstream returns a JSON echo. It compares nginx, nginx-modsec,
+# portcullis without policies and the WAF targets. Before measuring, it sends an attack and
+# benign corpus (bench/waf_corpus.py over $PORTCULLIS_SHARED_DIR/datasets/HttpParamsDataset,
+# BENCH_CORPUS_PER_CLASS values of each label) through every WAF target and counts the 403s.
+# The CRS 4 comes from $PORTCULLIS_CRS_DIR/rules (default: ../shared/crs/rules next to the
+# repository); without it waf-crs is skipped.
 #   key-auth     wrk -> portcullis, key-auth with one declared key -> echo-upstream
 #   jwt-rs256    wrk -> portcullis, jwt with a JWK Set, RS256 (RSA-2048) token -> echo-upstream
 #   jwt-eddsa    wrk -> portcullis, jwt with a JWK Set, EdDSA (Ed25519) token -> echo-upstream
@@ -60,9 +67,12 @@
 #                                 processes to use under 5% of a core
 #   BENCH_ATTEMPTS=3              max measured runs per target while other processes
 #                                 used 5% of a core or more; the least disturbed one is kept
+#   BENCH_CORPUS_PER_CLASS=500    attack and benign values of the waf run's detection corpus
+#                                 (0 skips the corpus)
+#   PORTCULLIS_SHARED_DIR         folder with datasets/ (default: ../shared next to the repository)
 #   CARGO_TARGET_DIR              cargo's output folder (default: target/ in the repository)
 #
-# With warm builds the default run takes about 1.5 minutes. Every load is bounded by
+# With warm builds the default run takes about 1.5 minutes, and the waf run about 8. Every load is bounded by
 # wrk's -d, and every wait by a timeout. Traffic goes only to 127.0.0.1.
 set -euo pipefail
 export LC_ALL=C
@@ -91,8 +101,22 @@ readonly API_KEY=alice-demo-key-0001
 readonly ADMIN_TOKEN=bench-admin-token-000000000001
 readonly TARGETS=(direct nginx portcullis policies)
 readonly LIMIT_TARGETS=(portcullis limit-local limit-redis)
-WAF_TARGETS=(portcullis waf-builtin waf-crs)
+WAF_TARGETS=(nginx nginx-modsec portcullis waf-builtin waf-crs3 waf-crs)
 readonly CRS_RULES=${PORTCULLIS_CRS_DIR:-$REPO/../shared/crs}/rules
+# Debian's CRS 3.3 (package modsecurity-crs) and the crs-setup.conf it installs, which both
+# nginx-modsec and waf-crs3 run.
+readonly DEBIAN_CRS_RULES=/usr/share/modsecurity-crs/rules
+readonly DEBIAN_CRS_SETUP=/etc/modsecurity/crs/crs-setup.conf
+readonly MODSECURITY_MODULE=/usr/share/nginx/modules/ngx_http_modsecurity_module.so
+readonly CORPUS_PER_CLASS=${BENCH_CORPUS_PER_CLASS:-500}
+readonly CORPUS_CSV=${PORTCULLIS_SHARED_DIR:-$REPO/../shared}/datasets/HttpParamsDataset/payload_train.csv
+# JSON body of the waf run's POST workload.
+readonly POST_BODY='{"customer":"alice","items":[{"sku":"A-100","quantity":2}]}'
+# Workload that measure_once sends: get (GET of URL[NAME]) or post (POST of POST_URL[NAME]).
+WORKLOAD=get
+# Time after which wrk counts a request as timed out, which fails the run. The waf run raises
+# it because nginx with ModSecurity queues 64 connections for far longer than 2 s.
+WRK_TIMEOUT=2s
 # Path and query that wrk requests through the proxies.
 PROXY_TARGET=/echo/fast
 readonly IDENTITY_TARGETS=(portcullis key-auth jwt-rs256 jwt-eddsa introspection)
@@ -111,7 +135,7 @@ START_TIMEOUT=30
 NGINX_GLOBALS='daemon off;'
 # The credential header that wrk and the checks send to each target; `apikey` when unset.
 declare -A HEADER
-declare -A IDLE_REPORT URL SENT ATTEMPTS_USED RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY OTHER_BUSY PROXY_CPU_US RSS_KIB
+declare -A IDLE_REPORT URL POST_URL CORPUS_REPORT SENT ATTEMPTS_USED RPS P50_US P99_US MAX_US LOAD_BUSY PROXY_BUSY OTHER_BUSY PROXY_CPU_US RSS_KIB
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {
@@ -148,13 +172,13 @@ stop_process() {
     wait "$pid" 2>/dev/null || true
 }
 
-# Install the commands that MODE (proxies or limits) needs.
+# Install the commands and packages that MODE (proxies, limits, identity or waf) needs.
 install_tools() {
     local mode=$1 missing=() command package commands=(wrk taskset python3 curl)
     case $mode in
         limits) commands+=(redis-server redis-cli) ;;
         identity) commands+=(openssl) ;;
-        proxies) commands+=(nginx) ;;
+        proxies | waf) commands+=(nginx) ;;
     esac
     for command in "${commands[@]}"; do
         if ! command -v "$command" >/dev/null; then
@@ -166,6 +190,10 @@ install_tools() {
             missing+=("$package")
         fi
     done
+    if [[ $mode == waf ]]; then
+        [[ -f $MODSECURITY_MODULE ]] || missing+=(libnginx-mod-http-modsecurity)
+        [[ -d $DEBIAN_CRS_RULES && -f $DEBIAN_CRS_SETUP ]] || missing+=(modsecurity-crs)
+    fi
     if ((${#missing[@]} > 0)); then
         log "installing ${missing[*]} with apt-get"
         apt-get update
@@ -247,10 +275,44 @@ start_upstream() {
     log "echo-upstream on $address, pinned to core $LOAD_CORE"
 }
 
+# Write the ModSecurity v3 config of nginx-modsec to DIR/modsecurity.conf: the engine on, the
+# request body inspected, and Debian's CRS 3.3 after its crs-setup.conf, as Debian's
+# owasp-crs.load includes them. Rules 200000 and 200001 select the XML and JSON body parsers,
+# as in ModSecurity's modsecurity.conf-recommended, because ModSecurity v3 picks no body
+# parser from Content-Type by itself (portcullis does).
+write_modsecurity_config() {
+    local dir=$1
+    cat >"$dir/modsecurity.conf" <<EOF
+SecRuleEngine On
+SecRequestBodyAccess On
+SecRequestBodyLimit 13107200
+SecRequestBodyNoFilesLimit 131072
+SecRequestBodyLimitAction Reject
+SecResponseBodyAccess Off
+SecAuditEngine Off
+SecArgumentSeparator &
+SecCookieFormat 0
+SecRule REQUEST_HEADERS:Content-Type "^(?:application(?:/soap\\+|/)|text/)xml" \\
+    "id:200000,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"
+SecRule REQUEST_HEADERS:Content-Type "^application/json" \\
+    "id:200001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
+Include $DEBIAN_CRS_SETUP
+Include $DEBIAN_CRS_RULES/*.conf
+EOF
+}
+
+# Write the config of target NAME (nginx, or nginx-modsec with ModSecurity) listening on PORT
+# to WORK_DIR/NAME/nginx.conf.
 write_nginx_config() {
-    local port=$1 dir=$WORK_DIR/nginx
+    local port=$1 name=$2 dir=$WORK_DIR/$2 module="" modsecurity=""
     mkdir -p "$dir"
+    if [[ $name == nginx-modsec ]]; then
+        write_modsecurity_config "$dir"
+        module="load_module $MODSECURITY_MODULE;"
+        modsecurity="modsecurity on; modsecurity_rules_file $dir/modsecurity.conf;"
+    fi
     cat >"$dir/nginx.conf" <<EOF
+$module
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -278,6 +340,7 @@ http {
 
     server {
         listen $HOST:$port;
+        $modsecurity
         location /echo/ {
             proxy_pass http://echo/;
             proxy_http_version 1.1;
@@ -288,18 +351,26 @@ http {
 EOF
 }
 
+# Start target NAME (default nginx; nginx-modsec adds ModSecurity) and check that it proxies.
 start_nginx() {
-    local port dir=$WORK_DIR/nginx
+    local name=${1:-nginx} port dir base
+    dir=$WORK_DIR/$name
     port=$(free_port)
-    write_nginx_config "$port"
+    write_nginx_config "$port" "$name"
     nginx -t -q -p "$dir" -c "$dir/nginx.conf" || die "nginx rejected the generated config $dir/nginx.conf"
     taskset -c "$PROXY_CORE" "${PROXY_WRAPPER[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -g "$NGINX_GLOBALS" \
         2>>"$dir/error.log" &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
-    URL[nginx]="http://$HOST:$port/echo/fast"
-    wait_until nginx "$PROXY_PID" "$START_TIMEOUT" "$dir/error.log" status_is "${URL[nginx]}" 200
-    log "nginx $(nginx -v 2>&1 | sed 's|.*/||') on $HOST:$port, pinned to core $PROXY_CORE"
+    base="http://$HOST:$port"
+    URL[$name]="$base$PROXY_TARGET"
+    POST_URL[$name]="$base/echo/api/orders"
+    wait_until "$name" "$PROXY_PID" "$START_TIMEOUT" "$dir/error.log" status_is "${URL[$name]}" 200
+    if [[ $name == nginx-modsec ]]; then
+        # An attack must be rejected, or the run would measure nginx without ModSecurity.
+        expect_status "$base/echo/fast?q=1%27%20OR%20%271%27%3D%271" 403
+    fi
+    log "$name $(nginx -v 2>&1 | sed 's|.*/||') on $HOST:$port, pinned to core $PROXY_CORE"
 }
 
 # Print the credential header of target NAME.
@@ -411,6 +482,8 @@ EOF
                 printf 'redis: { url: "%s", key_prefix: "bench:" }\n' "$REDIS_URL"
             fi
             echo_service_with_policy "rate-limit: { limit: 100000000, window: 1s, by: ip, backend: $backend }"
+        elif [[ $name == waf-crs3 ]]; then
+            echo_service_with_policy "waf: { rules_dir: \"$WORK_DIR/crs3-rules\", paranoia: 1 }"
         elif [[ $name == waf-crs ]]; then
             echo_service_with_policy "waf: { rules_dir: \"$CRS_RULES\", paranoia: 1 }"
         elif [[ $name == waf-builtin ]]; then
@@ -465,6 +538,7 @@ start_portcullis() {
     wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
         status_is "$ADMIN_URL/health/ready" 200
     URL[$name]="http://$proxy_address$PROXY_TARGET"
+    POST_URL[$name]="http://$proxy_address/echo/api/orders"
     expect_status "${URL[$name]}" 200 --header "$(request_header "$name")"
     if ((with_policies)); then
         # Without the credential the request must be rejected, or the policy chain is not active.
@@ -605,13 +679,18 @@ measure_once() {
     local name=$1 key=$2 connections=$3 warmup=$4 duration=$5
     local load_before proxy_before other_before process_before
     local load_after proxy_after other_after process_after line pair
-    local wrk=(taskset -c "$LOAD_CORE" wrk -t1 -c"$connections" --latency
-        -s "$BENCH_DIR/wrk-report.lua" -H "$(request_header "$name")")
+    local url=${URL[$name]} script=$BENCH_DIR/wrk-report.lua
+    if [[ $WORKLOAD == post ]]; then
+        url=${POST_URL[$name]}
+        script=$WORK_DIR/post.lua
+    fi
+    local wrk=(taskset -c "$LOAD_CORE" wrk -t1 -c"$connections" --latency --timeout "$WRK_TIMEOUT"
+        -s "$script" -H "$(request_header "$name")")
     local output=$WORK_DIR/wrk-$key
 
     wait_for_quiet
     log "$name: warm-up ${warmup}, then ${duration} with $connections connections"
-    "${wrk[@]}" -d"$warmup" "${URL[$name]}" >"$output-warmup.txt" ||
+    "${wrk[@]}" -d"$warmup" "$url" >"$output-warmup.txt" ||
         die "wrk warm-up failed for $name (see $output-warmup.txt)"
     line=$(grep '^RESULT ' "$output-warmup.txt") || die "wrk printed no RESULT line for the $name warm-up"
     [[ $line =~ requests=([0-9]+) ]] || die "wrk printed no request count for the $name warm-up: $line"
@@ -621,7 +700,7 @@ measure_once() {
     load_before=$(cpu_ticks "$LOAD_CORE")
     proxy_before=$(cpu_ticks "$PROXY_CORE")
     [[ $name == direct ]] || process_before=$(process_tree_ticks "$PROXY_PID")
-    "${wrk[@]}" -d"$duration" "${URL[$name]}" >"$output.txt" || die "wrk failed for $name (see $output.txt)"
+    "${wrk[@]}" -d"$duration" "$url" >"$output.txt" || die "wrk failed for $name (see $output.txt)"
     load_after=$(cpu_ticks "$LOAD_CORE")
     proxy_after=$(cpu_ticks "$PROXY_CORE")
     other_after=$(other_cpu_ticks)
@@ -674,12 +753,13 @@ measure() {
     done
 }
 
-# Measure target NAME under full load, then under light load (stored as NAME-light).
+# Measure target NAME under full load, then under light load, and store the figures under
+# KEY (default NAME) and KEY-light.
 measure_target() {
-    local name=$1
-    measure "$name" "$name" "$CONNECTIONS" "$WARMUP" "$DURATION"
+    local name=$1 key=${2:-$1}
+    measure "$name" "$key" "$CONNECTIONS" "$WARMUP" "$DURATION"
     if ((LIGHT_CONNECTIONS > 0)); then
-        measure "$name" "$name-light" "$LIGHT_CONNECTIONS" 1s "$LIGHT_DURATION"
+        measure "$name" "$key-light" "$LIGHT_CONNECTIONS" 1s "$LIGHT_DURATION"
     fi
 }
 
@@ -926,36 +1006,144 @@ run_limit_targets() {
     done
 }
 
-print_waf_report() {
+# Print the p50 of KEY minus the p50 of BASE_KEY, in microseconds.
+added_p50_us() {
+    awk -v a="${P50_US[$1]}" -v b="${P50_US[$2]}" 'BEGIN { printf "%d", a - b }'
+}
+
+# Print one line of detection counts per WAF target that got the corpus.
+print_corpus_report() {
     local name
-    print_header
-    printf 'waf run: GET %s through the proxies; waf-crs rules: %s\n' "$PROXY_TARGET" "$CRS_RULES"
-    printf '\nfull load: wrk -c%s -d%s after a %s warm-up\n\n' "$CONNECTIONS" "$DURATION" "$WARMUP"
-    print_table "" "${WAF_TARGETS[@]}"
-    if ((LIGHT_CONNECTIONS > 0)); then
-        printf '\nlight load: wrk -c%s -d%s after a 1s warm-up\n\n' "$LIGHT_CONNECTIONS" "$LIGHT_DURATION"
-        print_table -light "${WAF_TARGETS[@]}"
+    if ((${#CORPUS_REPORT[@]} == 0)); then
+        printf '\ndetection corpus: not run (no %s, or BENCH_CORPUS_PER_CLASS=0)\n' "$CORPUS_CSV"
+        return
     fi
-    print_table_legend
-    printf 'cost of the waf policy per request, over portcullis without policies:\n'
-    for name in "${WAF_TARGETS[@]:1}"; do
-        printf '  %-12s full load: %s\n' "$name" "$(added_cost "$name" portcullis)"
+    printf '\ndetection corpus: HttpParamsDataset %s, each value as the query parameter q\n' "$CORPUS_CSV"
+    printf '| %-12s | %15s | %15s | %s |\n' target 'attacks 403' 'benign 403' 'other statuses'
+    printf '|%s|%s|%s|%s|\n' -------------- ----------------: ----------------: ----------------
+    for name in "${WAF_TARGETS[@]}"; do
+        [[ -n ${CORPUS_REPORT[$name]:-} ]] || continue
+        python3 - "$name" "${CORPUS_REPORT[$name]}" <<'PYTHON'
+import json
+import sys
+
+name, report = sys.argv[1], json.loads(sys.argv[2])
+attacks = f"{report['attacks_blocked']}/{report['attacks']}"
+benign = f"{report['benign_blocked']}/{report['benign']}"
+print(f"| {name:<12} | {attacks:>15} | {benign:>15} | {json.dumps(report['other_status'])} |")
+PYTHON
+    done
+}
+
+print_waf_report() {
+    local name suffix ratio added
+    print_header
+    printf 'waf run: GET %s, and POST /echo/api/orders with the %s-byte JSON body %s\n' \
+        "$PROXY_TARGET" "${#POST_BODY}" "$POST_BODY"
+    printf 'nginx-modsec and waf-crs3 rules: %s after %s, paranoia level 1; waf-crs rules: %s\n' \
+        "$DEBIAN_CRS_RULES" "$DEBIAN_CRS_SETUP" "$CRS_RULES"
+    for suffix in "" -post; do
+        if [[ -z $suffix ]]; then printf '\nGET, '; else printf '\nPOST, '; fi
+        printf 'full load: wrk -c%s -d%s after a %s warm-up\n\n' "$CONNECTIONS" "$DURATION" "$WARMUP"
+        print_table "$suffix" "${WAF_TARGETS[@]}"
         if ((LIGHT_CONNECTIONS > 0)); then
-            printf '  %-12s light load: %s\n' "$name" "$(added_cost "$name-light" portcullis-light)"
+            if [[ -z $suffix ]]; then printf '\nGET, '; else printf '\nPOST, '; fi
+            printf 'light load: wrk -c%s -d%s after a 1s warm-up\n\n' "$LIGHT_CONNECTIONS" "$LIGHT_DURATION"
+            print_table "$suffix-light" "${WAF_TARGETS[@]}"
         fi
     done
+    print_table_legend
+    for suffix in "" -post; do
+        ratio=$(throughput_ratio "waf-crs3$suffix" "nginx-modsec$suffix")
+        printf '%s throughput, waf-crs3 / nginx-modsec: %sx (target >= 20x: %s);' \
+            "$([[ -z $suffix ]] && echo GET || echo POST)" "$ratio" "$(verdict "$ratio >= 20")"
+        printf ' nginx-modsec / nginx: %sx; waf-crs3 / portcullis: %sx\n' \
+            "$(throughput_ratio "nginx-modsec$suffix" "nginx$suffix")" \
+            "$(throughput_ratio "waf-crs3$suffix" "portcullis$suffix")"
+    done
+    if ((LIGHT_CONNECTIONS > 0)); then
+        added=$(added_p50_us waf-crs3-post-light portcullis-post-light)
+        printf 'p50 that the WAF adds to the POST at light load: waf-crs3 %s us (target < 50 us: %s);' \
+            "$added" "$(verdict "$added < 50")"
+        printf ' waf-builtin %s us; nginx-modsec over nginx %s us\n' \
+            "$(added_p50_us waf-builtin-post-light portcullis-post-light)" \
+            "$(added_p50_us nginx-modsec-post-light nginx-post-light)"
+    fi
+    printf 'cost per request of each WAF over the same proxy without it (portcullis, or nginx for nginx-modsec):\n'
+    for name in "${WAF_TARGETS[@]}"; do
+        [[ $name == nginx || $name == portcullis ]] && continue
+        local base=portcullis
+        [[ $name == nginx-modsec ]] && base=nginx
+        for suffix in "" -post; do
+            printf '  %-12s %-4s full load: %s\n' "$name" "$([[ -z $suffix ]] && echo GET || echo POST)" \
+                "$(added_cost "$name$suffix" "$base$suffix")"
+            if ((LIGHT_CONNECTIONS > 0)); then
+                printf '  %-12s %-4s light load: %s\n' "$name" "$([[ -z $suffix ]] && echo GET || echo POST)" \
+                    "$(added_cost "$name$suffix-light" "$base$suffix-light")"
+            fi
+        done
+    done
+    print_corpus_report
     print_warnings
+}
+
+# Link Debian's crs-setup.conf and the CRS 3.3 rule and data files into WORK_DIR/crs3-rules,
+# the rules_dir of waf-crs3. portcullis loads the *.conf files in name order, so the setup is
+# linked as 00-crs-setup.conf, which sorts before REQUEST-*.
+link_debian_crs() {
+    local dir=$WORK_DIR/crs3-rules file
+    mkdir -p "$dir"
+    ln -s "$DEBIAN_CRS_SETUP" "$dir/00-crs-setup.conf"
+    for file in "$DEBIAN_CRS_RULES"/*; do
+        ln -s "$file" "$dir/${file##*/}"
+    done
+}
+
+# Write WORK_DIR/post.lua, the wrk script of the POST workload: the JSON request, then the
+# report hook of wrk-report.lua.
+write_post_script() {
+    {
+        printf 'wrk.method = "POST"\n'
+        printf 'wrk.body = [[%s]]\n' "$POST_BODY"
+        printf 'wrk.headers["Content-Type"] = "application/json"\n'
+        cat "$BENCH_DIR/wrk-report.lua"
+    } >"$WORK_DIR/post.lua"
+}
+
+# Send the detection corpus through target NAME and store the counts in CORPUS_REPORT[NAME].
+run_corpus() {
+    local name=$1 report
+    ((CORPUS_PER_CLASS > 0)) && [[ -f $CORPUS_CSV ]] || return 0
+    log "$name: sending the detection corpus, $CORPUS_PER_CLASS attack and $CORPUS_PER_CLASS benign values"
+    report=$(taskset -c "$LOAD_CORE" timeout 600 python3 "$BENCH_DIR/waf_corpus.py" --csv "$CORPUS_CSV" \
+        --per-class "$CORPUS_PER_CLASS" --target "$name=${URL[$name]%%\?*}") ||
+        die "waf_corpus.py failed for $name"
+    CORPUS_REPORT[$name]=$report
+    log "$name: $report"
 }
 
 run_waf_targets() {
     local name
     if [[ ! -d $CRS_RULES ]]; then
         log "skipping waf-crs: no CRS rules at $CRS_RULES (set PORTCULLIS_CRS_DIR)"
-        WAF_TARGETS=(portcullis waf-builtin)
+        WAF_TARGETS=(nginx nginx-modsec portcullis waf-builtin waf-crs3)
     fi
+    [[ -f $CORPUS_CSV ]] || log "skipping the detection corpus: no $CORPUS_CSV (set PORTCULLIS_SHARED_DIR)"
+    link_debian_crs
+    write_post_script
     for name in "${WAF_TARGETS[@]}"; do
-        start_portcullis "$name"
+        case $name in
+            nginx | nginx-modsec) start_nginx "$name" ;;
+            *) start_portcullis "$name" ;;
+        esac
+        if [[ $name != nginx && $name != portcullis ]]; then
+            run_corpus "$name"
+        fi
+        WORKLOAD=get
         measure_target "$name"
+        WORKLOAD=post
+        measure_target "$name" "$name-post"
+        WORKLOAD=get
         stop_proxy
     done
 }
@@ -981,6 +1169,7 @@ main() {
     start_upstream
     if [[ $mode == waf ]]; then
         PROXY_TARGET='/echo/fast?user=alice&page=2'
+        WRK_TIMEOUT=30s
         run_waf_targets
         print_waf_report
         return

@@ -137,6 +137,11 @@ routes:
             - rules: [100100]
               variables: ["ARGS:password", "ARGS:json.password"]
             - tags: [attack-xss]
+  - name: inflate
+    service: app
+    paths: [/inflate]
+    policies:
+      - waf: {{ body_limit: 1048576 }}
   - name: open
     service: app
     paths: [/open]
@@ -685,7 +690,7 @@ fn malformed_rule_names_file_and_line() {
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     std::fs::write(
         dir.path().join("rules/custom.conf"),
-        "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass\"\n\nSecRule ARGS \"@geoLookup\" \"id:2,phase:2,deny\"\n",
+        "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass\"\n\nSecRule ARGS \"@verifyCC 1\" \"id:2,phase:2,deny\"\n",
     )
     .unwrap();
     let config = format!(
@@ -706,7 +711,7 @@ fn malformed_rule_names_file_and_line() {
         "{stderr}"
     );
     assert!(stderr.contains("custom.conf:3:"), "{stderr}");
-    assert!(stderr.contains("@geoLookup"), "{stderr}");
+    assert!(stderr.contains("@verifyCC"), "{stderr}");
 
     std::fs::write(
         &config_path,
@@ -804,4 +809,151 @@ routes:
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.bytes().await.unwrap(), json.as_bytes());
     assert_eq!(upstream.seen().len(), 1);
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn deflate(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn compressed_bodies_inspected_decoded() {
+    let (gateway, upstream) = start().await;
+    let client = client();
+    let url = gateway.url("/guarded/orders");
+    let post = |coding: &str, content_type: &str, body: Vec<u8>| {
+        client
+            .post(&url)
+            .header("content-encoding", coding)
+            .header("content-type", content_type)
+            .body(body)
+    };
+
+    let attack = serde_json::json!({ "note": SQLI }).to_string();
+    let response = post("gzip", "application/json", gzip(attack.as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_blocked(
+        &gateway,
+        &upstream,
+        response,
+        100100,
+        "UNION SELECT",
+        "gzip json",
+    )
+    .await;
+    let form = format!("q={}", encode(XSS));
+    let response = post(
+        "deflate",
+        "application/x-www-form-urlencoded",
+        deflate(form.as_bytes()),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_blocked(
+        &gateway,
+        &upstream,
+        response,
+        100200,
+        "<script>",
+        "deflate form",
+    )
+    .await;
+    let response = post(
+        "deflate, gzip",
+        "application/json",
+        gzip(&deflate(attack.as_bytes())),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_blocked(
+        &gateway,
+        &upstream,
+        response,
+        100100,
+        "UNION SELECT",
+        "stacked",
+    )
+    .await;
+
+    // A benign compressed body reaches the upstream as the client sent it.
+    let benign = gzip(br#"{"customer":"alice","items":[{"sku":"A-100","quantity":2}]}"#);
+    let response = post("gzip", "application/json", benign.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.bytes().await.unwrap(), benign);
+    assert_eq!(upstream.seen().len(), 1);
+    assert_eq!(upstream.seen()[0].body, benign);
+
+    let response = post("gzip", "application/json", b"{\"plain\":true}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 400).await;
+    assert_eq!(body["error"]["code"], "invalid_content_encoding");
+    let response = post("zstd", "application/json", b"{}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 415).await;
+    assert_eq!(body["error"]["code"], "unsupported_content_encoding");
+    assert_eq!(upstream.seen().len(), 1);
+
+    // Detect mode inspects an undecodable body as sent and forwards it.
+    let response = client
+        .post(gateway.url("/detect"))
+        .header("content-encoding", "gzip")
+        .body("not gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(upstream.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn decompression_bombs_rejected() {
+    let (gateway, upstream) = start().await;
+    let client = client();
+    let bomb = gzip(&vec![b'0'; 8 << 20]);
+    assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+
+    // `inflate` inspects 1 MiB: decoding stops there and the ratio gives the bomb away.
+    let response = client
+        .post(gateway.url("/inflate/upload"))
+        .header("content-encoding", "gzip")
+        .header("content-type", "text/plain")
+        .body(bomb.clone())
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 413).await;
+    assert_eq!(body["error"]["code"], "decompression_ratio_exceeded");
+
+    // `guarded` inspects 4096 bytes, so the decoded body is over its limit first.
+    let response = client
+        .post(gateway.url("/guarded/upload"))
+        .header("content-encoding", "gzip")
+        .header("content-type", "text/plain")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(response, 413).await;
+    assert_eq!(body["error"]["code"], "body_over_inspection_limit");
+    assert!(upstream.seen().is_empty());
 }

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use crate::operator::parse_number;
 use crate::request::{Pair, Request, RequestData};
@@ -50,10 +51,12 @@ impl Evaluation {
             .collect()
     }
 
-    /// Returns the inbound anomaly score that the CRS compares with its threshold.
+    /// Returns the inbound anomaly score that the CRS compares with its threshold:
+    /// `tx.blocking_inbound_anomaly_score` in CRS 4, `tx.anomaly_score` in CRS 3.
     pub fn anomaly_score(&self) -> i64 {
         self.tx
             .get("blocking_inbound_anomaly_score")
+            .or_else(|| self.tx.get("anomaly_score"))
             .map_or(0, |value| parse_number(value))
     }
 }
@@ -69,8 +72,23 @@ impl RuleSet {
     /// Runs phases 1 and 2 like [`RuleSet::evaluate`], with `exclusions` applied before the
     /// first rule, as if a rule at the start of phase 1 had run their `ctl` actions.
     pub fn evaluate_excluding(&self, request: &Request, exclusions: &Exclusions) -> Evaluation {
-        let mut transaction = Transaction {
-            set: self,
+        let mut transaction = Transaction::new(self, request);
+        for control in &exclusions.controls {
+            transaction.apply_control(control);
+        }
+        transaction.run();
+        Evaluation {
+            matched: transaction.matched,
+            tx: transaction.tx,
+            blocked: transaction.blocked,
+        }
+    }
+}
+
+impl<'a> Transaction<'a> {
+    fn new(set: &'a RuleSet, request: &'a Request) -> Self {
+        Transaction {
+            set,
             request,
             data: RequestData::new(request),
             tx: HashMap::new(),
@@ -85,16 +103,9 @@ impl RuleSet {
             matched: Vec::new(),
             blocked: false,
             cache: RefCell::new(HashMap::new()),
+            cache_bytes: std::cell::Cell::new(0),
             prefilter_cache: RefCell::new(HashMap::new()),
-        };
-        for control in &exclusions.controls {
-            transaction.apply_control(control);
-        }
-        transaction.run();
-        Evaluation {
-            matched: transaction.matched,
-            tx: transaction.tx,
-            blocked: transaction.blocked,
+            started: Instant::now(),
         }
     }
 }
@@ -172,6 +183,11 @@ pub fn parse_exclusion_targets(text: &str) -> Result<Vec<Target>, String> {
 
 /// Transformed values keyed by (source value identity, transformation list index).
 type TransformCache = HashMap<(u32, usize), Rc<[u8]>>;
+
+/// Bytes of transformed values that one request's transformation cache holds. Past it, new
+/// transformed values are computed for each rule and not kept, which bounds the memory of a
+/// request with a large body inspected by many transformation lists.
+pub const MAX_TRANSFORM_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Scope of a `ctl:ruleRemoveTarget*` action: the rule ids or the tag it applies to.
 enum Scope {
@@ -257,8 +273,12 @@ struct Transaction<'a> {
     matched: Vec<MatchedRule>,
     blocked: bool,
     cache: RefCell<TransformCache>,
+    /// Bytes of the values in `cache`.
+    cache_bytes: std::cell::Cell<usize>,
     /// Prefilter set results, keyed like the transformation cache.
     prefilter_cache: RefCell<HashMap<(u32, usize), regex::bytes::SetMatches>>,
+    /// Start of the evaluation, for `DURATION`.
+    started: Instant,
 }
 
 // Cache identities: the source collection in the high byte and the index below it.
@@ -486,8 +506,12 @@ impl<'a> Transaction<'a> {
         }
         let value: Rc<[u8]> =
             Rc::from(transform::apply_all(&link.transforms, &candidate.value).as_ref());
-        if let Some(key) = key {
+        let cached_bytes = self.cache_bytes.get() + value.len();
+        if let Some(key) = key
+            && cached_bytes <= MAX_TRANSFORM_CACHE_BYTES
+        {
             self.cache.borrow_mut().insert(key, value.clone());
+            self.cache_bytes.set(cached_bytes);
         }
         Transformed::Shared(value)
     }
@@ -606,7 +630,7 @@ impl<'a> Transaction<'a> {
                     });
                 }
             }
-            Variable::Response(_) => {}
+            Variable::Response(_) | Variable::Persistent(_) => {}
             scalar => {
                 if let Some((value, id)) = self.scalar(scalar) {
                     output.push(Candidate {
@@ -667,6 +691,10 @@ impl<'a> Transaction<'a> {
                 (Cow::Owned(size.to_string().into_bytes()), None)
             }
             Variable::UniqueId => (Cow::Borrowed(&b"0000000000000000"[..]), None),
+            Variable::Duration => {
+                let micros = self.started.elapsed().as_micros();
+                (Cow::Owned(micros.to_string().into_bytes()), None)
+            }
             _ => return None,
         };
         Some(value)
@@ -844,6 +872,33 @@ SecAction "id:2,phase:1,pass,nolog,setvar:tx.inc=5"
             result.tx.get("seen").map(Vec::as_slice),
             Some(&b"UNION"[..])
         );
+    }
+
+    #[test]
+    fn transform_cache_is_bounded() {
+        let set = RuleSet::from_text(
+            "SecRule ARGS \"@rx x\" \"id:1,phase:2,pass,t:lowercase\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let request = Request::with_query_value("q", "x");
+        let transaction = Transaction::new(&set, &request);
+        let link = set.rule(1).unwrap();
+        let value = vec![b'A'; MAX_TRANSFORM_CACHE_BYTES / 3];
+        for id in 0..5 {
+            let candidate = Candidate {
+                label: Label::Variable("ARGS"),
+                value: Cow::Borrowed(&value),
+                cache_id: Some(SOURCE_ARGS_GET | id),
+            };
+            let transformed = transaction.transformed(&candidate, link);
+            assert_eq!(transformed.len(), value.len());
+            assert!(transformed.iter().all(|byte| *byte == b'a'));
+        }
+        // Three values fit, the other two were transformed without being kept.
+        assert_eq!(transaction.cache.borrow().len(), 3);
+        assert_eq!(transaction.cache_bytes.get(), 3 * value.len());
+        assert!(transaction.cache_bytes.get() <= MAX_TRANSFORM_CACHE_BYTES);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! [`Request`] from whatever they received. [`ftw`] runs the CRS regression tests (go-ftw YAML)
 //! through the engine.
 
+pub mod content_encoding;
 pub mod engine;
 pub mod ftw;
 pub mod operator;

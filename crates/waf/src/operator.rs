@@ -27,10 +27,34 @@ impl Argument {
     }
 }
 
+/// Backtracking steps after which a `fancy-regex` match gives up and counts as no match, as
+/// PCRE does in ModSecurity when it reaches `SecPcreMatchLimit`. This is fancy-regex's default.
+const BACKTRACK_LIMIT: usize = 1_000_000;
+
+/// Maps each byte of `input` to the code point of the same value, for `fancy-regex`, which
+/// matches strings.
+fn latin1_text(input: &[u8]) -> String {
+    input.iter().map(|&byte| char::from(byte)).collect()
+}
+
+/// Maps a string of code points up to U+00FF back to bytes, the inverse of [`latin1_text`].
+fn latin1_bytes(text: &str) -> Vec<u8> {
+    text.chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect()
+}
+
 /// A compiled operator.
 #[derive(Clone, Debug)]
 pub enum OperatorKind {
     Rx(Regex),
+    /// An `@rx` pattern with lookarounds or backreferences, which the `regex` crate does not
+    /// support, on the backtracking `fancy-regex` engine. The input's bytes are mapped to the
+    /// code points of the same value, so the pattern matches bytes as PCRE does without its
+    /// UTF flag. The exception: `\w`, `\d` and `\s` also match the non-ASCII letters, digits
+    /// and spaces among U+0080 to U+00FF. CRS 3.3 has three such patterns (rules 920120, 942130
+    /// and 953120); CRS 4 has none.
+    BacktrackingRx(Box<fancy_regex::Regex>),
     /// `@pm`, `@pmFromFile` and `@pmf`: case-insensitive phrase match.
     Pm(AhoCorasick),
     StrEq(Argument),
@@ -91,15 +115,29 @@ impl Operator {
             None => ("rx", rest),
         };
         let kind = match name.to_ascii_lowercase().as_str() {
-            "rx" => {
-                let (regex, repair) = regex_repair::compile(argument).map_err(|error| {
-                    Error::syntax(location, format!("@rx pattern does not compile on the regex crate and has no automatic repair (rewrite it without lookarounds or backreferences): {error}"))
-                })?;
-                if let Some(repair) = repair {
-                    repairs.push((location.clone(), repair));
+            "rx" => match regex_repair::compile(argument) {
+                Ok((regex, repair)) => {
+                    if let Some(repair) = repair {
+                        repairs.push((location.clone(), repair));
+                    }
+                    OperatorKind::Rx(regex)
                 }
-                OperatorKind::Rx(regex)
-            }
+                Err(error) => {
+                    let fancy = fancy_regex::RegexBuilder::new(argument)
+                        .backtrack_limit(BACKTRACK_LIMIT)
+                        .build()
+                        .map_err(|fancy_error| {
+                            Error::syntax(
+                                location,
+                                format!(
+                                    "@rx pattern compiles on neither the regex crate ({error}) \
+                                     nor fancy-regex ({fancy_error})"
+                                ),
+                            )
+                        })?;
+                    OperatorKind::BacktrackingRx(Box::new(fancy))
+                }
+            },
             "pm" => OperatorKind::Pm(phrase_matcher(location, argument.split_whitespace())?),
             "pmfromfile" | "pmf" => {
                 let mut phrases = Vec::new();
@@ -144,6 +182,9 @@ impl Operator {
             "detectxss" => OperatorKind::DetectXss,
             "unconditionalmatch" => OperatorKind::UnconditionalMatch,
             "nomatch" => OperatorKind::NoMatch,
+            // They need a GeoIP database and DNS lookups, which the engine does not have. The
+            // rule set lists them as warnings (see `Compiler::add_directive`).
+            "geolookup" | "rbl" => OperatorKind::NoMatch,
             _ => {
                 return Err(Error::syntax(
                     location,
@@ -188,6 +229,24 @@ impl Operator {
                     }
                 } else {
                     regex.is_match(input)
+                }
+            }
+            OperatorKind::BacktrackingRx(regex) => {
+                match regex.captures(&latin1_text(input)) {
+                    Ok(Some(groups)) => {
+                        if want_captures {
+                            captures = groups
+                                .iter()
+                                .take(10)
+                                .map(|group| {
+                                    group.map(|g| latin1_bytes(g.as_str())).unwrap_or_default()
+                                })
+                                .collect();
+                        }
+                        true
+                    }
+                    // A match that reached the backtrack limit counts as no match.
+                    Ok(None) | Err(_) => false,
                 }
             }
             OperatorKind::Pm(matcher) => match matcher.find(input) {
@@ -379,6 +438,28 @@ mod tests {
     }
 
     #[test]
+    fn lookaround_patterns_backtrack() {
+        assert!(matches!(
+            operator("@rx (?<!&amp|&apos);").kind,
+            OperatorKind::BacktrackingRx(_)
+        ));
+        assert!(matches("@rx (?<!&amp|&apos);", "a;b"));
+        assert!(!matches("@rx (?<!&amp|&apos);", "a&amp;b"));
+        assert!(matches(r"@rx \b(\w+)=\1\b", "x=x"));
+        assert!(!matches(r"@rx \b(\w+)=\1\b", "x=y"));
+        // Bytes above 0x7f match as themselves, not as UTF-8.
+        let byte = operator(r"@rx (?<!a)\xe9");
+        assert!(byte.evaluate(b"b\xe9", &|_| Vec::new(), false).matched);
+        assert!(
+            !byte
+                .evaluate("b\u{e9}".as_bytes(), &|_| Vec::new(), false)
+                .matched
+        );
+        let outcome = operator(r"@rx (\w+)(?=;)").evaluate(b"key;", &|_| Vec::new(), true);
+        assert_eq!(outcome.captures, vec![b"key".to_vec(), b"key".to_vec()]);
+    }
+
+    #[test]
     fn string_operators_match() {
         assert!(matches("@rx ^a.c$", "abc"));
         assert!(matches("!@rx ^a", "bcd"));
@@ -428,10 +509,10 @@ mod tests {
             line: 3,
         };
         let error =
-            Operator::parse(&location, "@geoLookup", Path::new("."), &mut Vec::new()).unwrap_err();
+            Operator::parse(&location, "@verifyCC 1", Path::new("."), &mut Vec::new()).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "t.conf:3: unsupported operator `@geoLookup`"
+            "t.conf:3: unsupported operator `@verifyCC`"
         );
     }
 }

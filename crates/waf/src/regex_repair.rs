@@ -63,7 +63,8 @@ pub fn compile(pattern: &str) -> Result<(Regex, Option<Repair>), String> {
 
 /// Rewrites the PCRE constructs that have an equivalent for finding a match anywhere in the
 /// input: possessive quantifiers (`a++`) and atomic groups (`(?>a)`) become their backtracking
-/// forms, `\x{ff}` and non-ASCII literals become byte escapes, and `\Z` becomes `\z`. PCRE's
+/// forms, `\x{ff}` and non-ASCII literals become byte escapes, `[`, `&` and `~` inside a
+/// character class are escaped, and `\Z` becomes `\z`. PCRE's
 /// `\Z` also matches before a final newline, so a repaired pattern can miss a value that ends in
 /// `\n`.
 pub fn repair(pattern: &str) -> (String, &'static str) {
@@ -83,13 +84,31 @@ pub fn repair(pattern: &str) -> (String, &'static str) {
             }
             b'[' => {
                 let end = class_end(bytes, i);
-                let mut j = i;
+                output.push('[');
+                let mut j = i + 1;
                 while j < end {
-                    if bytes[j] == b'\\' {
-                        j = push_escape(&mut output, bytes, j);
-                    } else {
-                        push_byte(&mut output, bytes[j]);
-                        j += 1;
+                    match bytes[j] {
+                        b'\\' => j = push_escape(&mut output, bytes, j),
+                        b'[' if bytes.get(j + 1) == Some(&b':') => {
+                            let posix_end = bytes[j..end]
+                                .windows(2)
+                                .position(|w| w == b":]")
+                                .map_or(end, |p| j + p + 2);
+                            output.push_str(&pattern[j..posix_end]);
+                            j = posix_end;
+                        }
+                        // PCRE reads `[` inside a class as a literal, and `&&` and `~~` have no
+                        // meaning there, while the regex crate reads them as a nested class and
+                        // as set operations.
+                        b'[' | b'&' | b'~' => {
+                            output.push('\\');
+                            output.push(bytes[j] as char);
+                            j += 1;
+                        }
+                        byte => {
+                            push_byte(&mut output, byte);
+                            j += 1;
+                        }
                     }
                 }
                 i = end;
@@ -142,7 +161,7 @@ pub fn repair(pattern: &str) -> (String, &'static str) {
         i += 1;
     }
     let change = if output != pattern {
-        "possessive quantifiers, atomic groups, \\Z and code-point escapes rewritten to the regex crate's byte-mode syntax"
+        "possessive quantifiers, atomic groups, class literals, \\Z and code-point escapes rewritten to the regex crate's byte-mode syntax"
     } else {
         "none"
     };
@@ -233,6 +252,23 @@ mod tests {
         assert_eq!(repair("(?>ab|a)c\\Z").0, "(?:ab|a)c\\z");
         assert_eq!(repair("[\\x7f-\\x{ff}]\u{e9}").0, "[\\x7f-\\xff]\\xc3\\xa9");
         assert_eq!(repair("\\++x{2,3}+").0, "\\++x{2,3}");
+    }
+
+    #[test]
+    fn class_literals_escaped() {
+        // From CRS 3.3 rule 920600: `[` is a literal inside a PCRE class.
+        let (regex, repair) = compile(r"^[^;<=>?![\x5c\]{}]+$").unwrap();
+        assert_eq!(repair.unwrap().repaired, r"^[^;<=>?!\[\x5c\]{}]+$");
+        assert!(regex.is_match(b"text/html"));
+        assert!(!regex.is_match(b"text[html"));
+        assert_eq!(
+            repair_class("[a&&b~~c[:alpha:]]"),
+            r"[a\&\&b\~\~c[:alpha:]]"
+        );
+    }
+
+    fn repair_class(pattern: &str) -> String {
+        repair(pattern).0
     }
 
     #[test]

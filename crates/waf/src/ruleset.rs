@@ -103,12 +103,45 @@ impl Setup {
             "setvar:tx.crs_setup_version=400".to_string(),
             format!("setvar:tx.blocking_paranoia_level={}", self.paranoia_level),
             format!("setvar:tx.detection_paranoia_level={}", self.paranoia_level),
+            // CRS 3 reads the level from these two variables.
+            format!("setvar:tx.paranoia_level={}", self.paranoia_level),
+            format!("setvar:tx.executing_paranoia_level={}", self.paranoia_level),
         ];
         for (name, value) in &self.tx {
             actions.push(format!("setvar:'tx.{name}={value}'"));
         }
         format!("SecAction \"{}\"\n", actions.join(","))
     }
+}
+
+/// Accepts a `SecDefaultAction` whose actions match the engine's fixed defaults: `block` is
+/// `pass` (the CRS anomaly scoring mode) and rules log unless they say `nolog`. CRS 3 setups
+/// write `SecDefaultAction "phase:1,log,auditlog,pass"` and the same for phase 2. Any other
+/// disruptive action would change what `block` does, which this engine does not support.
+fn check_default_action(location: &Location, actions: &str) -> Result<(), Error> {
+    for (name, argument) in seclang::split_actions(location, actions)? {
+        let accepted = match name.as_str() {
+            "phase" => matches!(argument.as_deref(), Some("1" | "2" | "request")),
+            "t" => argument.as_deref() == Some("none"),
+            "pass" | "log" | "auditlog" | "noauditlog" => true,
+            _ => false,
+        };
+        if !accepted {
+            let action = match argument {
+                Some(argument) => format!("{name}:{argument}"),
+                None => name,
+            };
+            return Err(Error::syntax(
+                location,
+                format!(
+                    "unsupported SecDefaultAction action `{action}`: only a request phase, \
+                     `pass`, `log`, `auditlog`, `noauditlog` and `t:none` are supported, because \
+                     `block` always means `pass` (anomaly scoring mode)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Disruptive action of a rule: what happens to the request when the rule matches.
@@ -332,6 +365,20 @@ impl<'a> Compiler<'a> {
                 let targets = parse_targets(location, &args[0])?;
                 let operator =
                     Operator::parse(location, &args[1], self.data_dir, &mut self.set.repairs)?;
+                if matches!(operator.kind, OperatorKind::BacktrackingRx(_)) {
+                    self.set.warnings.push(format!(
+                        "{location}: @rx pattern needs lookarounds or backreferences and runs on the backtracking fancy-regex engine"
+                    ));
+                }
+                if matches!(
+                    operator.name.to_ascii_lowercase().as_str(),
+                    "geolookup" | "rbl"
+                ) {
+                    self.set.warnings.push(format!(
+                        "{location}: operator `@{}` never matches because this engine has no GeoIP database or DNS blocklist lookups",
+                        operator.name
+                    ));
+                }
                 let actions = args.get(2).map_or("", String::as_str);
                 self.add_rule(family, location, targets, operator, actions)
             }
@@ -398,6 +445,18 @@ impl<'a> Compiler<'a> {
                         |entry| !matches!(entry, Entry::Rule(index) if removed.contains(index)),
                     );
                 }
+                Ok(())
+            }
+            "SecDefaultAction" => {
+                expect(1)?;
+                check_default_action(location, &args[0])
+            }
+            // CRS 3 setups set it for the persistent IP and session collections.
+            "SecCollectionTimeout" => {
+                expect(1)?;
+                self.set.warnings.push(format!(
+                    "{location}: SecCollectionTimeout has no effect because this engine keeps no persistent collections"
+                ));
                 Ok(())
             }
             other => Err(Error::syntax(
@@ -535,9 +594,16 @@ impl<'a> Compiler<'a> {
             "severity" => rule.severity = Some(required(argument)?),
             "tag" => rule.tags.push(required(argument)?),
             "skipAfter" => rule.skip_after = Some(required(argument)?),
-            "setvar" => rule
-                .setvars
-                .push(parse_setvar(location, &required(argument)?)?),
+            "setvar" => {
+                let text = required(argument)?;
+                if is_persistent_setvar(&text) {
+                    self.set.warnings.push(format!(
+                        "{location}: `setvar:{text}` has no effect because this engine keeps no persistent collections"
+                    ));
+                } else {
+                    rule.setvars.push(parse_setvar(location, &text)?);
+                }
+            }
             "ctl" => rule
                 .controls
                 .push(parse_control(location, &required(argument)?)?),
@@ -622,6 +688,18 @@ fn parse_id_range(location: &Location, text: &str) -> Result<(u32, u32), Error> 
             Ok((id, id))
         }
     }
+}
+
+/// Returns true when a `setvar` argument writes a persistent collection (see
+/// [`crate::variable::Variable::Persistent`]).
+fn is_persistent_setvar(text: &str) -> bool {
+    let name = text.trim_start_matches('!');
+    ["ip.", "global.", "session.", "user.", "resource."]
+        .iter()
+        .any(|prefix| {
+            name.get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        })
 }
 
 fn parse_setvar(location: &Location, text: &str) -> Result<SetVar, Error> {

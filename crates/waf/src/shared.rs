@@ -2,7 +2,8 @@
 //!
 //! Compiling the CRS takes far longer than a configuration reload should, so a rule set is
 //! compiled once per rules directory and [`Setup`], and compiled again only when a file in that
-//! directory changed (its name, size or modification time).
+//! directory changed (its name, size or modification time). The cache keeps at most
+//! [`MAX_CACHED_SETS`] sets.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,45 @@ use crate::{Error, RuleSet, Setup};
 /// Name, size and modification time of every file in a rules directory, in name order.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-type Cache = HashMap<(Option<PathBuf>, Setup), (Fingerprint, Arc<RuleSet>)>;
+/// Compiled sets kept for later loads. A compiled CRS takes tens of megabytes, and a
+/// deployment needs one per distinct rules directory, paranoia level and threshold.
+pub const MAX_CACHED_SETS: usize = 16;
+
+type Key = (Option<PathBuf>, Setup);
+
+struct Entry {
+    fingerprint: Fingerprint,
+    set: Arc<RuleSet>,
+    /// Value of `Cache::clock` at the last load that returned this set.
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<Key, Entry>,
+    clock: u64,
+}
+
+impl Cache {
+    /// Evicts entries until there is room for one more. It picks the least recently used set
+    /// that no caller references any more, or else the least recently used set.
+    fn make_room(&mut self) {
+        while self.entries.len() >= MAX_CACHED_SETS {
+            let unused = self
+                .entries
+                .iter()
+                .filter(|(_, entry)| Arc::strong_count(&entry.set) == 1)
+                .min_by_key(|(_, entry)| entry.last_used);
+            let victim = unused
+                .or_else(|| self.entries.iter().min_by_key(|(_, entry)| entry.last_used))
+                .map(|(key, _)| key.clone());
+            match victim {
+                Some(key) => self.entries.remove(&key),
+                None => return,
+            };
+        }
+    }
+}
 
 fn cache() -> &'static Mutex<Cache> {
     static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
@@ -24,11 +63,7 @@ fn cache() -> &'static Mutex<Cache> {
 /// Returns the rule set of `dir` (every `*.conf` file in name order, see [`RuleSet::load`]),
 /// or the built-in rule set when `dir` is `None`, compiled after the `setup` rules. A second
 /// call with the same arguments returns the same compiled set while the directory's files are
-/// unchanged.
-///
-/// NOTE: an entry stays cached after the last configuration that used it is gone. Entries are
-/// few (one per rules directory, paranoia level and threshold ever configured), but none is
-/// evicted.
+/// unchanged and the set has not been evicted to keep the cache at [`MAX_CACHED_SETS`].
 pub fn load_shared(dir: Option<&Path>, setup: &Setup) -> Result<Arc<RuleSet>, Error> {
     let fingerprint = match dir {
         Some(dir) => fingerprint(dir)?,
@@ -39,16 +74,28 @@ pub fn load_shared(dir: Option<&Path>, setup: &Setup) -> Result<Arc<RuleSet>, Er
     let mut cache = cache()
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((cached, set)) = cache.get(&key)
-        && *cached == fingerprint
+    cache.clock += 1;
+    let now = cache.clock;
+    if let Some(entry) = cache.entries.get_mut(&key)
+        && entry.fingerprint == fingerprint
     {
-        return Ok(set.clone());
+        entry.last_used = now;
+        return Ok(entry.set.clone());
     }
     let set = Arc::new(match dir {
         Some(dir) => RuleSet::load(dir, setup)?,
         None => RuleSet::builtin(setup)?,
     });
-    cache.insert(key, (fingerprint, set.clone()));
+    cache.entries.remove(&key);
+    cache.make_room();
+    cache.entries.insert(
+        key,
+        Entry {
+            fingerprint,
+            set: set.clone(),
+            last_used: now,
+        },
+    );
     Ok(set)
 }
 
@@ -100,6 +147,41 @@ mod tests {
         let changed = load_shared(Some(&dir), &setup(1)).unwrap();
         assert!(!Arc::ptr_eq(&first, &changed));
         assert!(changed.rule(2).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cache_evicts_unused_sets_first() {
+        let dir = std::env::temp_dir().join(format!("portcullis-waf-evict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("rules.conf"),
+            "SecRule ARGS \"@rx a\" \"id:1,phase:1,deny\"\n",
+        )
+        .unwrap();
+        // Anomaly thresholds that no other test uses, so each load adds one entry.
+        let load = |threshold: u32| {
+            load_shared(Some(&dir), &Setup::deployment(1, 1_000_000 + threshold)).unwrap()
+        };
+        let held = load(0);
+        let mut dropped = Vec::new();
+        for threshold in 1..MAX_CACHED_SETS as u32 * 2 {
+            dropped.push(Arc::as_ptr(&load(threshold)));
+        }
+        let cached = cache().lock().unwrap().entries.len();
+        assert!(cached <= MAX_CACHED_SETS, "{cached} sets cached");
+        // The held set survived every eviction, so loading it again returns it.
+        assert!(Arc::ptr_eq(&held, &load(0)));
+        // The most recent set is still cached, the oldest dropped one was evicted.
+        let last = MAX_CACHED_SETS as u32 * 2 - 1;
+        assert_eq!(Arc::as_ptr(&load(last)), *dropped.last().unwrap());
+        assert!(
+            !cache()
+                .lock()
+                .unwrap()
+                .entries
+                .contains_key(&(Some(dir.clone()), Setup::deployment(1, 1_000_001)))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

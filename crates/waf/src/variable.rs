@@ -41,8 +41,14 @@ pub enum Variable {
     RequestUriRaw,
     /// A response variable. The engine evaluates request phases only, so it has no values.
     Response(&'static str),
+    /// A persistent collection (`IP`, `GLOBAL`, `SESSION`, `USER`, `RESOURCE`), which CRS 3
+    /// uses for IP reputation and DoS counting, or `GEO`, which `@geoLookup` fills. The engine
+    /// keeps none of them, so they are always empty.
+    Persistent(&'static str),
     Tx,
     UniqueId,
+    /// Microseconds since the evaluation of the request started.
+    Duration,
     Xml,
 }
 
@@ -81,11 +87,18 @@ impl Variable {
             "REQUEST_PROTOCOL" => Self::RequestProtocol,
             "REQUEST_URI" => Self::RequestUri,
             "REQUEST_URI_RAW" => Self::RequestUriRaw,
+            "GEO" => Self::Persistent("GEO"),
+            "GLOBAL" => Self::Persistent("GLOBAL"),
+            "IP" => Self::Persistent("IP"),
+            "RESOURCE" => Self::Persistent("RESOURCE"),
+            "SESSION" => Self::Persistent("SESSION"),
+            "USER" => Self::Persistent("USER"),
             "RESPONSE_BODY" => Self::Response("RESPONSE_BODY"),
             "RESPONSE_HEADERS" => Self::Response("RESPONSE_HEADERS"),
             "RESPONSE_STATUS" => Self::Response("RESPONSE_STATUS"),
             "TX" => Self::Tx,
             "UNIQUE_ID" => Self::UniqueId,
+            "DURATION" => Self::Duration,
             "XML" => Self::Xml,
             _ => return None,
         };
@@ -126,9 +139,10 @@ impl Variable {
             Self::RequestProtocol => "REQUEST_PROTOCOL",
             Self::RequestUri => "REQUEST_URI",
             Self::RequestUriRaw => "REQUEST_URI_RAW",
-            Self::Response(name) => name,
+            Self::Response(name) | Self::Persistent(name) => name,
             Self::Tx => "TX",
             Self::UniqueId => "UNIQUE_ID",
+            Self::Duration => "DURATION",
             Self::Xml => "XML",
         }
     }
@@ -290,10 +304,10 @@ mod tests {
 
     #[test]
     fn unknown_variable_is_reported() {
-        let error = parse_targets(&location(), "ARGS|GEO:country").unwrap_err();
+        let error = parse_targets(&location(), "ARGS|ENV:home").unwrap_err();
         assert_eq!(
             error.to_string(),
-            "t.conf:7: unsupported variable `GEO` in target `GEO:country`"
+            "t.conf:7: unsupported variable `ENV` in target `ENV:home`"
         );
     }
 

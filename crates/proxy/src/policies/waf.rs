@@ -5,8 +5,9 @@
 //! so every policy and every later snapshot with the same rules directory, paranoia level and
 //! threshold shares one compiled set. A request is inspected as the client sent it: method,
 //! request target, protocol, headers (cookies included) and up to `body_limit` bytes of its
-//! body, which is read here and then forwarded unchanged. Routes without this policy never
-//! buffer their body.
+//! body, which is read here and then forwarded unchanged. A body with a `Content-Encoding`
+//! (gzip, deflate or br) is inspected decoded, up to `body_limit` decoded bytes. Routes without
+//! this policy never buffer their body.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use http::{StatusCode, Version, header};
 use http_body::Body;
 use portcullis_config::{WafMode, WafOverLimit, WafSpec};
+use portcullis_waf::content_encoding::{self, DecodeError};
 use portcullis_waf::{Evaluation, Exclusions, RuleSet, Setup};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -110,6 +112,7 @@ impl Waf {
                 .map_err(|error| read_rejection(&error))?;
             (prefix.bytes, !prefix.complete)
         };
+        let (body, body_partial) = self.decode_body(exchange, body, body_partial)?;
         if body_partial && reject_over_limit {
             return Err(self.finish_over_limit(exchange));
         }
@@ -150,6 +153,54 @@ impl Waf {
             .by_policy("waf"));
         }
         Ok(())
+    }
+
+    /// Decodes a body sent with a `Content-Encoding` for inspection, keeping at most
+    /// `body_limit` decoded bytes, and returns it with the flag that it is partial. The body
+    /// forwarded upstream stays as the client sent it. In detect mode a body that fails to
+    /// decode is inspected as sent. In block mode it is rejected with 415 for an unsupported
+    /// coding, 400 for invalid data and 413 for a decompression bomb.
+    fn decode_body(
+        &self,
+        exchange: &Exchange<'_>,
+        body: Bytes,
+        partial: bool,
+    ) -> Result<(Bytes, bool), Rejection> {
+        let Some(value) = exchange.headers.get(header::CONTENT_ENCODING) else {
+            return Ok((body, partial));
+        };
+        let coding = String::from_utf8_lossy(value.as_bytes());
+        if body.is_empty() || !content_encoding::is_encoded(&coding) {
+            return Ok((body, partial));
+        }
+        match content_encoding::decode(&coding, &body, !partial, self.body_limit) {
+            Ok(decoded) => Ok((Bytes::from(decoded.body), partial || decoded.truncated)),
+            Err(error) if self.mode == WafMode::Detect => {
+                tracing::info!(
+                    request.id = exchange.request_id,
+                    route = %exchange.route.name,
+                    error = %error,
+                    "web application firewall inspects an undecodable body as sent"
+                );
+                Ok((body, partial))
+            }
+            Err(error) => {
+                let (status, code) = match error {
+                    DecodeError::Unsupported(_) => (
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_content_encoding",
+                    ),
+                    DecodeError::Invalid { .. } => {
+                        (StatusCode::BAD_REQUEST, "invalid_content_encoding")
+                    }
+                    DecodeError::RatioExceeded { .. } => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "decompression_ratio_exceeded",
+                    ),
+                };
+                Err(Rejection::new(status, code, error.to_string()).by_policy("waf"))
+            }
+        }
     }
 
     /// Records and returns the rejection of a body over `body_limit`.

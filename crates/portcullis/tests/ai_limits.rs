@@ -610,3 +610,51 @@ async fn openai_sdk_gets_token_limit_error() {
     assert_eq!(results[2]["status"], 429, "{results:?}");
     assert_eq!(results[2]["body"]["code"], "token_limit_exceeded");
 }
+
+#[tokio::test]
+async fn prompt_endpoint_counted() {
+    let openai = llm_mock::openai().await;
+    let mut text = config(&openai, None, None, &[]);
+    let prompts = r#"  prompts:
+    - name: summary
+      active: 1
+      versions:
+        - version: 1
+          model: gpt
+          template: 'Summarise: {{text}}'
+          input_schema: {type: object, required: [text], properties: {text: {type: string}}}
+consumers:
+"#;
+    text = text.replacen("consumers:\n", prompts, 1);
+    text.push_str(
+        "  - name: summary\n    paths: [/summary]\n    ai: { prompt: summary }\n    policies:\n      - key-auth: {}\n      - ai-limits: { tokens_per_day: 400, default_output_tokens: 100 }\n",
+    );
+    let gateway = Gateway::start_with_env(
+        &text,
+        &[
+            ("OPENAI_API_KEY", OPENAI_KEY),
+            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
+        ],
+    );
+
+    // Each call reserves 100 output tokens and its estimated input, then settles at 150.
+    for remaining in [250.0, 100.0] {
+        let response = call(&gateway, "/summary", ALICE_KEY, json!({"text": "Hi"})).await;
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        wait_remaining(&gateway, "alice", "tokens_per_day", remaining).await;
+    }
+    let requests = openai.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].body["max_completion_tokens"], 100);
+
+    // 100 tokens are left, which the next reservation of 100 output tokens plus input exceeds.
+    let response = call(&gateway, "/summary", ALICE_KEY, json!({"text": "Hi"})).await;
+    let error = error_body(response, 429).await;
+    assert_eq!(error["error"]["code"], "token_limit_exceeded");
+    assert_eq!(
+        openai.requests().len(),
+        2,
+        "a rejected call reached the provider"
+    );
+}

@@ -5,6 +5,7 @@
 //! key path, so `portcullis validate` can point at the exact spot.
 
 pub mod ai;
+mod ai_balance;
 pub mod browser;
 mod duration;
 mod load;
@@ -15,8 +16,8 @@ mod waf;
 mod yaml;
 
 pub use ai::{
-    AiConfig, AiRouteSpec, ApiKey, ModelAliasSpec, PriceSpec, ProviderKind, ProviderSpec,
-    split_target,
+    AiConfig, AiRouteSpec, AliasTarget, ApiKey, KeyCooldown, ModelAliasSpec, PriceSpec,
+    ProviderKind, ProviderRetries, ProviderSpec, split_target,
 };
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{

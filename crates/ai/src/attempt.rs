@@ -14,7 +14,7 @@ use crate::pool::{KeyOutcome, retry_after};
 /// Returns the indexes of targets with `weights` in the order to try them. Without weights
 /// this is the configured order. When any target has a weight, the first target is drawn with
 /// probability proportional to its weight (1 for a target without one), the next from the
-/// rest in the same way, and so on, so fallback still reaches every target.
+/// rest in the same way. So fallback still reaches every target.
 pub(crate) fn target_order(weights: &[Option<u32>], rng: &mut impl Rng) -> Vec<usize> {
     if weights.iter().all(Option::is_none) {
         return (0..weights.len()).collect();
@@ -34,9 +34,9 @@ pub(crate) fn target_order(weights: &[Option<u32>], rng: &mut impl Rng) -> Vec<u
     keyed.into_iter().map(|(_, index)| index).collect()
 }
 
-/// How the calls to one target ended.
+/// Outcome of the calls to one target.
 pub(crate) enum TargetOutcome {
-    /// The provider answered with a success status.
+    /// The provider returned a success status.
     Served(Response<Incoming>),
     /// The provider rejected the request with a status that another target would return too,
     /// such as 400.
@@ -45,7 +45,7 @@ pub(crate) enum TargetOutcome {
     Failed(AiError),
 }
 
-/// Calls `target` until it answers, taking a key from the provider's pool for each call.
+/// Calls `target` until it returns a response, taking a key from the provider's pool for each call.
 ///
 /// A 429 cools the key down, and a 401, 403 or 5xx counts towards its cool-down. After a 429,
 /// 401 or 403 the next available key is tried at once, at most once per key. A 429, a 5xx

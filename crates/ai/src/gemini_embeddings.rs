@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::error::AiError;
 use crate::usage::Usage;
 
-/// Most inputs in one `batchEmbedContents` call, a limit of the Gemini API.
+/// Maximum inputs in one `batchEmbedContents` call, a limit of the Gemini API.
 pub const MAX_BATCH_INPUTS: usize = 100;
 
 /// A translated embeddings request.
@@ -110,7 +110,7 @@ fn input_texts(input: Option<&Value>) -> Result<Vec<&str>, AiError> {
 }
 
 /// Returns the characters of the request's `input` strings, or of its JSON text when `input`
-/// holds token arrays, for estimating the token count.
+/// contains token arrays, for estimating the token count.
 pub fn input_chars(body: &Value) -> u64 {
     match input_texts(body.get("input")) {
         Ok(texts) => texts.iter().map(|text| text.chars().count() as u64).sum(),

@@ -41,7 +41,7 @@ pub(crate) static KEY_STATE: LazyLock<Family<KeyStateLabels, Gauge>> =
 pub(crate) static KEY_COOLDOWNS: LazyLock<Family<KeyCooldownLabels, Counter>> =
     LazyLock::new(Family::default);
 
-/// What one call with a key ended in, as far as the key is concerned.
+/// Outcome of one call with a key, as far as the key is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyOutcome {
     /// The provider accepted the key.
@@ -194,6 +194,18 @@ impl KeyPool {
         state.cooling_until = Some(until);
         state.failures = 0;
         drop(state);
+        self.announce_cooldown(index, until, period, reason, started);
+    }
+
+    /// Logs and counts a cool-down of key `index`, and sets its state gauge until `until`.
+    fn announce_cooldown(
+        &self,
+        index: usize,
+        until: Instant,
+        period: Duration,
+        reason: &'static str,
+        started: bool,
+    ) {
         tracing::warn!(
             ai.provider = %self.provider,
             ai.key_index = index,
@@ -262,7 +274,7 @@ fn set_state_gauge(provider: &str, index: usize, cooling: bool) {
     }
 }
 
-/// Returns the wait that a 429 response asks for: its `Retry-After` header, in seconds or as
+/// Returns the wait that a 429 response requests: its `Retry-After` header, in seconds or as
 /// an HTTP date, or else the `retryDelay` of a Gemini `RetryInfo` error detail such as `"37s"`.
 pub fn retry_after(headers: &HeaderMap, body: &[u8]) -> Option<Duration> {
     if let Some(value) = headers
@@ -403,7 +415,8 @@ mod tests {
             httpdate::fmt_http_date(later).parse().unwrap(),
         );
         let wait = retry_after(&headers, b"").unwrap();
-        assert!(wait > Duration::from_secs(110) && wait <= Duration::from_secs(120));
+        assert!(wait > Duration::from_secs(110), "{wait:?}");
+        assert!(wait <= Duration::from_secs(120), "{wait:?}");
 
         let gemini = br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]}}"#;

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::Value;
 
-/// Longest tool call id that OpenAI accepts.
+/// Maximum length of a tool call id that OpenAI accepts.
 const OPENAI_MAX_ID_CHARS: usize = 40;
 
 /// Returns `id` in a form that Anthropic accepts: characters other than ASCII letters, digits,

@@ -11,12 +11,12 @@ use crate::ai::{ApiKey, ProviderSpec};
 use crate::duration;
 use crate::load::KeyError;
 
-/// Most keys in one provider's pool.
+/// Maximum number of keys in one provider's pool.
 pub const MAX_POOL_KEYS: usize = 64;
-/// Most retries of one target before the next target is tried.
+/// Maximum retries of one target before the next target is tried.
 pub const MAX_PROVIDER_RETRIES: u32 = 10;
 
-/// How a provider's API keys are rested after failures.
+/// Cool-down rules of a provider's pooled API keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyCooldown {
@@ -25,7 +25,7 @@ pub struct KeyCooldown {
     pub duration: Duration,
     /// Consecutive 401, 403 or 5xx responses on one key that start its cool-down.
     pub failures: u32,
-    /// Longest `Retry-After` honoured; a longer one is capped to this.
+    /// Maximum `Retry-After` honoured. A longer wait is cut to this.
     #[serde(with = "duration")]
     pub max_retry_after: Duration,
 }

@@ -147,8 +147,8 @@ async fn rate_limited_key_cools_down() {
             "openai-limited/gpt-4.1"
         );
     }
-    // The first call met the 429 and moved to the second key at once; later calls skip the
-    // first key while it cools down for the 30 s of `Retry-After`.
+    // The first call got 429 and moved to the second key at once. Later calls skip the first
+    // key while it cools down for the 30 s of `Retry-After`.
     assert_eq!(
         keys_sent(&openai),
         [OPENAI_RATE_LIMITED_KEY, OPENAI_KEY, OPENAI_KEY, OPENAI_KEY]
@@ -254,8 +254,8 @@ async fn weighted_targets_spread_requests() {
     );
 }
 
-/// A conversation whose tool calls came from providers with other id rules: an Anthropic
-/// `toolu_` id, an id with `.` and `:`, and an id of 46 characters.
+/// Returns a conversation whose tool calls came from providers with other id rules: an
+/// Anthropic `toolu_` id, an id with `.` and `:`, and an id of 46 characters.
 fn tool_conversation(model: &str) -> Value {
     let long = "chatcmpl-tool-0123456789abcdef0123456789abcdef";
     json!({

@@ -6,6 +6,8 @@
 #        bench/run.sh identity  the cost of one authentication policy: portcullis, key-auth,
 #                               jwt-rs256, jwt-eddsa, introspection
 #        bench/run.sh waf       the cost of the `waf` policy: portcullis, waf-builtin, waf-crs
+#        bench/run.sh ai        the latency the AI gateway adds at fixed request rates, see
+#                               bench/ai.sh
 #
 # Targets, each measured with wrk against GET /fast of tools/echo-upstream, once with
 # BENCH_CONNECTIONS connections (full load) and once with BENCH_LIGHT_CONNECTIONS:
@@ -967,7 +969,8 @@ main() {
         limits) mode=limits ;;
         identity) mode=identity ;;
         waf) mode=waf ;;
-        *) die "unknown argument '$1'; usage: bench/run.sh [limits | identity | waf]" ;;
+        ai) exec "$BENCH_DIR/ai.sh" ;;
+        *) die "unknown argument '$1'; usage: bench/run.sh [limits | identity | waf | ai]" ;;
     esac
     trap cleanup EXIT
     # The EXIT trap runs on these signals only when the shell handles them.

@@ -95,24 +95,14 @@ expect_chat() {
 }
 
 start_ai_gateway() {
-    local dir=$WORK_DIR/ai-gateway proxy_address admin_address
+    local dir=$WORK_DIR/ai-gateway
     write_ai_config "$dir"
-    taskset -c "$PROXY_CORE" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
-        --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
-    PROXY_PID=$!
-    PIDS+=("$PROXY_PID")
-    wait_until "portcullis (ai)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
-        test -s "$dir/addresses.json"
-    proxy_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["proxy"][0])' "$dir/addresses.json")
-    admin_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$dir/addresses.json")
-    ADMIN_URL="http://$admin_address"
-    wait_until "portcullis (ai)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
-        status_is "$ADMIN_URL/health/ready" 200
-    AI_URL[gateway]="http://$proxy_address/v1/chat/completions"
+    launch_portcullis ai "$dir"
+    AI_URL[gateway]="http://$PROXY_ADDRESS/v1/chat/completions"
     AI_URL[direct]="http://$UPSTREAM_ADDRESS/llm/$AI_DELAY_MS/chat/completions"
     expect_chat "${AI_URL[gateway]}"
     expect_chat "${AI_URL[direct]}"
-    log "portcullis (ai) on $proxy_address, admin on $admin_address, pinned to core $PROXY_CORE"
+    log "portcullis (ai) on $PROXY_ADDRESS, admin on ${ADMIN_URL#http://}, pinned to core $PROXY_CORE"
 }
 
 # Run oha against TARGET at RATE for DURATION, pinned to the load core, and write its JSON

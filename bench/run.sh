@@ -448,6 +448,23 @@ EOF
     } >"$dir/portcullis.yaml"
 }
 
+# Start portcullis pinned to the proxy core with DIR/portcullis.yaml, wait until it is ready,
+# and set PROXY_PID, PROXY_ADDRESS and ADMIN_URL. NAME labels its log lines.
+launch_portcullis() {
+    local name=$1 dir=$2 admin_address
+    taskset -c "$PROXY_CORE" "${PROXY_WRAPPER[@]}" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
+        --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
+        test -s "$dir/addresses.json"
+    PROXY_ADDRESS=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["proxy"][0])' "$dir/addresses.json")
+    admin_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$dir/addresses.json")
+    ADMIN_URL="http://$admin_address"
+    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
+        status_is "$ADMIN_URL/health/ready" 200
+}
+
 # Start portcullis for target NAME (portcullis, policies, a limit, an identity or a waf target)
 # and check that it proxies.
 start_portcullis() {
@@ -455,17 +472,9 @@ start_portcullis() {
     [[ $name == policies ]] && with_policies=1
     is_identity_target "$name" && with_policies=1
     write_portcullis_config "$dir" "$name"
-    taskset -c "$PROXY_CORE" "${PROXY_WRAPPER[@]}" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
-        --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
-    PROXY_PID=$!
-    PIDS+=("$PROXY_PID")
-    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
-        test -s "$dir/addresses.json"
-    proxy_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["proxy"][0])' "$dir/addresses.json")
-    admin_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$dir/addresses.json")
-    ADMIN_URL="http://$admin_address"
-    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
-        status_is "$ADMIN_URL/health/ready" 200
+    launch_portcullis "$name" "$dir"
+    proxy_address=$PROXY_ADDRESS
+    admin_address=${ADMIN_URL#http://}
     URL[$name]="http://$proxy_address$PROXY_TARGET"
     expect_status "${URL[$name]}" 200 --header "$(request_header "$name")"
     if ((with_policies)); then

@@ -53,7 +53,7 @@ install_oha() {
         return
     fi
     log "installing oha $OHA_VERSION with cargo install (takes a few minutes once)"
-    cargo install oha --version "$OHA_VERSION" --locked --no-default-features \
+    cargo install oha --version "$OHA_VERSION" --locked \
         --root "$TARGET_DIR/bench-tools"
 }
 

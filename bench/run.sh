@@ -6,6 +6,8 @@
 #        bench/run.sh identity  the cost of one authentication policy: portcullis, key-auth,
 #                               jwt-rs256, jwt-eddsa, introspection
 #        bench/run.sh waf       the cost of the `waf` policy: portcullis, waf-builtin, waf-crs
+#        bench/run.sh ai        the latency the AI gateway adds at fixed request rates, see
+#                               bench/ai.sh
 #
 # Targets, each measured with wrk against GET /fast of tools/echo-upstream, once with
 # BENCH_CONNECTIONS connections (full load) and once with BENCH_LIGHT_CONNECTIONS:
@@ -519,6 +521,23 @@ EOF
     } >"$dir/portcullis.yaml"
 }
 
+# Start portcullis pinned to the proxy core with DIR/portcullis.yaml, wait until it is ready,
+# and set PROXY_PID, PROXY_ADDRESS and ADMIN_URL. NAME labels its log lines.
+launch_portcullis() {
+    local name=$1 dir=$2 admin_address
+    taskset -c "$PROXY_CORE" "${PROXY_WRAPPER[@]}" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
+        --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
+        test -s "$dir/addresses.json"
+    PROXY_ADDRESS=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["proxy"][0])' "$dir/addresses.json")
+    admin_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$dir/addresses.json")
+    ADMIN_URL="http://$admin_address"
+    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
+        status_is "$ADMIN_URL/health/ready" 200
+}
+
 # Start portcullis for target NAME (portcullis, policies, a limit, an identity or a waf target)
 # and check that it proxies.
 start_portcullis() {
@@ -526,17 +545,9 @@ start_portcullis() {
     [[ $name == policies ]] && with_policies=1
     is_identity_target "$name" && with_policies=1
     write_portcullis_config "$dir" "$name"
-    taskset -c "$PROXY_CORE" "${PROXY_WRAPPER[@]}" "$PORTCULLIS" serve --config "$dir/portcullis.yaml" \
-        --addresses-file "$dir/addresses.json" 2>"$dir/portcullis.log" &
-    PROXY_PID=$!
-    PIDS+=("$PROXY_PID")
-    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
-        test -s "$dir/addresses.json"
-    proxy_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["proxy"][0])' "$dir/addresses.json")
-    admin_address=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["admin"])' "$dir/addresses.json")
-    ADMIN_URL="http://$admin_address"
-    wait_until "portcullis ($name)" "$PROXY_PID" "$START_TIMEOUT" "$dir/portcullis.log" \
-        status_is "$ADMIN_URL/health/ready" 200
+    launch_portcullis "$name" "$dir"
+    proxy_address=$PROXY_ADDRESS
+    admin_address=${ADMIN_URL#http://}
     URL[$name]="http://$proxy_address$PROXY_TARGET"
     POST_URL[$name]="http://$proxy_address/echo/api/orders"
     expect_status "${URL[$name]}" 200 --header "$(request_header "$name")"
@@ -1155,7 +1166,8 @@ main() {
         limits) mode=limits ;;
         identity) mode=identity ;;
         waf) mode=waf ;;
-        *) die "unknown argument '$1'; usage: bench/run.sh [limits | identity | waf]" ;;
+        ai) exec "$BENCH_DIR/ai.sh" ;;
+        *) die "unknown argument '$1'; usage: bench/run.sh [limits | identity | waf | ai]" ;;
     esac
     trap cleanup EXIT
     # The EXIT trap runs on these signals only when the shell handles them.

@@ -287,6 +287,7 @@ fn assistant_blocks(message: &Value, i: usize) -> Result<Vec<Value>, AiError> {
     if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
         for call in calls {
             let (id, name, input) = read_tool_call(call, i)?;
+            let id = crate::tool_ids::for_anthropic(id);
             blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
         }
     }
@@ -299,6 +300,7 @@ fn tool_result(message: &Value, i: usize) -> Result<Value, AiError> {
         .and_then(Value::as_str)
         .ok_or_else(|| invalid_message(i, "a tool message needs `tool_call_id`"))?;
     let content = text_of(message.get("content").unwrap_or(&Value::Null), i)?;
+    let id = crate::tool_ids::for_anthropic(id);
     Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
 }
 

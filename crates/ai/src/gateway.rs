@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -21,18 +21,23 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use portcullis_config::{AiConfig, AiRouteSpec, ProviderKind, ProviderSpec, split_target};
+use portcullis_config::{
+    AiConfig, AiRouteSpec, AliasTarget, ApiKey, ProviderKind, ProviderRetries, ProviderSpec,
+    split_target,
+};
 use serde_json::{Value, json};
 
+use crate::attempt::{TargetOutcome, call_target, target_order};
 use crate::error::AiError;
 use crate::guards::{Endpoint, Guard};
+use crate::pool::KeyPool;
 use crate::prompts::Prompt;
 use crate::record::CallRecord;
 use crate::stream::{
     AnthropicPassthrough, AnthropicStream, GeminiStream, OpenAiStream, TranslatedStream, Translator,
 };
 use crate::usage::{Price, Usage};
-use crate::{anthropic, gemini, limits};
+use crate::{anthropic, gemini, gemini_embeddings, limits, tool_ids};
 
 /// Boxed error of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -46,7 +51,7 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Largest non-streaming provider response read, in bytes.
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// Largest provider error body read for its message, in bytes.
-const MAX_ERROR_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 type ProviderClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -75,12 +80,13 @@ pub struct AiResponse {
     pub upstream_latency: Option<Duration>,
 }
 
-struct Provider {
-    name: Arc<str>,
+pub(crate) struct Provider {
+    pub(crate) name: Arc<str>,
     kind: ProviderKind,
     /// Base URL without a trailing `/`.
     base_url: String,
-    api_key: Option<portcullis_config::ApiKey>,
+    pub(crate) keys: KeyPool,
+    pub(crate) retries: ProviderRetries,
     default_max_tokens: u32,
     /// The `api-version` query of an `azure-openai` provider.
     azure_api_version: String,
@@ -88,15 +94,17 @@ struct Provider {
     client: ProviderClient,
 }
 
-struct Target {
-    provider: Arc<Provider>,
+pub(crate) struct Target {
+    pub(crate) provider: Arc<Provider>,
     model: String,
     /// `provider/model`.
-    key: Arc<str>,
+    pub(crate) key: Arc<str>,
+    /// The alias's weight for this target, when the alias balances load.
+    weight: Option<u32>,
 }
 
 /// A provider request ready to send.
-struct Prepared {
+pub(crate) struct Prepared {
     url: String,
     body: Bytes,
     json_mode: bool,
@@ -117,7 +125,7 @@ struct Served {
 pub struct Gateway {
     providers: HashMap<String, Arc<Provider>>,
     /// Aliases in config order, for `/models`.
-    aliases: Vec<(String, Vec<String>)>,
+    aliases: Vec<(String, Vec<AliasTarget>)>,
     prices: HashMap<String, Price>,
     pub(crate) prompts: HashMap<String, Prompt>,
     guards: HashMap<String, Guard>,
@@ -307,12 +315,16 @@ impl Gateway {
 
     /// Returns the targets for `model`: an alias's targets, or one `provider/model`.
     fn targets(&self, model: &str) -> Result<Vec<Target>, AiError> {
-        let keys: Vec<&str> = match self.aliases.iter().find(|(name, _)| name == model) {
-            Some((_, targets)) => targets.iter().map(String::as_str).collect(),
-            None => vec![model],
-        };
+        let keys: Vec<(&str, Option<u32>)> =
+            match self.aliases.iter().find(|(name, _)| name == model) {
+                Some((_, targets)) => targets
+                    .iter()
+                    .map(|target| (target.target.as_str(), target.weight))
+                    .collect(),
+                None => vec![(model, None)],
+            };
         keys.into_iter()
-            .map(|key| {
+            .map(|(key, weight)| {
                 let (provider, model_name) = split_target(key)
                     .and_then(|(provider, model)| Some((self.providers.get(provider)?, model)))
                     .ok_or_else(|| {
@@ -328,6 +340,7 @@ impl Gateway {
                     provider: provider.clone(),
                     model: model_name.to_string(),
                     key: Arc::from(key),
+                    weight,
                 })
             })
             .collect()
@@ -461,23 +474,31 @@ impl Gateway {
         let targets: Vec<Target> = self
             .targets(&model)?
             .into_iter()
-            .filter(|target| {
-                !matches!(
-                    target.provider.kind,
-                    ProviderKind::Anthropic | ProviderKind::Gemini
-                )
-            })
+            .filter(|target| target.provider.kind != ProviderKind::Anthropic)
             .collect();
         if targets.is_empty() {
             return Err(AiError::invalid_request(
                 "embeddings_not_supported",
-                format!("model `{model}` has no OpenAI-shaped target; the gateway serves embeddings from OpenAI-shaped providers only"),
+                format!("model `{model}` has only Anthropic targets, and Anthropic has no embeddings API"),
             )
             .with_param("model"));
         }
-        let prompt_chars = body.get("input").map_or(0, |input| input.to_string().len());
+        let prompt_chars = gemini_embeddings::input_chars(&body) as usize;
         let served = self
             .call(&targets, &request.request_id, |target| {
+                if target.provider.kind == ProviderKind::Gemini {
+                    let model = path_safe_model(target)?;
+                    let batch = gemini_embeddings::to_batch_request(&body, model)?;
+                    return Ok(Prepared {
+                        url: format!(
+                            "{}/models/{model}:batchEmbedContents",
+                            target.provider.base_url
+                        ),
+                        body: Bytes::from(batch.body.to_string()),
+                        json_mode: false,
+                        headers: http::HeaderMap::new(),
+                    });
+                }
                 let mut body = body.clone();
                 body["model"] = json!(target.model);
                 Ok(Prepared {
@@ -497,6 +518,12 @@ impl Gateway {
             prompt_chars,
             &request.request_id,
         );
+        if target.provider.kind == ProviderKind::Gemini {
+            let response =
+                gemini_embeddings_response(served.response.into_body(), &body, target, &call)
+                    .await?;
+            return Ok(served_response(response, target, call, served.latency));
+        }
         let bytes =
             read_recording_usage(served.response.into_body(), &call, Usage::from_openai).await?;
         let mut response = Response::new(full(bytes));
@@ -608,9 +635,9 @@ impl Gateway {
         Arc::new(record.with_request_id(request_id))
     }
 
-    /// Sends the request to each target in turn until one responds with a status that is
-    /// neither 429 nor 5xx. A status like 400 is final, because the next target would reject
-    /// the same request.
+    /// Sends the request to each target in turn, in the order of [`target_order`], until one
+    /// responds with a success status. A status like 400 is final, because the next target
+    /// would reject the same request. [`call_target`] retries one target and picks its keys.
     ///
     /// NOTE: an error that a provider sends as the first event of a 200 stream, as Anthropic
     /// can for `overloaded_error`, ends that stream and does not move on to the next target.
@@ -620,45 +647,32 @@ impl Gateway {
         request_id: &str,
         prepare: impl Fn(&Target) -> Result<Prepared, AiError>,
     ) -> Result<Served, AiError> {
+        let weights: Vec<Option<u32>> = targets.iter().map(|target| target.weight).collect();
+        let order = target_order(&weights, &mut rand::thread_rng());
         let mut latency = Duration::ZERO;
         let mut last_error = None;
-        for (index, target) in targets.iter().enumerate() {
+        for (tried, index) in order.into_iter().enumerate() {
+            let target = &targets[index];
             let prepared = prepare(target)?;
-            let provider = &target.provider;
-            let started = Instant::now();
-            let result = send(provider, &prepared, request_id).await;
-            latency += started.elapsed();
-            let error = match result {
-                Ok(response) if response.status().is_success() => {
+            match call_target(target, &prepared, request_id, &mut latency).await {
+                TargetOutcome::Served(response) => {
                     return Ok(Served {
                         target: index,
                         response,
                         json_mode: prepared.json_mode,
-                        attempts: index as u32 + 1,
+                        attempts: tried as u32 + 1,
                         latency,
                     });
                 }
-                Ok(response) => {
-                    let status = response.status();
-                    let body = read_limited(response.into_body(), MAX_ERROR_BYTES)
-                        .await
-                        .unwrap_or_default();
-                    let error = AiError::from_provider(status, &body, &provider.name);
-                    let retryable =
-                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                    if !retryable {
-                        tracing::info!(request.id = request_id, ai.target = %target.key, status = status.as_u16(), "provider rejected the request");
-                        return Err(error);
-                    }
-                    tracing::warn!(request.id = request_id, ai.target = %target.key, status = status.as_u16(), "provider failed; trying the next target");
-                    error
+                TargetOutcome::Rejected(error) => {
+                    tracing::info!(request.id = request_id, ai.target = %target.key, "provider rejected the request");
+                    return Err(error);
                 }
-                Err(error) => {
-                    tracing::warn!(request.id = request_id, ai.target = %target.key, error = %error.message, "provider call failed; trying the next target");
-                    error
+                TargetOutcome::Failed(error) => {
+                    tracing::warn!(request.id = request_id, ai.target = %target.key, error = %error.message, "target failed; trying the next target");
+                    last_error = Some(error);
                 }
-            };
-            last_error = Some(error);
+            }
         }
         Err(last_error.unwrap_or_else(|| {
             AiError::upstream(
@@ -692,11 +706,17 @@ fn provider(spec: &ProviderSpec) -> Result<Provider, SetupError> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
+    let name: Arc<str> = Arc::from(spec.name.as_str());
     Ok(Provider {
-        name: Arc::from(spec.name.as_str()),
+        keys: KeyPool::new(
+            name.clone(),
+            spec.pool_keys(),
+            (!spec.api_keys.is_empty()).then(|| spec.key_cooldown.clone()),
+        ),
+        retries: spec.retries.clone(),
+        name,
         kind: spec.kind,
         base_url,
-        api_key: spec.api_key.clone(),
         default_max_tokens: spec.default_max_tokens,
         azure_api_version: spec.azure_api_version().to_string(),
         response_timeout: spec.timeouts.response,
@@ -771,6 +791,9 @@ fn prepare_chat(target: &Target, body: &Value, stream: bool) -> Result<Prepared,
     }
     let mut body = body.clone();
     body["model"] = json!(target.model);
+    if let Some(messages) = body.get_mut("messages") {
+        tool_ids::fit_openai_messages(messages);
+    }
     // Mistral sends usage in the last chunk without being asked. The others need
     // `include_usage`, and the stream translation removes the usage chunk again unless the
     // client requested it.
@@ -793,10 +816,12 @@ fn prepare_chat(target: &Target, body: &Value, stream: bool) -> Result<Prepared,
     })
 }
 
-async fn send(
+/// Sends one request to `provider` with `key`, the key taken from its pool.
+pub(crate) async fn send(
     provider: &Provider,
     prepared: &Prepared,
     request_id: &str,
+    key: Option<&ApiKey>,
 ) -> Result<Response<Incoming>, AiError> {
     let mut builder = Request::builder()
         .method(Method::POST)
@@ -813,7 +838,7 @@ async fn send(
     {
         builder = builder.header("anthropic-version", ANTHROPIC_VERSION);
     }
-    if let Some(key) = &provider.api_key {
+    if let Some(key) = key {
         builder = match provider.kind {
             ProviderKind::Anthropic => builder.header("x-api-key", key.expose()),
             ProviderKind::Gemini => builder.header("x-goog-api-key", key.expose()),
@@ -854,7 +879,7 @@ async fn send(
     }
 }
 
-async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
+pub(crate) async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
     Limited::new(body, limit)
         .collect()
         .await
@@ -880,6 +905,42 @@ async fn read_recording_usage(
         state.usage = usage.unwrap_or_default();
     });
     Ok(bytes)
+}
+
+/// Reads a Gemini `batchEmbedContents` response, records its usage, and returns it as an
+/// OpenAI embeddings list. Without `usageMetadata` the token count is estimated from the
+/// inputs' characters, and the record marks it as estimated.
+async fn gemini_embeddings_response(
+    body: Incoming,
+    request: &Value,
+    target: &Target,
+    call: &CallRecord,
+) -> Result<Response<AiBody>, AiError> {
+    let provider_error = |message: String| {
+        AiError::upstream(
+            StatusCode::BAD_GATEWAY,
+            "provider_error",
+            format!("provider `{}`: {message}", target.provider.name),
+        )
+    };
+    let bytes = read_limited(body, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(provider_error)?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| provider_error("the response is not JSON".into()))?;
+    let batch = gemini_embeddings::to_batch_request(request, &target.model)?;
+    let usage = gemini_embeddings::usage(&value);
+    let prompt_tokens = usage
+        .and_then(|usage| Some(usage.input? + usage.cache_read.unwrap_or(0)))
+        .unwrap_or_else(|| crate::record::estimate_tokens(call.prompt_chars));
+    call.update(|state| {
+        state.usage_final = usage.is_some();
+        state.usage = usage.unwrap_or_default();
+    });
+    let completion =
+        gemini_embeddings::to_embeddings_response(&value, &batch, &target.model, prompt_tokens)
+            .map_err(provider_error)?;
+    Ok(json_response(StatusCode::OK, &completion))
 }
 
 pub(crate) fn parse_body(body: &[u8]) -> Result<Value, AiError> {

@@ -8,18 +8,22 @@
 //! [`record::CallRecord`] when the response ends to write the access log and the metrics.
 
 pub mod anthropic;
+mod attempt;
 mod chat;
 pub mod error;
 pub mod gateway;
 pub mod gemini;
+pub mod gemini_embeddings;
 pub mod guards;
 pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod prompt_openapi;
 pub mod prompts;
 pub mod record;
 pub mod sse;
 pub mod stream;
+pub mod tool_ids;
 pub mod usage;
 
 pub use error::AiError;

@@ -101,6 +101,16 @@ impl AiMetrics {
             "Cost of the calls of prompt endpoints, by consumer, route, prompt and version",
             metrics.prompt_cost.clone(),
         );
+        registry.register(
+            "portcullis_ai_provider_key_state",
+            "State of each API key of a provider's pool, by provider, key index and state: 1 for the current state",
+            crate::pool::KEY_STATE.clone(),
+        );
+        registry.register(
+            "portcullis_ai_provider_key_cooldowns",
+            "Cool-downs of provider API keys, by provider, key index and reason",
+            crate::pool::KEY_COOLDOWNS.clone(),
+        );
         metrics
     }
 

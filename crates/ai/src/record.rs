@@ -11,6 +11,11 @@ use crate::usage::{Price, Usage};
 /// English text with OpenAI and Anthropic tokenizers; an estimate, marked as such in the log.
 const CHARS_PER_TOKEN: u64 = 4;
 
+/// Estimates the tokens of `chars` characters of text.
+pub(crate) fn estimate_tokens(chars: u64) -> u64 {
+    chars.div_ceil(CHARS_PER_TOKEN)
+}
+
 /// The usage observed so far while a call's response streams.
 #[derive(Debug, Default)]
 pub struct CallState {

@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ai_balance::{AliasTarget, KeyCooldown, ProviderRetries};
 use crate::duration;
 use crate::load::KeyError;
 
@@ -44,6 +45,13 @@ pub struct ProviderSpec {
     pub base_url: Option<String>,
     #[serde(default)]
     pub api_key: Option<ApiKey>,
+    /// A pool of API keys that calls are spread over, in place of `api_key`.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    #[serde(default)]
+    pub key_cooldown: KeyCooldown,
+    #[serde(default)]
+    pub retries: ProviderRetries,
     /// `max_tokens` sent to Anthropic when the client sets neither `max_tokens` nor
     /// `max_completion_tokens`, because the Messages API requires it.
     #[serde(default = "default_max_tokens")]
@@ -156,12 +164,13 @@ impl Default for ProviderTimeouts {
     }
 }
 
-/// A model alias and the `provider/model` targets that serve it, tried in order.
+/// A model alias and the `provider/model` targets that serve it: tried in order, or spread by
+/// weight when a target has one.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelAliasSpec {
     pub name: String,
-    pub targets: Vec<String>,
+    pub targets: Vec<AliasTarget>,
 }
 
 /// Prices of one `provider/model`, in currency units per million tokens.
@@ -253,15 +262,10 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
             )),
             None => {}
         }
-        if let Some(key) = &provider.api_key
-            && (key.0.is_empty() || key.0.bytes().any(|b| !b.is_ascii_graphic()))
-        {
-            errors.push(KeyError::new(
-                format!("{at}.api_key"),
-                "the API key is empty or has spaces or control characters; check the \
-                     environment variable it comes from",
-            ));
+        if let Some(message) = provider.api_key.as_ref().and_then(invalid_key_message) {
+            errors.push(KeyError::new(format!("{at}.api_key"), message));
         }
+        crate::ai_balance::validate_provider(&mut errors, &at, provider);
         match (&provider.api_version, provider.kind) {
             (Some(version), ProviderKind::AzureOpenai) => {
                 let valid = !version.is_empty()
@@ -331,9 +335,10 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
             ));
         }
         for (j, target) in alias.targets.iter().enumerate() {
-            if let Err(message) = check_model_target(target, &providers) {
+            if let Err(message) = check_model_target(&target.target, &providers) {
                 errors.push(KeyError::new(format!("{at}.targets[{j}]"), message));
             }
+            crate::ai_balance::validate_weight(&mut errors, &format!("{at}.targets[{j}]"), target);
         }
     }
 
@@ -368,6 +373,14 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
         }
     }
     errors
+}
+
+/// Returns why `key` cannot be sent in a header, or `None` when it can.
+pub(crate) fn invalid_key_message(key: &ApiKey) -> Option<&'static str> {
+    (key.0.is_empty() || key.0.bytes().any(|b| !b.is_ascii_graphic())).then_some(
+        "the API key is empty or has spaces or control characters; check the environment \
+         variable it comes from",
+    )
 }
 
 fn check_model_target(target: &str, providers: &HashSet<&str>) -> Result<(), String> {
@@ -406,7 +419,7 @@ fn check_base_url(url: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::load::load_str;
 
     const EXAMPLE: &str = "ai:
@@ -434,12 +447,12 @@ routes:
       - key-auth: {}
 ";
 
-    fn env(name: &str) -> Option<String> {
+    pub(crate) fn env(name: &str) -> Option<String> {
         Some(format!("key-for-{name}"))
     }
 
     /// Returns the errors of `source` as `line: key: message` strings.
-    fn errors(source: &str) -> Vec<String> {
+    pub(crate) fn errors(source: &str) -> Vec<String> {
         match load_str(source, None, &env) {
             Ok(_) => Vec::new(),
             Err(errors) => errors.0.iter().map(ToString::to_string).collect(),

@@ -5,6 +5,7 @@
 //! key path, so `portcullis validate` can point at the exact spot.
 
 pub mod ai;
+mod ai_balance;
 pub mod ai_limits;
 pub mod ai_prompts;
 pub mod browser;
@@ -17,8 +18,8 @@ mod waf;
 mod yaml;
 
 pub use ai::{
-    AiConfig, AiRouteSpec, ApiKey, ModelAliasSpec, PriceSpec, ProviderKind, ProviderSpec,
-    split_target,
+    AiConfig, AiRouteSpec, AliasTarget, ApiKey, KeyCooldown, ModelAliasSpec, PriceSpec,
+    ProviderKind, ProviderRetries, ProviderSpec, split_target,
 };
 pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec};
 pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};

@@ -89,14 +89,7 @@ async fn start() -> (Gateway, Mock, Mock) {
 }
 
 async fn chat(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(gateway.url("/v1/chat/completions"))
-        .bearer_auth(ALICE_KEY)
-        .header("x-request-id", request_id)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    llm_mock::post_as_alice(gateway, "/v1/chat/completions", request_id, &body).await
 }
 
 /// Returns the `data:` payloads of an SSE body.

@@ -45,6 +45,8 @@ ai:
       targets: [gemini-main/gemini-2.5-flash]
     - name: gemini-then-azure
       targets: [gemini-main/gemini-429, azure-main/gpt-4o-prod]
+    - name: embed
+      targets: [gemini-main/gemini-embedding-001]
   prices:
     - model: gemini-main/gemini-2.5-flash
       input_per_million: 0.30
@@ -84,14 +86,7 @@ async fn start() -> (Gateway, Mock, Mock) {
 }
 
 async fn chat(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(gateway.url("/v1/chat/completions"))
-        .bearer_auth(ALICE_KEY)
-        .header("x-request-id", request_id)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    llm_mock::post_as_alice(gateway, "/v1/chat/completions", request_id, &body).await
 }
 
 /// Returns the `data:` payloads of an SSE body.
@@ -446,12 +441,12 @@ async fn gemini_errors() {
     let response = client()
         .post(gateway.url("/v1/embeddings"))
         .bearer_auth(ALICE_KEY)
-        .json(&json!({"model": "fast", "input": "hello"}))
+        .json(&json!({"model": "gemini-main/gemini-embedding-429", "input": "hello"}))
         .send()
         .await
         .unwrap();
-    let body = common::error_body(response, 400).await;
-    assert_eq!(body["error"]["code"], "embeddings_not_supported");
+    let body = common::error_body(response, 429).await;
+    assert_eq!(body["error"]["code"], "RESOURCE_EXHAUSTED");
 }
 
 // Two workers, because `access_log_line` blocks one while the client connection must still
@@ -581,6 +576,7 @@ async fn openai_sdk_on_gemini_and_azure() {
         ["stream_tools", "azure-main/gpt-4o-prod"],
         ["stream_error", "gemini-main/gemini-error-mid"],
         ["embeddings", "azure-main/embedding-small"],
+        ["embeddings", "embed"],
     ]);
     let results = run_sdk_script("openai_client.py", &gateway.url("/v1"), &cases).await;
 
@@ -622,4 +618,87 @@ async fn openai_sdk_on_gemini_and_azure() {
 
     assert_eq!(results[9]["embedding"], json!([0.5, 0.25, -1.0]));
     assert_eq!(results[9]["prompt_tokens"], 6);
+
+    // The SDK asks for base64 and decodes it. The mock's vector for "hello" is (5 + d) / 8.
+    assert_eq!(results[10]["embedding"], json!([0.625, 0.75, 0.875, 1.0]));
+    assert_eq!(results[10]["prompt_tokens"], 2);
+}
+
+async fn embeddings(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
+    llm_mock::post_as_alice(gateway, "/v1/embeddings", request_id, &body).await
+}
+
+#[tokio::test]
+async fn gemini_embeddings_are_translated() {
+    let (gateway, gemini, _azure) = start().await;
+    let response = embeddings(
+        &gateway,
+        "gemini-embed-1",
+        json!({"model": "embed", "input": ["hello", "hi there"], "dimensions": 3, "encoding_format": "float"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-portcullis-target"],
+        "gemini-main/gemini-embedding-001"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "gemini-embedding-001");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["object"], "embedding");
+    assert_eq!(data[0]["index"], 0);
+    assert_eq!(data[0]["embedding"], json!([0.625, 0.75, 0.875]));
+    assert_eq!(data[1]["index"], 1);
+    assert_eq!(data[1]["embedding"], json!([1.0, 1.125, 1.25]));
+    // Gemini sends no usage for embeddings: 13 characters at 4 per token.
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    assert_eq!(body["usage"]["total_tokens"], 4);
+
+    let request = gemini.requests().pop().unwrap();
+    assert_eq!(
+        request.path,
+        "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    );
+    assert_eq!(request.headers["x-goog-api-key"], GEMINI_KEY);
+    assert_eq!(
+        request.body["requests"][1],
+        json!({"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "hi there"}]}, "outputDimensionality": 3})
+    );
+
+    let ai = &gateway.access_log_line("gemini-embed-1")["ai"];
+    assert_eq!(ai["target"], "gemini-main/gemini-embedding-001");
+    assert_eq!(ai["input_tokens"], 4);
+    assert_eq!(ai["output_tokens"], 0);
+    assert_eq!(ai["usage_estimated"], true);
+}
+
+#[tokio::test]
+async fn gemini_embeddings_reject_invalid_input() {
+    let (gateway, gemini, _azure) = start().await;
+    let cases = [
+        (
+            json!({"model": "embed", "input": [[1, 2, 3]]}),
+            "invalid_input",
+        ),
+        (json!({"model": "embed", "input": ""}), "invalid_input"),
+        (json!({"model": "embed"}), "missing_input"),
+        (
+            json!({"model": "embed", "input": "a", "encoding_format": "int8"}),
+            "invalid_encoding_format",
+        ),
+        (
+            json!({"model": "embed", "input": vec!["a"; 101]}),
+            "too_many_inputs",
+        ),
+    ];
+    for (body, code) in cases {
+        let response = embeddings(&gateway, "gemini-embed-invalid", body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{body}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{body}");
+    }
+    assert!(gemini.requests().is_empty());
 }

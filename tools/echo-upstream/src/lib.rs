@@ -9,7 +9,9 @@
 //! - `/abort/{bytes}` announces 1,000,000 bytes, sends `bytes` of them, then fails the body,
 //!   which closes the connection mid-response;
 //! - `/bytes/{n}` sends `n` bytes of `x`;
-//! - `/fast` sends a fixed 13-byte body with no echo work, for benchmarks.
+//! - `/fast` sends a fixed 13-byte body with no echo work, for benchmarks;
+//! - `/llm/{delay_ms}/chat/completions` waits `delay_ms` and sends a fixed OpenAI
+//!   `chat.completion` with usage, a provider with a known latency for AI gateway benchmarks.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +25,14 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+
+/// The response of the `/llm/...` provider, in the OpenAI Chat Completions shape.
+const CHAT_COMPLETION: &str = concat!(
+    r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1741569952,"model":"bench","#,
+    r#""choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"#,
+    r#""usage":{"prompt_tokens":8,"completion_tokens":1,"total_tokens":9}}"#,
+    "\n"
+);
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
@@ -78,6 +88,15 @@ async fn handle(request: Request<Incoming>) -> Result<Response<BoxBody>, Infalli
                 status,
                 format!("{{\"status\":{}}}\n", status.as_u16()),
             ));
+        }
+        Some("llm") if segments.get(2..) == Some(&["chat", "completions"][..]) => {
+            tokio::time::sleep(Duration::from_millis(number(1).unwrap_or(0))).await;
+            let mut response = full(StatusCode::OK, CHAT_COMPLETION);
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                "application/json".parse().expect("static header value"),
+            );
+            return Ok(response);
         }
         Some("delay") => tokio::time::sleep(Duration::from_millis(number(1).unwrap_or(0))).await,
         Some("bytes") => {

@@ -8,6 +8,11 @@
 //! response shapes follow the examples of the Gemini API reference, with `\r\n` between
 //! stream events as Gemini sends them.
 //!
+//! `models/{model}:batchEmbedContents` checks that each request names the URL's model and has
+//! text parts, and returns one vector per request as `{"embeddings": [{"values": [...]}]}`, the
+//! documented `BatchEmbedContentsResponse` without usage. A vector has `outputDimensionality`
+//! values (4 by default), derived from the text so that tests can tell inputs apart.
+//!
 //! The model name picks the behaviour as in the other mocks: `429`, `500` and `503` fail with
 //! that status, `error-mid` sends an error event after the first text, and `hang` stops after
 //! the first events. A request with tools and no function results gets two function calls, and
@@ -90,7 +95,9 @@ pub fn handle(parts: &Parts, body: &Value) -> Response<MockBody> {
     else {
         return error(404, "NOT_FOUND", "Requested entity was not found.");
     };
-    if let Err(message) = check_request(body) {
+    if method != "batchEmbedContents"
+        && let Err(message) = check_request(body)
+    {
         return invalid(message);
     }
     for (status, code) in [
@@ -103,11 +110,59 @@ pub fn handle(parts: &Parts, body: &Value) -> Response<MockBody> {
         }
     }
     match method {
+        "batchEmbedContents" => batch_embed(model, body),
         "generateContent" => json_response(200, response(model, body, &answer(body), true)),
         "streamGenerateContent" if parts.uri.query() == Some("alt=sse") => stream(model, body),
         "streamGenerateContent" => invalid("the mock streams with alt=sse only".into()),
         _ => error(404, "NOT_FOUND", "Requested entity was not found."),
     }
+}
+
+fn batch_embed(model: &str, body: &Value) -> Response<MockBody> {
+    if let Some(key) = body
+        .as_object()
+        .and_then(|object| object.keys().find(|key| *key != "requests"))
+    {
+        return invalid(format!(
+            "Invalid JSON payload received. Unknown name \"{key}\": Cannot find field."
+        ));
+    }
+    let Some(requests) = body["requests"]
+        .as_array()
+        .filter(|requests| !requests.is_empty())
+    else {
+        return invalid("* BatchEmbedContentsRequest.requests: requests is not specified".into());
+    };
+    if requests.len() > 100 {
+        return invalid(
+            "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch".into(),
+        );
+    }
+    let mut embeddings = Vec::new();
+    for (i, request) in requests.iter().enumerate() {
+        if request["model"] != format!("models/{model}") {
+            return invalid(format!(
+                "requests[{i}].model must be `models/{model}`, the model of the URL, got {}",
+                request["model"]
+            ));
+        }
+        let text: String = request
+            .pointer("/content/parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|part| part["text"].as_str())
+            .collect();
+        if text.is_empty() {
+            return invalid(format!("requests[{i}].content must have text parts"));
+        }
+        let dimensions = request["outputDimensionality"].as_u64().unwrap_or(4) as usize;
+        let values: Vec<f64> = (0..dimensions)
+            .map(|d| (text.len() + d) as f64 / 8.0)
+            .collect();
+        embeddings.push(json!({"values": values}));
+    }
+    json_response(200, json!({"embeddings": embeddings}))
 }
 
 fn check_request(body: &Value) -> Result<(), String> {

@@ -5,8 +5,13 @@
 //! The provider model name picks the behaviour: a name containing `429`, `500`, `503` (OpenAI)
 //! or `529` (Anthropic) fails with that status, `error-mid` sends an error event mid-stream, `hang` stops a stream after
 //! its first events and keeps the connection open, `tools` answers with two tool calls, and
-//! `nousage` streams without usage. [`replies`] lists the replies that depend on the request,
-//! such as echoes and structured output. Every request is recorded for assertions.
+//! `nousage` streams without usage, and `fail-once` fails with 503 the first time the mock
+//! sees that model name. [`replies`] lists the replies that depend on the request, such as
+//! echoes and structured output. Every request is recorded for assertions.
+//!
+//! The OpenAI mock accepts [`OPENAI_KEY`] and [`OPENAI_KEY_2`], answers
+//! [`OPENAI_RATE_LIMITED_KEY`] with 429 and `Retry-After: 30` as OpenAI does when a key's
+//! quota is spent, and rejects any other key with 401.
 
 #![allow(dead_code)]
 
@@ -36,9 +41,30 @@ use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 
 pub const OPENAI_KEY: &str = "test-openai-key";
+/// A second valid OpenAI key, for key pools.
+pub const OPENAI_KEY_2: &str = "test-openai-key-2";
+/// An OpenAI key whose every request gets 429.
+pub const OPENAI_RATE_LIMITED_KEY: &str = "test-openai-key-rate-limited";
 pub const ANTHROPIC_KEY: &str = "test-anthropic-key";
 
 type MockBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Posts `body` as JSON to the gateway's `path` with alice's key and `request_id`.
+pub async fn post_as_alice(
+    gateway: &crate::common::Gateway,
+    path: &str,
+    request_id: &str,
+    body: &Value,
+) -> reqwest::Response {
+    crate::common::client()
+        .post(gateway.url(path))
+        .bearer_auth(crate::common::ALICE_KEY)
+        .header("x-request-id", request_id)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
 
 /// A request the mock received.
 #[derive(Debug, Clone)]
@@ -123,26 +149,56 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    requests.lock().unwrap().push(Recorded {
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().map(str::to_string),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    });
     let model = body["model"].as_str().unwrap_or("").to_string();
+    let first_with_model = {
+        let mut requests = requests.lock().unwrap();
+        let first = !requests
+            .iter()
+            .any(|earlier| earlier.body["model"] == body["model"]);
+        requests.push(Recorded {
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+        first
+    };
     match kind {
         Kind::Gemini => gemini::handle(&parts, &body),
         Kind::Azure => azure::handle(&parts, &body),
         Kind::OpenAi => {
-            let authorized = parts
+            let key = parts
                 .headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                == Some(&format!("Bearer {OPENAI_KEY}"));
-            if !authorized {
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if key == OPENAI_RATE_LIMITED_KEY {
+                let mut response = json_response(
+                    429,
+                    json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+                );
+                response
+                    .headers_mut()
+                    .insert("retry-after", "30".parse().unwrap());
+                return response;
+            }
+            if key != OPENAI_KEY && key != OPENAI_KEY_2 {
                 return json_response(
                     401,
                     json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+                );
+            }
+            if let Err(message) = check_openai_tool_ids(&body) {
+                return json_response(
+                    400,
+                    json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": null}}),
+                );
+            }
+            if model.contains("fail-once") && first_with_model {
+                return json_response(
+                    503,
+                    json!({"error": {"message": "The server is overloaded", "type": "server_error", "param": null, "code": null}}),
                 );
             }
             for status in [429, 500, 503] {
@@ -187,6 +243,12 @@ async fn handle(
                     json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}}),
                 );
             }
+            if let Err(message) = check_anthropic_tool_ids(&body) {
+                return json_response(
+                    400,
+                    json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}}),
+                );
+            }
             for (status, kind) in [
                 (429, "rate_limit_error"),
                 (500, "api_error"),
@@ -212,6 +274,86 @@ async fn handle(
             }
         }
     }
+}
+
+/// Checks tool call ids as OpenAI does: at most 40 characters, and every tool message answers a
+/// call of the assistant message before it.
+fn check_openai_tool_ids(body: &Value) -> Result<(), String> {
+    let mut open_calls: Vec<String> = Vec::new();
+    for (i, message) in body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(calls) = message["tool_calls"].as_array() {
+            open_calls.clear();
+            for (j, call) in calls.iter().enumerate() {
+                let id = call["id"].as_str().unwrap_or("");
+                if id.chars().count() > 40 {
+                    return Err(format!(
+                        "Invalid 'messages[{i}].tool_calls[{j}].id': string too long. Expected a string with maximum length 40, but got a string with length {} instead.",
+                        id.chars().count()
+                    ));
+                }
+                open_calls.push(id.to_string());
+            }
+        }
+        if let Some(id) = message["tool_call_id"].as_str()
+            && !open_calls.iter().any(|call| call == id)
+        {
+            return Err(format!(
+                "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'. messages[{i}].tool_call_id `{id}` matches none."
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks tool ids as Anthropic does: `tool_use` ids match `^[a-zA-Z0-9_-]+$`, and each
+/// `tool_result` answers a `tool_use` of the message before it.
+fn check_anthropic_tool_ids(body: &Value) -> Result<(), String> {
+    let valid = |id: &str| {
+        !id.is_empty()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let mut previous_uses: Vec<String> = Vec::new();
+    for (i, message) in body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let mut uses = Vec::new();
+        for (j, block) in message["content"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if block["type"] == "tool_use" {
+                let id = block["id"].as_str().unwrap_or("");
+                if !valid(id) {
+                    return Err(format!(
+                        "messages.{i}.content.{j}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'"
+                    ));
+                }
+                uses.push(id.to_string());
+            }
+            if block["type"] == "tool_result" {
+                let id = block["tool_use_id"].as_str().unwrap_or("");
+                if !previous_uses.iter().any(|used| used == id) {
+                    return Err(format!(
+                        "messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                    ));
+                }
+            }
+        }
+        previous_uses = uses;
+    }
+    Ok(())
 }
 
 fn json_response(status: u16, value: Value) -> Response<MockBody> {

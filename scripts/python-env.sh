@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates `.venv` in the repository with the pinned Python packages that the tests use. The JWT
 # tests make tokens with an independent library (PyJWT with `cryptography`). The AI gateway
-# tests call the gateway with the official `openai` and `anthropic` SDKs.
+# tests call the gateway with the official `openai` and `anthropic` SDKs. The WAF model's
+# training and evaluation scripts (crates/waf/model) use `numpy`.
 #
 # Reruns are fast: the script does nothing when `.venv/requirements.txt` already matches the
 # pinned list below. Set PORTCULLIS_TEST_PYTHON to use another interpreter in the tests instead.
@@ -11,7 +12,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 requirements='pyjwt[crypto]==2.10.1
 cryptography==44.0.2
 openai==3.51.0
-anthropic==2.10.0'
+anthropic==2.10.0
+numpy==2.2.6'
 
 venv=.venv
 if [[ -x "$venv/bin/python" && -f "$venv/requirements.txt" ]] &&

@@ -8,6 +8,8 @@
 
 pub mod engine;
 pub mod ftw;
+pub mod model;
+pub mod model_eval;
 pub mod operator;
 pub mod regex_repair;
 pub mod request;
@@ -18,6 +20,7 @@ pub mod transform;
 pub mod variable;
 
 pub use engine::{Evaluation, Exclusions, MatchedRule};
+pub use model::Model;
 pub use request::Request;
 pub use ruleset::{RuleSet, Setup};
 pub use shared::load_shared;

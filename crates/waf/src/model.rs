@@ -1,0 +1,247 @@
+//! The learned model: a logistic regression over hashed byte n-grams of one request value,
+//! trained by `crates/waf/model/train.py` and shipped as `crates/waf/model/model.bin`.
+//!
+//! Features, computed the same way as in `train.py`:
+//!
+//! 1. The value, and its percent-decoded form when decoding changes it, are each folded (ASCII
+//!    letters to lower case, ASCII digits to `0`) and framed by the bytes 0x02 and 0x03.
+//! 2. Every n-gram of 1 to `max_n` bytes of each folded text is hashed with 32-bit FNV-1a, and
+//!    the hash modulo the bucket count is its bucket.
+//! 3. The distinct buckets are the features, each worth `1 / sqrt(number of distinct buckets)`.
+//!
+//! The weights are 16-bit integers with one scale factor, so the weighted sum is an exact
+//! integer and Rust and Python agree on it; the probability is the logistic function of
+//! `bias + scale * sum / sqrt(count)`.
+
+use std::sync::OnceLock;
+
+const MAGIC: &[u8; 8] = b"PCWAFM02";
+const HEADER_LEN: usize = 8 + 4 * 2 + 8 * 4;
+const FNV_OFFSET: u32 = 0x811c_9dc5;
+const FNV_PRIME: u32 = 0x0100_0193;
+const START: u8 = 0x02;
+const END: u8 = 0x03;
+
+static SHIPPED: &[u8] = include_bytes!("../model/model.bin");
+
+/// A loaded model.
+#[derive(Debug)]
+pub struct Model {
+    bucket_mask: u32,
+    max_n: usize,
+    scale: f64,
+    bias: f64,
+    /// Probability at or above which a value counts as an attack, chosen by `train.py` for a
+    /// false-positive rate of at most 0.03% on benign values held out from training.
+    pub threshold: f64,
+    /// Probability that a value matched by a built-in rule must reach for the match to count,
+    /// chosen by `train.py` for a false-positive rate of at most 1% on those benign values.
+    pub confirm_threshold: f64,
+    weights: Vec<i16>,
+}
+
+impl Model {
+    /// Returns the model compiled into the binary, parsed on first use.
+    pub fn shipped() -> &'static Model {
+        static MODEL: OnceLock<Model> = OnceLock::new();
+        MODEL.get_or_init(|| Model::parse(SHIPPED).expect("the shipped model.bin is valid"))
+    }
+
+    /// Parses a model file: the magic `PCWAFM02`, then little-endian `u32` bucket count (a power
+    /// of two), `u32` maximum n-gram length, `f64` scale, `f64` bias, `f64` threshold, `f64`
+    /// confirmation threshold, and one `i16` weight per bucket.
+    pub fn parse(bytes: &[u8]) -> Result<Model, String> {
+        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+            return Err("not a portcullis WAF model file (missing PCWAFM02 header)".to_string());
+        }
+        let u32_at = |offset: usize| {
+            u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
+        };
+        let f64_at = |offset: usize| {
+            f64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+        };
+        let buckets = u32_at(8);
+        let max_n = u32_at(12) as usize;
+        if !buckets.is_power_of_two() || !(1..=16).contains(&max_n) {
+            return Err(format!(
+                "invalid model header: {buckets} buckets (must be a power of two), maximum \
+                 n-gram length {max_n} (must be 1 to 16)"
+            ));
+        }
+        let weights: Vec<i16> = bytes[HEADER_LEN..]
+            .chunks_exact(2)
+            .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
+            .collect();
+        if weights.len() != buckets as usize || (bytes.len() - HEADER_LEN) % 2 != 0 {
+            return Err(format!(
+                "invalid model file: {} weight bytes for {buckets} buckets",
+                bytes.len() - HEADER_LEN
+            ));
+        }
+        Ok(Model {
+            bucket_mask: buckets - 1,
+            max_n,
+            scale: f64_at(16),
+            bias: f64_at(24),
+            threshold: f64_at(32),
+            confirm_threshold: f64_at(40),
+            weights,
+        })
+    }
+
+    /// Returns the probability, from 0 to 1, that `value` is an attack.
+    pub fn probability(&self, value: &[u8]) -> f64 {
+        1.0 / (1.0 + (-self.margin(value)).exp())
+    }
+
+    /// Returns the log-odds that `value` is an attack.
+    pub fn margin(&self, value: &[u8]) -> f64 {
+        let mut buckets = Vec::with_capacity((value.len() + 2) * self.max_n * 2);
+        self.add_buckets(value, &mut buckets);
+        let decoded = percent_decode(value);
+        if decoded != value {
+            self.add_buckets(&decoded, &mut buckets);
+        }
+        buckets.sort_unstable();
+        buckets.dedup();
+        let sum: i64 = buckets
+            .iter()
+            .map(|bucket| i64::from(self.weights[*bucket as usize]))
+            .sum();
+        let count = buckets.len() as f64;
+        self.bias + self.scale * sum as f64 * (1.0 / count.sqrt())
+    }
+
+    /// Appends the bucket of every n-gram of the folded and framed `text`.
+    fn add_buckets(&self, text: &[u8], buckets: &mut Vec<u32>) {
+        let mut folded = Vec::with_capacity(text.len() + 2);
+        folded.push(START);
+        folded.extend(text.iter().map(|byte| fold(*byte)));
+        folded.push(END);
+        for start in 0..folded.len() {
+            let mut hash = FNV_OFFSET;
+            for byte in folded[start..].iter().take(self.max_n) {
+                hash = (hash ^ u32::from(*byte)).wrapping_mul(FNV_PRIME);
+                buckets.push(hash & self.bucket_mask);
+            }
+        }
+    }
+}
+
+fn fold(byte: u8) -> u8 {
+    match byte {
+        b'0'..=b'9' => b'0',
+        _ => byte.to_ascii_lowercase(),
+    }
+}
+
+/// Decodes `%XX` escapes. Invalid escapes and `+` stay as they are.
+fn percent_decode(value: &[u8]) -> Vec<u8> {
+    let mut decoded = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        if value[i] == b'%'
+            && i + 2 < value.len()
+            && let (Some(high), Some(low)) = (hex(value[i + 1]), hex(value[i + 2]))
+        {
+            decoded.push(high << 4 | low);
+            i += 3;
+        } else {
+            decoded.push(value[i]);
+            i += 1;
+        }
+    }
+    decoded
+}
+
+fn hex(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|digit| digit as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_model_loads() {
+        let model = Model::shipped();
+        assert_eq!(model.weights.len(), model.bucket_mask as usize + 1);
+        assert!(model.threshold > 0.0 && model.threshold < 1.0);
+        assert!(model.confirm_threshold > 0.0 && model.confirm_threshold < model.threshold);
+    }
+
+    #[test]
+    fn attacks_score_above_threshold() {
+        let model = Model::shipped();
+        for value in [
+            "1' OR '1'='1",
+            "1 UNION SELECT username, password FROM users--",
+            "<script>alert(document.cookie)</script>",
+            "<img src=x onerror=alert(1)>",
+            "../../../../etc/passwd",
+            "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+            "; cat /etc/passwd",
+        ] {
+            let probability = model.probability(value.as_bytes());
+            assert!(
+                probability >= model.threshold,
+                "{value:?}: probability {probability}"
+            );
+        }
+    }
+
+    #[test]
+    fn benign_values_score_below_threshold() {
+        let model = Model::shipped();
+        for value in [
+            "O'Brien",
+            "It's a \"great\" day, isn't it? Let's meet at Joe's.",
+            "Please select a plan from the menu and update your profile.",
+            "alice.o'hara@example.com",
+            "https://example.com/search?q=rust+async&page=2#results",
+            "{\"nested\": [1, 2, {\"key\": \"value\"}]}",
+            "SGVsbG8sIHdvcmxkISBUaGlzIGlzIGJhc2U2NCBlbmNvZGVkIHRleHQu",
+            "2024-01-01T10:00:00Z",
+            "Grüße aus Köln",
+        ] {
+            let probability = model.probability(value.as_bytes());
+            assert!(
+                probability < model.threshold,
+                "{value:?}: probability {probability}"
+            );
+        }
+    }
+
+    /// `samples.tsv` holds the probabilities that `train.py` computed for its sample values.
+    #[test]
+    fn python_and_rust_scores_agree() {
+        let model = Model::shipped();
+        let samples = include_str!("../model/samples.tsv");
+        let mut compared = 0;
+        for line in samples.lines().filter(|line| !line.starts_with('#')) {
+            let (value, expected) = line.split_once('\t').expect("value and probability");
+            let value: String = serde_json::from_str(value).expect("a JSON string");
+            let expected: f64 = expected.parse().expect("a probability");
+            let actual = model.probability(value.as_bytes());
+            assert!(
+                (actual - expected).abs() < 1e-9,
+                "{value:?}: Rust {actual}, Python {expected}"
+            );
+            compared += 1;
+        }
+        assert!(compared >= 10, "only {compared} samples");
+    }
+
+    #[test]
+    fn percent_decoding_keeps_invalid_escapes() {
+        assert_eq!(percent_decode(b"%2e%2E%zz%4"), b"..%zz%4");
+    }
+
+    #[test]
+    fn truncated_file_is_rejected() {
+        let error = Model::parse(&SHIPPED[..100]).unwrap_err();
+        assert!(error.contains("weight bytes"), "{error}");
+        let error = Model::parse(b"not a model").unwrap_err();
+        assert!(error.contains("PCWAFM02"), "{error}");
+    }
+}

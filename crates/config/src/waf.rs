@@ -73,13 +73,14 @@ pub(crate) fn validate_waf(key: &str, spec: &WafSpec) -> Vec<KeyError> {
     if let Some(dir) = &spec.rules_dir {
         if let Err(message) = check_rules_dir(dir) {
             errors.push(KeyError::new(format!("{key}.rules_dir"), message));
-        } else if paranoia_valid && spec.anomaly_threshold > 0 {
-            if let Err(error) = portcullis_waf::load_shared(Some(dir), &waf_setup(spec)) {
-                errors.push(KeyError::new(
-                    format!("{key}.rules_dir"),
-                    format!("failed to load the WAF rules: {error}"),
-                ));
-            }
+        } else if paranoia_valid
+            && spec.anomaly_threshold > 0
+            && let Err(error) = portcullis_waf::load_shared(Some(dir), &waf_setup(spec))
+        {
+            errors.push(KeyError::new(
+                format!("{key}.rules_dir"),
+                format!("failed to load the WAF rules: {error}"),
+            ));
         }
     }
     errors

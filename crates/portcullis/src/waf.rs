@@ -233,11 +233,13 @@ fn eval(corpus: &Path) -> anyhow::Result<ExitCode> {
         reports.push((*name, report));
     }
     let model = Model::shipped();
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "model threshold {:.4}, confirmation threshold {:.4}, anomaly threshold 5, paranoia \
          level 1\n",
         model.threshold, model.confirm_threshold
-    );
-    print!("{}", model_eval::format_report(&reports));
+    )?;
+    write!(out, "{}", model_eval::format_report(&reports))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,9 @@ so the test split measures values never seen in training.
 
 Writes `train.jsonl` and `test.jsonl` to the output directory (one JSON object per line:
 `label` 1 for an attack and 0 for benign, `family`, `source`, `value`) and `sources.txt`, the
-list of benign source files read. Only the Python standard library is used.
+list of benign source files read. `benign-sources.txt` beside this script records the sources
+that the shipped model was trained on; the script warns when the machine's sources differ, and
+`--record` rewrites that file. Only the Python standard library is used.
 """
 
 import argparse
@@ -35,6 +37,7 @@ import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
+RECORDED_SOURCES = Path(__file__).resolve().parent / "benign-sources.txt"
 SEED = "portcullis-waf-model-1"
 # Fraction of source files, in percent, that go to the test split.
 TEST_PERCENT = 25
@@ -45,6 +48,9 @@ MAX_TRAIN_VALUES_PER_ATTACK_FILE = 3000
 MAX_VALUE_LENGTH = 1000
 MAN_SECTIONS = ("man1", "man5", "man7", "man8")
 MAN_PAGES = 1500
+# Pages taken at most from one family of generated pages, named by the part of the file name
+# before the first `_` (the Google Cloud CLI alone installs 16,000 `gcloud_*` pages).
+MAN_PAGES_PER_PREFIX = 20
 
 PAYLOAD_FAMILIES = {
     "SQL_Injection": "sqli",
@@ -167,7 +173,14 @@ def man_pages():
         if directory.is_dir():
             pages.extend(sorted(directory.glob("*.gz")))
     pages.sort(key=lambda path: keyed_hash(str(path)))
-    for path in pages[:MAN_PAGES]:
+    per_prefix = {}
+    chosen = []
+    for path in pages:
+        prefix = path.name.split("_", 1)[0] if "_" in path.name else path.name
+        per_prefix[prefix] = per_prefix.get(prefix, 0) + 1
+        if per_prefix[prefix] <= MAN_PAGES_PER_PREFIX:
+            chosen.append(path)
+    for path in chosen[:MAN_PAGES]:
         yield str(path), render_man_page(path)
 
 
@@ -345,21 +358,42 @@ def build(datasets, out):
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as file:
             for item in items:
                 file.write(json.dumps(item, ensure_ascii=False) + "\n")
-    (out / "sources.txt").write_text("".join(f"{source}\n" for source in sources))
+    listing = "".join(f"{source}\n" for source in sources)
+    (out / "sources.txt").write_text(listing)
+    compare_sources(sources)
     for split, items in splits.items():
         attacks = sum(item["label"] for item in items)
         print(f"{split}: {attacks} attack and {len(items) - attacks} benign values", file=sys.stderr)
+
+
+def compare_sources(sources):
+    """Warn when the benign sources differ from the ones the shipped model was trained on."""
+    if not RECORDED_SOURCES.is_file():
+        return
+    recorded = set(RECORDED_SOURCES.read_text().splitlines())
+    current = set(sources)
+    if recorded != current:
+        print(
+            f"warning: {len(current - recorded)} benign sources are new and "
+            f"{len(recorded - current)} are missing compared with {RECORDED_SOURCES.name}, so "
+            "a model trained on this corpus differs from model.bin",
+            file=sys.stderr,
+        )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "target" / "waf-model",
                         help="output directory (default: target/waf-model)")
+    parser.add_argument("--record", action="store_true",
+                        help=f"write the benign sources read to {RECORDED_SOURCES.name}")
     args = parser.parse_args()
     datasets = shared_dir() / "datasets"
     if not (datasets / "HttpParamsDataset").is_dir():
         sys.exit(f"error: datasets not found in {datasets}; set PORTCULLIS_SHARED_DIR")
     build(datasets, args.out)
+    if args.record:
+        RECORDED_SOURCES.write_text((args.out / "sources.txt").read_text())
 
 
 if __name__ == "__main__":

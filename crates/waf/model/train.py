@@ -76,7 +76,16 @@ def is_hex(byte):
     return byte in b"0123456789abcdefABCDEF"
 
 
-FOLD = bytes(0x30 if 0x30 <= b <= 0x39 else b + 32 if 0x41 <= b <= 0x5A else b for b in range(256))
+def fold(byte):
+    """Map an ASCII digit to `0` and an ASCII capital letter to lower case."""
+    if 0x30 <= byte <= 0x39:
+        return 0x30
+    if 0x41 <= byte <= 0x5A:
+        return byte + 32
+    return byte
+
+
+FOLD = bytes(fold(byte) for byte in range(256))
 
 
 def texts_of(value):
@@ -154,6 +163,7 @@ def train(features, labels):
     sample_weight = np.where(
         labels == 1, len(labels) / (2 * positives), BENIGN_WEIGHT * len(labels) / (2 * negatives)
     )
+
     weights = np.zeros(BUCKETS)
     bias = 0.0
     moment = np.zeros(BUCKETS)
@@ -161,6 +171,7 @@ def train(features, labels):
     bias_moment = bias_velocity = 0.0
     beta1, beta2, epsilon = 0.9, 0.999, 1e-8
     step = 0
+
     for epoch in range(EPOCHS):
         order = rng.permutation(len(labels))
         for start in range(0, len(order), BATCH):
@@ -176,6 +187,7 @@ def train(features, labels):
             )
             gradient += L2 * weights
             bias_gradient = errors.sum()
+
             step += 1
             moment = beta1 * moment + (1 - beta1) * gradient
             velocity = beta2 * velocity + (1 - beta2) * gradient * gradient

@@ -54,7 +54,7 @@ const MODEL_RULES: (&str, &str) = (
     include_str!("../rules/BUILTIN-MODEL.conf"),
 );
 
-/// The `tx` variable that holds the model threshold, set by [`Setup::with_model`].
+/// The `tx` variable that contains the model threshold, set by [`Setup::with_model`].
 const MODEL_THRESHOLD_VARIABLE: &str = "model_threshold";
 
 /// Settings that a deployment puts in `crs-setup.conf`, written here as `SecAction` rules so they

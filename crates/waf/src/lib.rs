@@ -4,7 +4,8 @@
 //! [`RuleSet::evaluate`] runs the request phases (1 and 2) of that set against one [`Request`].
 //! Response phases are parsed but not evaluated. The crate has no HTTP server: callers build a
 //! [`Request`] from whatever they received. [`ftw`] runs the CRS regression tests (go-ftw YAML)
-//! through the engine.
+//! through the engine. [`Model`] is the learned model behind the `@detectModel` operator, and
+//! [`model_eval`] measures it and the built-in rules on a labelled corpus.
 
 pub mod engine;
 pub mod ftw;

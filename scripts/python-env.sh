@@ -3,6 +3,7 @@
 # tests make tokens with an independent library (PyJWT with `cryptography`). The AI gateway
 # tests call the gateway with the official `openai` and `anthropic` SDKs. The WAF test runs the
 # `sqlmap` SQL injection scanner against a vulnerable test app, directly and through the gateway.
+# The WAF model's training and evaluation scripts (crates/waf/model) use `numpy`.
 #
 # Reruns are fast: the script does nothing when `.venv/requirements.txt` already matches the
 # pinned list below. Set PORTCULLIS_TEST_PYTHON to use another interpreter in the tests instead.
@@ -13,7 +14,8 @@ requirements='pyjwt[crypto]==2.10.1
 cryptography==44.0.2
 openai==3.51.0
 anthropic==2.10.0
-sqlmap==1.10.10'
+sqlmap==1.10.10
+numpy==2.2.6'
 
 venv=.venv
 if [[ -x "$venv/bin/python" && -f "$venv/requirements.txt" ]] &&

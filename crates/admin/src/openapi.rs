@@ -683,6 +683,9 @@ fn schemas() -> Value {
                 "anomaly_threshold": { "type": "integer", "minimum": 1, "default": 5 },
                 "body_limit": { "type": "integer", "minimum": 1, "default": 131072, "description": "Request body bytes read and inspected" },
                 "on_body_over_limit": { "type": "string", "enum": ["block", "pass"], "default": "block" },
+                "model": { "type": "string", "enum": ["on", "off"], "description": "Whether the learned model runs; default on for the built-in rules, off with `rules_dir`" },
+                "model_threshold": { "type": "number", "minimum": 0, "maximum": 1, "description": "Attack probability at which the model alone adds 5 to the anomaly score; default the threshold shipped with the model" },
+                "model_confirm_threshold": { "type": "number", "minimum": 0, "maximum": 1, "description": "Attack probability that a value matched by a built-in rule must reach for the match to count; default the one shipped with the model" },
                 "exclusions": {
                     "type": "array",
                     "items": {

@@ -31,4 +31,5 @@ pub use load::{
 };
 pub use model::*;
 pub use upstream::*;
+pub use waf::waf_setup;
 pub use yaml::LineIndex;

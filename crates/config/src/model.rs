@@ -930,6 +930,37 @@ pub struct WafSpec {
     /// Rules, and rule targets, that are not evaluated.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclusions: Vec<WafExclusion>,
+    /// Whether the learned model runs. `None` means on for the built-in rules and off with
+    /// `rules_dir`; see [`WafSpec::model_enabled`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<WafModel>,
+    /// Attack probability at which the model alone adds 5 to the anomaly score. `None` is the
+    /// threshold shipped with the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_threshold: Option<f64>,
+    /// Attack probability that a value matched by a built-in rule must reach for the match to
+    /// count. `None` is the confirmation threshold shipped with the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_confirm_threshold: Option<f64>,
+}
+
+impl WafSpec {
+    /// Returns whether the learned model runs: `model` when set, otherwise only with the
+    /// built-in rules.
+    pub fn model_enabled(&self) -> bool {
+        match self.model {
+            Some(model) => model == WafModel::On,
+            None => self.rules_dir.is_none(),
+        }
+    }
+}
+
+/// `waf.model`: whether the learned model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WafModel {
+    On,
+    Off,
 }
 
 /// Default of `waf.body_limit`: 128 KiB, the request body limit that ModSecurity's
@@ -946,6 +977,9 @@ impl Default for WafSpec {
             body_limit: DEFAULT_WAF_BODY_LIMIT,
             on_body_over_limit: WafOverLimit::Block,
             exclusions: Vec::new(),
+            model: None,
+            model_threshold: None,
+            model_confirm_threshold: None,
         }
     }
 }

@@ -27,6 +27,19 @@ pub(crate) fn validate_waf(key: &str, spec: &WafSpec) -> Vec<KeyError> {
             "body_limit must be at least 1 byte",
         ));
     }
+    for (name, threshold) in [
+        ("model_threshold", spec.model_threshold),
+        ("model_confirm_threshold", spec.model_confirm_threshold),
+    ] {
+        if let Some(threshold) = threshold
+            && !(0.0..=1.0).contains(&threshold)
+        {
+            errors.push(KeyError::new(
+                format!("{key}.{name}"),
+                format!("{name} is a probability and must be 0 to 1, not {threshold}"),
+            ));
+        }
+    }
     for (i, exclusion) in spec.exclusions.iter().enumerate() {
         let at = format!("{key}.exclusions[{i}]");
         if exclusion.rules.is_empty() && exclusion.tags.is_empty() {
@@ -60,17 +73,32 @@ pub(crate) fn validate_waf(key: &str, spec: &WafSpec) -> Vec<KeyError> {
     if let Some(dir) = &spec.rules_dir {
         if let Err(message) = check_rules_dir(dir) {
             errors.push(KeyError::new(format!("{key}.rules_dir"), message));
-        } else if paranoia_valid && spec.anomaly_threshold > 0 {
-            let setup = portcullis_waf::Setup::deployment(spec.paranoia, spec.anomaly_threshold);
-            if let Err(error) = portcullis_waf::load_shared(Some(dir), &setup) {
-                errors.push(KeyError::new(
-                    format!("{key}.rules_dir"),
-                    format!("failed to load the WAF rules: {error}"),
-                ));
-            }
+        } else if paranoia_valid
+            && spec.anomaly_threshold > 0
+            && let Err(error) = portcullis_waf::load_shared(Some(dir), &waf_setup(spec))
+        {
+            errors.push(KeyError::new(
+                format!("{key}.rules_dir"),
+                format!("failed to load the WAF rules: {error}"),
+            ));
         }
     }
     errors
+}
+
+/// Returns the rule set setup of a `waf` policy: paranoia level, anomaly threshold and, when
+/// the model is enabled, its thresholds (the shipped ones unless the policy sets them).
+pub fn waf_setup(spec: &WafSpec) -> portcullis_waf::Setup {
+    let setup = portcullis_waf::Setup::deployment(spec.paranoia, spec.anomaly_threshold);
+    if !spec.model_enabled() {
+        return setup;
+    }
+    let model = portcullis_waf::Model::shipped();
+    setup.with_model(
+        spec.model_threshold.unwrap_or(model.threshold),
+        spec.model_confirm_threshold
+            .unwrap_or(model.confirm_threshold),
+    )
 }
 
 fn check_rules_dir(dir: &std::path::Path) -> Result<(), String> {

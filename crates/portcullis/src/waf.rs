@@ -1,13 +1,14 @@
-//! `portcullis waf`: run the CRS regression tests through the WAF engine, and score values read
-//! from standard input.
+//! `portcullis waf`: run the CRS regression tests through the WAF engine, score values read
+//! from standard input, and evaluate the learned model on a labelled corpus.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Subcommand;
-use portcullis_waf::{Request, RuleSet, Setup, ftw};
+use portcullis_waf::{Model, Request, RuleSet, Setup, ftw, model_eval};
 
 #[derive(Subcommand)]
 pub enum WafCommand {
@@ -33,7 +34,7 @@ pub enum WafCommand {
     ///
     /// Prints one JSON line per value: `blocked` (the CRS anomaly threshold was reached),
     /// `score` (inbound anomaly score), `rules` (ids of the rules that fired) and `probability`,
-    /// which is always null because no learned model is available yet.
+    /// the learned model's probability that the value is an attack.
     Scan {
         /// Directory of SecLang rule files, such as a CRS `rules` directory. Without it the
         /// built-in rule set runs, the one a `waf` policy without `rules_dir` uses.
@@ -45,7 +46,47 @@ pub enum WafCommand {
         /// Inbound anomaly score at which a value is blocked.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         anomaly_threshold: u32,
+        /// Whether the learned model's rule (id 100500) runs with the rules. Default: on for
+        /// the built-in rule set, off with `--rules`, as in the `waf` policy.
+        #[arg(long, value_enum)]
+        model: Option<Switch>,
+        /// Attack probability, from 0 to 1, at which the model's rule matches. Default: the
+        /// threshold shipped with the model.
+        #[arg(long, value_name = "PROBABILITY", value_parser = parse_probability)]
+        model_threshold: Option<f64>,
+        /// Attack probability, from 0 to 1, that a value matched by a built-in rule must reach
+        /// for the match to count. Default: the confirmation threshold shipped with the model.
+        #[arg(long, value_name = "PROBABILITY", value_parser = parse_probability)]
+        model_confirm_threshold: Option<f64>,
     },
+    /// Report the recall and false-positive rate of the learned model, the built-in rules and
+    /// both together on a labelled corpus.
+    ///
+    /// Reads a JSON Lines file with `label` (1 attack, 0 benign), `family` and `value`, such as
+    /// the `test.jsonl` that `crates/waf/model/corpus.py` writes, and prints Markdown tables.
+    Eval {
+        /// The labelled corpus.
+        #[arg(long, value_name = "FILE")]
+        corpus: PathBuf,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+fn parse_probability(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("expected a number from 0 to 1, not `{text}`"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("expected a number from 0 to 1, not `{text}`"))
+    }
 }
 
 pub fn run(command: WafCommand) -> ExitCode {
@@ -60,7 +101,26 @@ pub fn run(command: WafCommand) -> ExitCode {
             rules,
             paranoia,
             anomaly_threshold,
-        } => scan(rules.as_deref(), paranoia, anomaly_threshold),
+            model,
+            model_threshold,
+            model_confirm_threshold,
+        } => {
+            let model_on = model.unwrap_or(if rules.is_some() {
+                Switch::Off
+            } else {
+                Switch::On
+            }) == Switch::On;
+            let mut setup = Setup::deployment(paranoia, anomaly_threshold);
+            if model_on {
+                let model = Model::shipped();
+                setup = setup.with_model(
+                    model_threshold.unwrap_or(model.threshold),
+                    model_confirm_threshold.unwrap_or(model.confirm_threshold),
+                );
+            }
+            scan(rules.as_deref(), &setup)
+        }
+        WafCommand::Eval { corpus } => eval(&corpus),
     };
     match result {
         Ok(code) => code,
@@ -128,12 +188,12 @@ fn test(
     })
 }
 
-fn scan(rules: Option<&Path>, paranoia: u8, anomaly_threshold: u32) -> anyhow::Result<ExitCode> {
-    let setup = Setup::deployment(paranoia, anomaly_threshold);
+fn scan(rules: Option<&Path>, setup: &Setup) -> anyhow::Result<ExitCode> {
     let set = match rules {
-        Some(rules) => load_rules(rules, &setup)?,
-        None => RuleSet::builtin(&setup).context("failed to compile the built-in rules")?,
+        Some(rules) => load_rules(rules, setup)?,
+        None => RuleSet::builtin(setup).context("failed to compile the built-in rules")?,
     };
+    let model = Model::shipped();
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
         let value = line.context("failed to read standard input")?;
@@ -143,9 +203,43 @@ fn scan(rules: Option<&Path>, paranoia: u8, anomaly_threshold: u32) -> anyhow::R
             "blocked": evaluation.blocked,
             "score": evaluation.anomaly_score(),
             "rules": evaluation.logged_ids(),
-            "probability": null,
+            "probability": round(model.probability(value.as_bytes())),
         });
         writeln!(out, "{result}")?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rounds a probability to 4 decimal places for printing.
+fn round(probability: f64) -> f64 {
+    (probability * 10_000.0).round() / 10_000.0
+}
+
+fn eval(corpus: &Path) -> anyhow::Result<ExitCode> {
+    let samples = model_eval::load_samples(corpus).map_err(anyhow::Error::msg)?;
+    let detectors =
+        model_eval::Detector::standard().context("failed to compile the built-in rules")?;
+    let mut reports = Vec::new();
+    for (name, detector) in &detectors {
+        let started = Instant::now();
+        let report = model_eval::evaluate(&samples, detector);
+        let elapsed = started.elapsed();
+        eprintln!(
+            "{name}: {} values in {:.1} s, {:.1} µs per value",
+            samples.len(),
+            elapsed.as_secs_f64(),
+            elapsed.as_secs_f64() * 1e6 / samples.len().max(1) as f64
+        );
+        reports.push((*name, report));
+    }
+    let model = Model::shipped();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "model threshold {:.4}, confirmation threshold {:.4}, anomaly threshold 5, paranoia \
+         level 1\n",
+        model.threshold, model.confirm_threshold
+    )?;
+    write!(out, "{}", model_eval::format_report(&reports))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -110,10 +110,11 @@ fn waf_scan_scores_each_line() {
     assert_eq!(results[0]["blocked"], true);
     assert_eq!(results[0]["score"], 5);
     assert_eq!(results[0]["rules"], serde_json::json!([942999, 949110]));
-    assert!(results[0]["probability"].is_null());
+    assert!(results[0]["probability"].as_f64().unwrap() > 0.9);
     assert_eq!(results[1]["blocked"], false);
     assert_eq!(results[1]["score"], 0);
     assert_eq!(results[1]["rules"], serde_json::json!([]));
+    assert!(results[1]["probability"].as_f64().unwrap() < 0.1);
 }
 
 #[test]

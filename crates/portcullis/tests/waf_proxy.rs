@@ -133,6 +133,7 @@ routes:
     paths: [/excluded]
     policies:
       - waf:
+          model: off
           exclusions:
             - rules: [100100]
               variables: ["ARGS:password", "ARGS:json.password"]

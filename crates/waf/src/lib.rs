@@ -4,11 +4,14 @@
 //! [`RuleSet::evaluate`] runs the request phases (1 and 2) of that set against one [`Request`].
 //! Response phases are parsed but not evaluated. The crate has no HTTP server: callers build a
 //! [`Request`] from whatever they received. [`ftw`] runs the CRS regression tests (go-ftw YAML)
-//! through the engine.
+//! through the engine. [`Model`] is the learned model behind the `@detectModel` operator, and
+//! [`model_eval`] measures it and the built-in rules on a labelled corpus.
 
 pub mod content_encoding;
 pub mod engine;
 pub mod ftw;
+pub mod model;
+pub mod model_eval;
 pub mod operator;
 pub mod regex_repair;
 pub mod request;
@@ -19,6 +22,7 @@ pub mod transform;
 pub mod variable;
 
 pub use engine::{Evaluation, Exclusions, MatchedRule};
+pub use model::Model;
 pub use request::Request;
 pub use ruleset::{RuleSet, Setup};
 pub use shared::load_shared;

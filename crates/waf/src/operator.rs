@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use regex::bytes::Regex;
 
 use crate::Error;
+use crate::model::Model;
 use crate::regex_repair::{self, Repair};
 use crate::seclang::Location;
 
@@ -75,6 +76,9 @@ pub enum OperatorKind {
     ValidateUtf8Encoding,
     DetectSqli,
     DetectXss,
+    /// portcullis extension: the learned model's probability that the value is an attack is
+    /// at least the argument, a number from 0 to 1.
+    DetectModel(Argument),
     UnconditionalMatch,
     NoMatch,
 }
@@ -180,6 +184,20 @@ impl Operator {
             "validateutf8encoding" => OperatorKind::ValidateUtf8Encoding,
             "detectsqli" => OperatorKind::DetectSqli,
             "detectxss" => OperatorKind::DetectXss,
+            "detectmodel" => {
+                let threshold = Argument::new(argument);
+                if let Argument::Literal(bytes) = &threshold
+                    && parse_probability(bytes).is_none()
+                {
+                    return Err(Error::syntax(
+                        location,
+                        format!(
+                            "`@detectModel` expects a probability from 0 to 1, not `{argument}`"
+                        ),
+                    ));
+                }
+                OperatorKind::DetectModel(threshold)
+            }
             "unconditionalmatch" => OperatorKind::UnconditionalMatch,
             "nomatch" => OperatorKind::NoMatch,
             // They need a GeoIP database and DNS lookups, which the engine does not have. The
@@ -293,6 +311,22 @@ impl Operator {
                 injection
             }
             OperatorKind::DetectXss => libinjectionrs::detect_xss(input).is_injection(),
+            OperatorKind::DetectModel(arg) => {
+                // A macro that expands to no valid probability never matches.
+                let threshold = parse_probability(&argument(arg)).unwrap_or(f64::INFINITY);
+                if threshold <= 0.0 && !want_captures {
+                    // Every probability is at least 0, so the model need not run.
+                    return Outcome {
+                        matched: !self.negated,
+                        captures,
+                    };
+                }
+                let probability = Model::shipped().probability(input);
+                if want_captures {
+                    captures.push(format!("{probability:.3}").into_bytes());
+                }
+                probability >= threshold
+            }
             OperatorKind::UnconditionalMatch => true,
             OperatorKind::NoMatch => false,
         };
@@ -301,6 +335,15 @@ impl Operator {
             captures,
         }
     }
+}
+
+fn parse_probability(bytes: &[u8]) -> Option<f64> {
+    std::str::from_utf8(bytes)
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|value| (0.0..=1.0).contains(value))
 }
 
 fn phrase_matcher<'a>(

@@ -48,6 +48,15 @@ pub const BUILTIN_RULES: [(&str, &str); 6] = [
     ),
 ];
 
+/// The rule of the learned model, compiled when a [`Setup`] enables the model.
+const MODEL_RULES: (&str, &str) = (
+    "BUILTIN-MODEL.conf",
+    include_str!("../rules/BUILTIN-MODEL.conf"),
+);
+
+/// The `tx` variable that contains the model threshold, set by [`Setup::with_model`].
+const MODEL_THRESHOLD_VARIABLE: &str = "model_threshold";
+
 /// Settings that a deployment puts in `crs-setup.conf`, written here as `SecAction` rules so they
 /// go through the same parser as the rule files.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -91,6 +100,27 @@ impl Setup {
                 anomaly_threshold.to_string(),
             )],
         }
+    }
+
+    /// Returns this setup with the learned model enabled. The model's rule
+    /// (`crates/waf/rules/BUILTIN-MODEL.conf`) adds 5 to the anomaly score for each value whose
+    /// attack probability is at least `threshold`. In the built-in rule set, a detection rule's
+    /// match counts only when the matched value's probability is at least `confirm_threshold`.
+    pub fn with_model(mut self, threshold: f64, confirm_threshold: f64) -> Self {
+        self.tx
+            .push((MODEL_THRESHOLD_VARIABLE.to_string(), threshold.to_string()));
+        self.tx.push((
+            "model_confirm_threshold".to_string(),
+            confirm_threshold.to_string(),
+        ));
+        self
+    }
+
+    /// Returns whether [`Setup::with_model`] enabled the learned model.
+    pub fn model_enabled(&self) -> bool {
+        self.tx
+            .iter()
+            .any(|(name, _)| name == MODEL_THRESHOLD_VARIABLE)
     }
 
     fn to_seclang(&self) -> String {
@@ -258,6 +288,17 @@ impl RuleSet {
 
         let mut compiler = Compiler::new(dir);
         compiler.add_text("<setup>", &setup.to_seclang())?;
+        if setup.model_enabled() {
+            // The CRS resets tx.blocking_inbound_anomaly_score in phase 2 (rule 949059) and
+            // then adds the per-paranoia-level scores, so the model adds to the level-1 score.
+            // Loaded first, the rule runs at the start of phase 2, before that evaluation.
+            let (name, text) = MODEL_RULES;
+            let text = text.replace(
+                "tx.blocking_inbound_anomaly_score=+",
+                "tx.inbound_anomaly_score_pl1=+",
+            );
+            compiler.add_text(name, &text)?;
+        }
         for file in files {
             let text = std::fs::read_to_string(&file).map_err(|source| Error::Io {
                 path: file.clone(),
@@ -275,6 +316,9 @@ impl RuleSet {
         let mut compiler = Compiler::new(Path::new("."));
         compiler.add_text("<setup>", &setup.to_seclang())?;
         for (name, text) in BUILTIN_RULES {
+            if name == "BUILTIN-BLOCKING-EVALUATION.conf" && setup.model_enabled() {
+                compiler.add_text(MODEL_RULES.0, MODEL_RULES.1)?;
+            }
             compiler.add_text(name, text)?;
         }
         Ok(compiler.finish())

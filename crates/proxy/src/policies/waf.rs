@@ -16,7 +16,7 @@ use http::{StatusCode, Version, header};
 use http_body::Body;
 use portcullis_config::{WafMode, WafOverLimit, WafSpec};
 use portcullis_waf::content_encoding::{self, DecodeError};
-use portcullis_waf::{Evaluation, Exclusions, RuleSet, Setup};
+use portcullis_waf::{Evaluation, Exclusions, RuleSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Serialize;
@@ -81,7 +81,7 @@ impl Waf {
     /// Builds the policy, compiling its rule set unless an earlier snapshot already did. Fails
     /// with the rule file and line when a rule is malformed.
     pub fn new(spec: &WafSpec, context: &PolicyContext) -> Result<Self, String> {
-        let setup = Setup::deployment(spec.paranoia, spec.anomaly_threshold);
+        let setup = portcullis_config::waf_setup(spec);
         let rules = portcullis_waf::load_shared(spec.rules_dir.as_deref(), &setup)
             .map_err(|error| format!("failed to load the WAF rules: {error}"))?;
         Ok(Waf {

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use portcullis_store::AiUsageFilter;
-use portcullis_store::ai_usage::{AiUsageDimension, AiUsageTotals, BUCKET_SECONDS, group_ai_usage};
+use portcullis_store::ai_usage::{AiUsageDimension, AiUsageTotals, group_ai_usage};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -33,10 +33,7 @@ pub async fn report(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(pairs) = query.map_err(|rejection| {
-        ApiError::bad_request(format!(
-            "invalid query string: {}",
-            rejection.body_text()
-        ))
+        ApiError::bad_request(format!("invalid query string: {}", rejection.body_text()))
     })?;
     let query = parse_query(&pairs, OffsetDateTime::now_utc().unix_timestamp())?;
     let rows = state.control.store().ai_usage(&query.filter).await?;
@@ -178,6 +175,8 @@ fn parse_group_by(value: &str) -> Result<Vec<AiUsageDimension>, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_store::ai_usage::BUCKET_SECONDS;
+
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -190,14 +189,20 @@ mod tests {
     fn defaults_cover_the_last_day() {
         let query = parse_query(&[], 100_000).unwrap();
         assert_eq!(query.filter.to, 100_000);
-        assert_eq!(query.filter.from, 100_000 - 24 * 3600 - 100_000 % BUCKET_SECONDS);
+        assert_eq!(
+            query.filter.from,
+            100_000 - 24 * 3600 - 100_000 % BUCKET_SECONDS
+        );
         assert!(query.group_by.is_empty());
     }
 
     #[test]
     fn from_rounds_down_to_the_hour() {
         let query = parse_query(
-            &pairs(&[("from", "2026-12-04T10:30:00Z"), ("to", "2026-12-04T12:00:00Z")]),
+            &pairs(&[
+                ("from", "2026-12-04T10:30:00Z"),
+                ("to", "2026-12-04T12:00:00Z"),
+            ]),
             0,
         )
         .unwrap();
@@ -208,7 +213,11 @@ mod tests {
     #[test]
     fn filters_and_group_by_parse() {
         let query = parse_query(
-            &pairs(&[("group_by", "consumer,model"), ("consumer", "alice"), ("route", "llm")]),
+            &pairs(&[
+                ("group_by", "consumer,model"),
+                ("consumer", "alice"),
+                ("route", "llm"),
+            ]),
             10_000,
         )
         .unwrap();
@@ -226,7 +235,10 @@ mod tests {
         let cases: &[&[(&str, &str)]] = &[
             &[("from", "yesterday")],
             &[("to", "2026-12-04")],
-            &[("from", "2026-12-04T12:00:00Z"), ("to", "2026-12-04T11:00:00Z")],
+            &[
+                ("from", "2026-12-04T12:00:00Z"),
+                ("to", "2026-12-04T11:00:00Z"),
+            ],
             &[("group_by", "tenant")],
             &[("group_by", "model,model")],
             &[("group_by", "")],

@@ -363,3 +363,27 @@ key_hash_secret: ai-usage-test-key-hash-secret-0000000001
         assert_completed_calls(&report["rows"][1], 2);
     }
 }
+
+#[tokio::test]
+async fn shutdown_writes_queued_usage() {
+    let openai = llm_mock::openai().await;
+    // An hour-long interval leaves the write to the shutdown.
+    let config = format!("{}{}", common::node_config(), ai_config(&openai)).replace(
+        "usage_report: { flush_interval: 100ms }",
+        "usage_report: { flush_interval: 1h }",
+    );
+    let env = [("OPENAI_API_KEY", OPENAI_KEY)];
+    let mut gateway = Gateway::start_with_env(&config, &env);
+    chat(&gateway, ALICE_KEY, false).await;
+    chat(&gateway, BOB_KEY, true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, before) = usage(&gateway, "").await;
+    assert_eq!(before["totals"]["calls"], 0, "{before}");
+
+    gateway.signal("TERM");
+    assert!(gateway.wait_exit(Duration::from_secs(15)));
+    let dir = std::mem::replace(&mut gateway.dir, tempfile::tempdir().unwrap());
+    let restarted = Gateway::start_in_with_env(dir, &config, &env);
+    let (_, after) = usage(&restarted, "").await;
+    assert_completed_calls(&after["totals"], 2);
+}

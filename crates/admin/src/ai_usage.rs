@@ -17,7 +17,7 @@ use crate::{AdminState, ApiError};
 /// Length of the report when `from` is not given, in seconds.
 const DEFAULT_RANGE_SECONDS: i64 = 24 * 3600;
 
-/// Query parameters that name a filter, with the field each sets.
+/// Query parameters that select calls with one value of a dimension.
 const FILTERS: [&str; 4] = ["consumer", "credential_id", "route", "model"];
 
 /// A validated `GET /ai/usage` query.
@@ -94,6 +94,7 @@ fn parse_query(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, ApiEr
     let mut from = None;
     let mut to = None;
     let mut group_by = Vec::new();
+
     for (name, value) in pairs {
         if !seen.insert(name.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -126,6 +127,7 @@ fn parse_query(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, ApiEr
             }
         }
     }
+
     let to = to.unwrap_or(now);
     let from = from.unwrap_or(to - DEFAULT_RANGE_SECONDS);
     if from >= to {
@@ -135,6 +137,7 @@ fn parse_query(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, ApiEr
             format_time(to)
         )));
     }
+
     filter.from = portcullis_store::ai_usage::bucket_start(from);
     filter.to = to;
     Ok(UsageQuery { filter, group_by })

@@ -30,7 +30,7 @@ pub struct AiConfig {
     /// Named checks on prompts that routes apply before any provider call.
     #[serde(default)]
     pub guards: Vec<crate::ai_prompts::GuardSpec>,
-    /// How call usage is aggregated into the store for `GET /ai/usage`.
+    /// Settings of the usage report that `GET /ai/usage` reads from the store.
     #[serde(default)]
     pub usage_report: UsageReportSpec,
 }

@@ -5,7 +5,7 @@
 //! `ai.usage_report.flush_interval` has passed or `batch_size` calls are pending, and once more
 //! when the writer stops. A failed write is retried [`MAX_ATTEMPTS`] times in all; then the
 //! batch is dropped, logged with the error and counted in
-//! `portcullis_ai_usage_dropped{reason="store_error"}`.
+//! `portcullis_ai_usage_dropped_total{reason="store_error"}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

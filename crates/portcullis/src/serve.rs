@@ -114,7 +114,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
         })?;
     let admin_addr = admin_listener.local_addr()?;
 
-    // The writer runs without an `ai` section too, because a reload may add one.
+    // Without an `ai` section no call is queued, and the writer stays idle.
     let usage_spec = config
         .ai
         .as_ref()

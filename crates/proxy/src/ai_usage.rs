@@ -3,7 +3,7 @@
 //!
 //! The queue is bounded. A call that finds it full is dropped from the report (the access log
 //! and the `portcullis_ai_*` metrics still count it), counted in
-//! `portcullis_ai_usage_dropped{reason="queue_full"}`, and logged at most once per
+//! `portcullis_ai_usage_dropped_total{reason="queue_full"}`, and logged at most once per
 //! [`WARNING_INTERVAL`].
 
 use std::sync::Mutex;
@@ -72,7 +72,7 @@ impl UsageQueue {
             tracing::warn!(
                 dropped = warning.1,
                 capacity = self.sender.max_capacity(),
-                "AI usage records dropped from the usage report because {reason}; raise ai.usage_report.queue_size if this repeats"
+                "AI calls dropped from the usage report because {reason}; raise ai.usage_report.queue_size if this repeats"
             );
             *warning = (Some(Instant::now()), 0);
         }

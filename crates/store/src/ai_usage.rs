@@ -97,7 +97,7 @@ pub enum AiUsageDimension {
 }
 
 impl AiUsageDimension {
-    /// Every dimension, in the order of [`AiUsageDimension::name`]'s list in messages.
+    /// Every dimension, in the order that error messages list them.
     pub const ALL: [AiUsageDimension; 6] = [
         AiUsageDimension::Consumer,
         AiUsageDimension::CredentialId,

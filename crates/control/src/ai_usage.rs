@@ -283,4 +283,22 @@ mod tests {
         assert_eq!(rows.len(), 2);
         writer.stop().await;
     }
+
+    #[tokio::test]
+    async fn failed_writes_are_retried_then_counted() {
+        let folder = tempfile::tempdir().unwrap();
+        // Without migrations the `ai_usage` table is missing, so every write fails.
+        let store = portcullis_store::SqliteStore::open(&folder.path().join("usage.db"))
+            .await
+            .unwrap();
+        let mut batch = UsageBatch::default();
+        batch.add(&event("alice", 0, false));
+        batch.add(&event("bob", 0, false));
+        let dropped = Counter::default();
+        let started = std::time::Instant::now();
+        write_batch(&store, &mut batch, &dropped).await;
+        assert_eq!(dropped.get(), 2);
+        assert!(started.elapsed() >= FIRST_RETRY_DELAY * 3);
+        assert_eq!(batch.calls(), 0);
+    }
 }

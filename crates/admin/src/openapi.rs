@@ -256,7 +256,7 @@ fn build() -> Value {
             "description": "Sums the calls, tokens by kind and cost that every node sharing the store recorded, per hour. A call counts in the hour in which its response ended. Rows come from the hours that start in [from rounded down to the hour, to). The last second of calls may not be written yet.",
             "operationId": "get_ai_usage",
             "parameters": [
-                { "name": "group_by", "in": "query", "required": false, "description": "Comma-separated dimensions: consumer, credential_id, route, model, target, hour. Without it, `rows` has one row with the totals.", "schema": { "type": "string" }, "examples": { "by_consumer_and_model": { "value": "consumer,model" } } },
+                { "name": "group_by", "in": "query", "required": false, "description": "Comma-separated dimensions: consumer, credential_id, route, model, target, hour. Without it, `rows` has one row with the totals. When no call matches, `rows` is empty.", "schema": { "type": "string" }, "examples": { "by_consumer_and_model": { "value": "consumer,model" } } },
                 { "name": "from", "in": "query", "required": false, "description": "RFC 3339 start, rounded down to the hour; default 24 hours before `to`", "schema": { "type": "string", "format": "date-time" } },
                 { "name": "to", "in": "query", "required": false, "description": "RFC 3339 end, exclusive; default now", "schema": { "type": "string", "format": "date-time" } },
                 { "name": "consumer", "in": "query", "required": false, "schema": { "type": "string" } },

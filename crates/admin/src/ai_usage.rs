@@ -36,6 +36,8 @@ pub async fn report(
         ApiError::bad_request(format!("invalid query string: {}", rejection.body_text()))
     })?;
     let query = parse_query(&pairs, OffsetDateTime::now_utc().unix_timestamp())?;
+    // NOTE: the rows of the whole range are read and grouped here, not with SQL GROUP BY, so a
+    // long range with many consumers and keys costs memory in proportion to its rows.
     let rows = state.control.store().ai_usage(&query.filter).await?;
 
     let mut totals = AiUsageTotals::default();

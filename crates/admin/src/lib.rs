@@ -12,6 +12,7 @@
 // The OpenAPI schemas are one `json!` literal, deeper than the default macro recursion limit.
 #![recursion_limit = "256"]
 
+mod ai_usage;
 mod entities;
 mod error;
 mod keys;
@@ -70,6 +71,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/keys", get(keys::find_keys))
         .route("/config/reload", axum::routing::post(ops::reload))
         .route("/ai/openapi.json", get(openapi::prompts_document))
+        .route("/ai/usage", get(ai_usage::report))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health/live", get(ops::live))

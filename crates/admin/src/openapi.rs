@@ -250,6 +250,24 @@ fn build() -> Value {
         }}),
     );
     paths.insert(
+        "/ai/usage".into(),
+        json!({ "get": {
+            "summary": "Report usage and cost of AI calls",
+            "description": "Sums the calls, tokens by kind and cost that every node sharing the store recorded, per hour. A call counts in the hour in which its response ended. Rows come from the hours that start in [from rounded down to the hour, to). The last second of calls may not be written yet.",
+            "operationId": "get_ai_usage",
+            "parameters": [
+                { "name": "group_by", "in": "query", "required": false, "description": "Comma-separated dimensions: consumer, credential_id, route, model, target, hour. Without it, `rows` has one row with the totals. When no call matches, `rows` is empty.", "schema": { "type": "string" }, "examples": { "by_consumer_and_model": { "value": "consumer,model" } } },
+                { "name": "from", "in": "query", "required": false, "description": "RFC 3339 start, rounded down to the hour; default 24 hours before `to`", "schema": { "type": "string", "format": "date-time" } },
+                { "name": "to", "in": "query", "required": false, "description": "RFC 3339 end, exclusive; default now", "schema": { "type": "string", "format": "date-time" } },
+                { "name": "consumer", "in": "query", "required": false, "schema": { "type": "string" } },
+                { "name": "credential_id", "in": "query", "required": false, "schema": { "type": "string" } },
+                { "name": "route", "in": "query", "required": false, "schema": { "type": "string" } },
+                { "name": "model", "in": "query", "required": false, "description": "The model as clients sent it: an alias or provider/model", "schema": { "type": "string" } }
+            ],
+            "responses": { "200": json_response("Rows per group and the totals", schema_ref("AiUsageReport")), "400": error_response("Invalid query parameter"), "401": error_response("Missing or invalid admin token") }
+        }}),
+    );
+    paths.insert(
         "/health/live".into(),
         json!({ "get": { "summary": "Liveness probe", "operationId": "live", "security": [], "responses": { "200": { "description": "The process is running" } } } }),
     );
@@ -291,6 +309,29 @@ fn build() -> Value {
 fn schemas() -> Value {
     let duration = json!({ "type": "string", "description": "A duration such as `1s`, `250ms` or `2m`", "examples": ["1s"] });
     json!({
+        "AiUsageTotals": {
+            "type": "object",
+            "properties": {
+                "calls": { "type": "integer" },
+                "input_tokens": { "type": "integer" },
+                "cache_read_tokens": { "type": "integer" },
+                "cache_write_tokens": { "type": "integer" },
+                "output_tokens": { "type": "integer" },
+                "reasoning_tokens": { "type": "integer" },
+                "cost": { "type": "number", "description": "From `ai.prices`; a call whose target has no price adds 0" },
+                "estimated_calls": { "type": "integer", "description": "Calls with a token count estimated from characters" }
+            }
+        },
+        "AiUsageReport": {
+            "type": "object",
+            "properties": {
+                "from": { "type": "string", "format": "date-time" },
+                "to": { "type": "string", "format": "date-time" },
+                "group_by": { "type": "array", "items": { "type": "string" } },
+                "rows": { "type": "array", "items": { "allOf": [{ "$ref": "#/components/schemas/AiUsageTotals" }], "description": "The totals, plus one key per `group_by` dimension; `hour` is an RFC 3339 time" } },
+                "totals": { "$ref": "#/components/schemas/AiUsageTotals" }
+            }
+        },
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -803,7 +844,7 @@ mod tests {
     use super::build;
 
     /// Every path the router serves, in OpenAPI form.
-    const ROUTER_PATHS: [&str; 18] = [
+    const ROUTER_PATHS: [&str; 19] = [
         "/services",
         "/services/{name}",
         "/services/{name}/health",
@@ -817,6 +858,7 @@ mod tests {
         "/keys",
         "/config/reload",
         "/ai/openapi.json",
+        "/ai/usage",
         "/health/live",
         "/health/ready",
         "/metrics",

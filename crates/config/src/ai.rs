@@ -30,6 +30,32 @@ pub struct AiConfig {
     /// Named checks on prompts that routes apply before any provider call.
     #[serde(default)]
     pub guards: Vec<crate::ai_prompts::GuardSpec>,
+    /// Settings of the usage report that `GET /ai/usage` reads from the store.
+    #[serde(default)]
+    pub usage_report: UsageReportSpec,
+}
+
+/// Settings of the writer that adds finished calls' usage to the store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageReportSpec {
+    /// Time between two writes of the aggregated usage.
+    #[serde(with = "duration")]
+    pub flush_interval: std::time::Duration,
+    /// Records that trigger a write before `flush_interval` ends.
+    pub batch_size: usize,
+    /// Records waiting for the writer; a record that finds the queue full is dropped.
+    pub queue_size: usize,
+}
+
+impl Default for UsageReportSpec {
+    fn default() -> Self {
+        UsageReportSpec {
+            flush_interval: std::time::Duration::from_secs(1),
+            batch_size: 500,
+            queue_size: 10_000,
+        }
+    }
 }
 
 /// One LLM provider account.
@@ -235,6 +261,24 @@ pub(crate) fn validate_config(config: &crate::model::Config) -> Vec<KeyError> {
 /// Checks the `ai` section.
 fn validate(ai: &AiConfig) -> Vec<KeyError> {
     let mut errors = Vec::new();
+    let report = &ai.usage_report;
+    if report.flush_interval.is_zero() {
+        errors.push(KeyError::new(
+            "ai.usage_report.flush_interval",
+            "must be greater than 0, such as 1s",
+        ));
+    }
+    for (key, value) in [
+        ("batch_size", report.batch_size),
+        ("queue_size", report.queue_size),
+    ] {
+        if value == 0 {
+            errors.push(KeyError::new(
+                format!("ai.usage_report.{key}"),
+                "must be at least 1",
+            ));
+        }
+    }
     let mut providers = HashSet::new();
     for (i, provider) in ai.providers.iter().enumerate() {
         let at = format!("ai.providers[{i}]");

@@ -19,7 +19,7 @@ mod yaml;
 
 pub use ai::{
     AiConfig, AiRouteSpec, AliasTarget, ApiKey, KeyCooldown, ModelAliasSpec, PriceSpec,
-    ProviderKind, ProviderRetries, ProviderSpec, split_target,
+    ProviderKind, ProviderRetries, ProviderSpec, UsageReportSpec, split_target,
 };
 pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec};
 pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};

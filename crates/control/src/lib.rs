@@ -8,6 +8,7 @@
 //! down, or a stored entity no longer compiles) keeps the last good snapshot in service and
 //! marks the node degraded until a later rebuild succeeds.
 
+pub mod ai_usage;
 pub mod bus;
 mod keys;
 pub mod rotation;

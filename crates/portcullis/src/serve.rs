@@ -9,10 +9,12 @@ use anyhow::Context;
 use portcullis_admin::AdminState;
 use portcullis_config::{Config, LogFormat};
 use portcullis_control::ControlPlane;
+use portcullis_control::ai_usage::UsageWriter;
 use portcullis_policy::ai_limits::{MemoryUsage, RedisUsage, UsageStore};
 use portcullis_policy::rate_limit::{Counters, MemoryCounters, RedisCounters, RedisSettings};
 use portcullis_proxy::access_log::AccessLog;
-use portcullis_proxy::metrics::Metrics;
+use portcullis_proxy::ai_usage::UsageQueue;
+use portcullis_proxy::metrics::{Metrics, UsageDropLabels};
 use portcullis_proxy::policies::ai_limits::AiLimitsContext;
 use portcullis_proxy::policies::introspection::IntrospectionRegistry;
 use portcullis_proxy::policies::{PolicyContext, SystemClock};
@@ -112,10 +114,38 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
         })?;
     let admin_addr = admin_listener.local_addr()?;
 
+    // Without an `ai` section no call is queued, and the writer stays idle.
+    let usage_spec = config
+        .ai
+        .as_ref()
+        .map(|ai| ai.usage_report.clone())
+        .unwrap_or_default();
+    let (usage_queue, usage_events) = UsageQueue::new(
+        usage_spec.queue_size,
+        metrics
+            .ai_usage_dropped
+            .get_or_create(&UsageDropLabels {
+                reason: "queue_full",
+            })
+            .clone(),
+    );
+    let store_errors = metrics
+        .ai_usage_dropped
+        .get_or_create(&UsageDropLabels {
+            reason: "store_error",
+        })
+        .clone();
+    let usage_writer = UsageWriter::spawn(
+        control.store().clone(),
+        usage_events,
+        usage_spec,
+        store_errors,
+    );
     let proxy = Arc::new(Proxy {
         snapshot: control.snapshot(),
         metrics: metrics.clone(),
         access_log: access_log.clone(),
+        ai_usage: Some(Arc::new(usage_queue)),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = ConnectionTracker::new();
@@ -236,6 +266,7 @@ pub async fn serve(path: Option<PathBuf>, addresses_file: Option<PathBuf>) -> an
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
     control.flush_key_usage().await;
+    usage_writer.stop().await;
     tracing::info!("portcullis stopped");
     Ok(())
 }

@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod ai;
+pub mod ai_usage;
 pub mod balancer;
 pub mod body;
 pub mod canonical;

@@ -33,6 +33,11 @@ pub struct RouteLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UsageDropLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RejectionLabels {
     pub policy: Name,
     pub code: Name,
@@ -108,6 +113,8 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
+    /// AI calls left out of the usage report, by reason: `queue_full` or `store_error`.
+    pub ai_usage_dropped: Family<UsageDropLabels, Counter>,
     pub rate_limit_backend_errors: Family<BackendErrorLabels, Counter>,
     /// 1 while a target is in service, 0 while health checks keep it out.
     pub target_healthy: Family<TargetLabels, Gauge>,
@@ -224,6 +231,7 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             config_version: Gauge::default(),
             access_log_dropped: Counter::default(),
+            ai_usage_dropped: Family::default(),
             rate_limit_backend_errors: Family::default(),
             target_healthy: Family::default(),
             target_circuit_state: Family::default(),
@@ -267,6 +275,11 @@ impl Metrics {
             "portcullis_config_version",
             "Config version of the snapshot being served",
             metrics.config_version.clone(),
+        );
+        registry.register(
+            "portcullis_ai_usage_dropped",
+            "AI calls left out of the usage report, by reason: queue_full when the queue to the writer was full, store_error when the store rejected the batch after its retries",
+            metrics.ai_usage_dropped.clone(),
         );
         registry.register(
             "portcullis_access_log_dropped",

@@ -43,6 +43,8 @@ pub struct Proxy {
     pub snapshot: Arc<SnapshotHandle>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// The queue to the AI usage writer; `None` without an `ai` section.
+    pub ai_usage: Option<Arc<crate::ai_usage::UsageQueue>>,
 }
 
 /// What the gateway knows about the connection a request came on.
@@ -679,6 +681,15 @@ impl Completion for LogOnComplete {
             let consumer = record.consumer.as_deref().unwrap_or("");
             let route_name = route.as_ref().map_or("", |route| &*route.name);
             metrics.ai.record(&summary, consumer, route_name);
+            if let Some(queue) = &proxy.ai_usage {
+                queue.push(crate::ai_usage::UsageEvent {
+                    unix_seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
+                    consumer: consumer.to_string(),
+                    credential_id: record.credential_id.as_deref().unwrap_or("").to_string(),
+                    route: route_name.to_string(),
+                    summary: summary.clone(),
+                });
+            }
             record.ai = Some(summary);
         }
         if !proxy.access_log.is_on() {

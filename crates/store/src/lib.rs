@@ -9,6 +9,7 @@
 //! Two backends implement the trait: [`SqliteStore`] for a single node and [`PostgresStore`]
 //! for several nodes that share one database.
 
+pub mod ai_usage;
 mod backend;
 mod codec;
 mod diff;
@@ -24,6 +25,7 @@ use std::pin::Pin;
 
 use portcullis_config::{ConsumerSpec, Entities, RouteSpec, ServiceSpec, StoreConfig};
 
+pub use ai_usage::{AiUsageFilter, AiUsageKey, AiUsageRow, AiUsageTotals};
 pub use diff::{Change, EntityKind, diff};
 pub use error::StoreError;
 pub use postgres::PostgresStore;
@@ -149,6 +151,14 @@ pub trait Store: Send + Sync + 'static {
     /// than the stored one is ignored. This is usage data, not configuration, so it does not
     /// change the config version.
     fn record_key_use<'a>(&'a self, uses: &'a [(String, i64)]) -> StoreFuture<'a, ()>;
+
+    /// Adds each row's totals to the stored row with the same key, inserting it when missing,
+    /// in one transaction. Concurrent writers on several nodes add up without losing counts.
+    /// Like key uses, this does not change the config version.
+    fn add_ai_usage<'a>(&'a self, rows: &'a [AiUsageRow]) -> StoreFuture<'a, ()>;
+
+    /// Reads the `ai_usage` rows that `filter` selects, ordered by key.
+    fn ai_usage<'a>(&'a self, filter: &'a AiUsageFilter) -> StoreFuture<'a, Vec<AiUsageRow>>;
 
     /// Makes the store's entities match `declared` for the names it lists, in one transaction.
     /// Declared services, routes and consumers are created or replaced, and `keys`, the records

@@ -1,0 +1,259 @@
+//! `GET /ai/usage`: usage and cost of AI calls from the store's `ai_usage` table, which every
+//! node of a cluster adds to.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use portcullis_store::AiUsageFilter;
+use portcullis_store::ai_usage::{AiUsageDimension, AiUsageTotals, group_ai_usage};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::{AdminState, ApiError};
+
+/// Length of the report when `from` is not given, in seconds.
+const DEFAULT_RANGE_SECONDS: i64 = 24 * 3600;
+
+/// Query parameters that select calls with one value of a dimension.
+const FILTERS: [&str; 4] = ["consumer", "credential_id", "route", "model"];
+
+/// A validated `GET /ai/usage` query.
+#[derive(Debug, PartialEq)]
+struct UsageQuery {
+    filter: AiUsageFilter,
+    group_by: Vec<AiUsageDimension>,
+}
+
+/// Reports calls, tokens by kind and cost, grouped by the `group_by` dimensions, with totals.
+pub async fn report(
+    State(state): State<Arc<AdminState>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(pairs) = query.map_err(|rejection| {
+        ApiError::bad_request(format!("invalid query string: {}", rejection.body_text()))
+    })?;
+    let query = parse_query(&pairs, OffsetDateTime::now_utc().unix_timestamp())?;
+    // NOTE: the rows of the whole range are read and grouped here, not with SQL GROUP BY, so a
+    // long range with many consumers and keys costs memory in proportion to its rows.
+    let rows = state.control.store().ai_usage(&query.filter).await?;
+
+    let mut totals = AiUsageTotals::default();
+    for row in &rows {
+        totals.add(&row.totals);
+    }
+    let groups = if rows.is_empty() {
+        Vec::new()
+    } else {
+        group_ai_usage(&rows, &query.group_by)
+    };
+    let report_rows: Vec<Value> = groups
+        .into_iter()
+        .map(|(values, totals)| {
+            let mut object = Map::new();
+            for (dimension, value) in query.group_by.iter().zip(values) {
+                let value = match dimension {
+                    AiUsageDimension::Hour => json!(format_time(value.parse().unwrap_or(0))),
+                    _ => json!(value),
+                };
+                object.insert(dimension.name().to_string(), value);
+            }
+            add_totals(&mut object, &totals);
+            Value::Object(object)
+        })
+        .collect();
+    let mut totals_object = Map::new();
+    add_totals(&mut totals_object, &totals);
+    Ok(Json(json!({
+        "from": format_time(query.filter.from),
+        "to": format_time(query.filter.to),
+        "group_by": query.group_by.iter().map(|dimension| dimension.name()).collect::<Vec<_>>(),
+        "rows": report_rows,
+        "totals": totals_object,
+    })))
+}
+
+fn add_totals(object: &mut Map<String, Value>, totals: &AiUsageTotals) {
+    if let Ok(Value::Object(fields)) = serde_json::to_value(totals) {
+        object.extend(fields);
+    }
+}
+
+fn format_time(unix_seconds: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix_seconds)
+        .ok()
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Validates the query parameters. `now` is the default `to`, in seconds since the Unix epoch.
+/// `from` is rounded down to the start of its hour, because usage is stored per hour.
+fn parse_query(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, ApiError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut filter = AiUsageFilter::default();
+    let mut from = None;
+    let mut to = None;
+    let mut group_by = Vec::new();
+
+    for (name, value) in pairs {
+        if !seen.insert(name.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `{name}` is given more than once"
+            )));
+        }
+        match name.as_str() {
+            "from" => from = Some(parse_time(name, value)?),
+            "to" => to = Some(parse_time(name, value)?),
+            "group_by" => group_by = parse_group_by(value)?,
+            "consumer" | "credential_id" | "route" | "model" => {
+                if value.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "query parameter `{name}` is empty; leave it out to report every {name}"
+                    )));
+                }
+                let field = match name.as_str() {
+                    "consumer" => &mut filter.consumer,
+                    "credential_id" => &mut filter.credential_id,
+                    "route" => &mut filter.route,
+                    _ => &mut filter.model,
+                };
+                *field = Some(value.clone());
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{name}`; expected from, to, group_by, {}",
+                    FILTERS.join(", ")
+                )));
+            }
+        }
+    }
+
+    let to = to.unwrap_or(now);
+    let from = from.unwrap_or(to - DEFAULT_RANGE_SECONDS);
+    if from >= to {
+        return Err(ApiError::bad_request(format!(
+            "`from` ({}) must be earlier than `to` ({})",
+            format_time(from),
+            format_time(to)
+        )));
+    }
+
+    filter.from = portcullis_store::ai_usage::bucket_start(from);
+    filter.to = to;
+    Ok(UsageQuery { filter, group_by })
+}
+
+fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(OffsetDateTime::unix_timestamp)
+        .map_err(|error| {
+            ApiError::bad_request(format!(
+                "query parameter `{name}` is not an RFC 3339 time such as 2026-12-04T10:00:00Z: {error}"
+            ))
+        })
+}
+
+fn parse_group_by(value: &str) -> Result<Vec<AiUsageDimension>, ApiError> {
+    let mut dimensions = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let Some(dimension) = AiUsageDimension::parse(name) else {
+            let names: Vec<&str> = AiUsageDimension::ALL
+                .iter()
+                .map(|dimension| dimension.name())
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "`group_by` has the unknown dimension `{name}`; expected a comma-separated list of {}",
+                names.join(", ")
+            )));
+        };
+        if dimensions.contains(&dimension) {
+            return Err(ApiError::bad_request(format!(
+                "`group_by` lists `{name}` more than once"
+            )));
+        }
+        dimensions.push(dimension);
+    }
+    Ok(dimensions)
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_store::ai_usage::BUCKET_SECONDS;
+
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_cover_the_last_day() {
+        let query = parse_query(&[], 100_000).unwrap();
+        assert_eq!(query.filter.to, 100_000);
+        assert_eq!(
+            query.filter.from,
+            100_000 - 24 * 3600 - 100_000 % BUCKET_SECONDS
+        );
+        assert!(query.group_by.is_empty());
+    }
+
+    #[test]
+    fn from_rounds_down_to_the_hour() {
+        let query = parse_query(
+            &pairs(&[
+                ("from", "2026-12-04T10:30:00Z"),
+                ("to", "2026-12-04T12:00:00Z"),
+            ]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(format_time(query.filter.from), "2026-12-04T10:00:00Z");
+        assert_eq!(format_time(query.filter.to), "2026-12-04T12:00:00Z");
+    }
+
+    #[test]
+    fn filters_and_group_by_parse() {
+        let query = parse_query(
+            &pairs(&[
+                ("group_by", "consumer,model"),
+                ("consumer", "alice"),
+                ("route", "llm"),
+            ]),
+            10_000,
+        )
+        .unwrap();
+        assert_eq!(
+            query.group_by,
+            vec![AiUsageDimension::Consumer, AiUsageDimension::Model]
+        );
+        assert_eq!(query.filter.consumer.as_deref(), Some("alice"));
+        assert_eq!(query.filter.route.as_deref(), Some("llm"));
+        assert_eq!(query.filter.model, None);
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("from", "yesterday")],
+            &[("to", "2026-12-04")],
+            &[
+                ("from", "2026-12-04T12:00:00Z"),
+                ("to", "2026-12-04T11:00:00Z"),
+            ],
+            &[("group_by", "tenant")],
+            &[("group_by", "model,model")],
+            &[("group_by", "")],
+            &[("consumer", "")],
+            &[("tenant", "x")],
+            &[("model", "a"), ("model", "b")],
+        ];
+        for case in cases {
+            let error = parse_query(&pairs(case), 100_000).unwrap_err();
+            assert_eq!(error.status, http::StatusCode::BAD_REQUEST, "{case:?}");
+        }
+    }
+}

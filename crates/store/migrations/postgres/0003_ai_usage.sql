@@ -1,0 +1,25 @@
+-- Usage and cost of AI calls, added up per hour and per consumer, credential, route, model and
+-- target. Nodes add to a row with INSERT ... ON CONFLICT DO UPDATE, so a cluster that shares the
+-- store shares the totals. An empty string stands for an absent consumer or credential.
+CREATE TABLE ai_usage (
+    -- Start of the hour, in seconds since the Unix epoch (UTC).
+    bucket_start BIGINT NOT NULL,
+    consumer TEXT NOT NULL,
+    credential_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    -- The model as the client sent it: an alias or provider/model.
+    model TEXT NOT NULL,
+    -- provider/model of the target that served the calls.
+    target TEXT NOT NULL,
+    calls BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    cache_read_tokens BIGINT NOT NULL,
+    cache_write_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    -- Sum of the calls' costs; a call whose target has no price adds 0.
+    cost DOUBLE PRECISION NOT NULL,
+    -- Calls with at least one token count estimated from characters.
+    estimated_calls BIGINT NOT NULL,
+    PRIMARY KEY (bucket_start, consumer, credential_id, route, model, target)
+);

@@ -26,6 +26,10 @@ pub struct Estimate {
     pub choices: u64,
     /// Whether the endpoint produces output tokens; embeddings do not.
     pub has_output: bool,
+    /// The first of `max_completion_tokens` and `max_tokens` that is set to anything but a
+    /// positive integer. Such a call cannot be reserved, so it is rejected before any
+    /// provider call.
+    pub invalid_output_field: Option<&'static str>,
 }
 
 /// Prices per token that bound the cost of a call on any target of a model.
@@ -93,7 +97,13 @@ pub fn estimate(path: &str, body: &[u8]) -> Option<Estimate> {
     };
     let value: Value = serde_json::from_slice(body).ok()?;
     let model = value.get("model")?.as_str()?.to_string();
-    let max_output_tokens = ["max_completion_tokens", "max_tokens"]
+    let output_fields = ["max_completion_tokens", "max_tokens"];
+    let invalid_output_field = output_fields.into_iter().find(|field| {
+        value
+            .get(*field)
+            .is_some_and(|limit| !limit.is_null() && limit.as_u64().is_none_or(|n| n == 0))
+    });
+    let max_output_tokens = output_fields
         .iter()
         .find_map(|field| value.get(*field)?.as_u64());
     let choices = value.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
@@ -106,6 +116,7 @@ pub fn estimate(path: &str, body: &[u8]) -> Option<Estimate> {
         max_output_tokens: max_output_tokens.filter(|_| has_output),
         choices,
         has_output,
+        invalid_output_field: invalid_output_field.filter(|_| has_output),
     })
 }
 
@@ -199,6 +210,19 @@ mod tests {
         assert_eq!(estimate.max_output_tokens, Some(100));
         assert_eq!(estimate.choices, 2);
         assert!(estimate.has_output);
+    }
+
+    #[test]
+    fn output_limit_must_be_positive_integer() {
+        for limit in ["-5", "0", "2.5", "1e30", "\"abc\""] {
+            let body = format!(r#"{{"model":"m","max_tokens":{limit},"messages":[]}}"#);
+            let estimate = estimate("/chat/completions", body.as_bytes()).unwrap();
+            assert_eq!(estimate.invalid_output_field, Some("max_tokens"), "{limit}");
+        }
+        let body = br#"{"model":"m","max_completion_tokens":null,"max_tokens":7,"messages":[]}"#;
+        let estimate = estimate("/chat/completions", body).unwrap();
+        assert_eq!(estimate.invalid_output_field, None);
+        assert_eq!(estimate.max_output_tokens, Some(7));
     }
 
     #[test]

@@ -658,3 +658,19 @@ consumers:
         "a rejected call reached the provider"
     );
 }
+
+#[tokio::test]
+async fn invalid_max_tokens_rejected() {
+    let openai = llm_mock::openai().await;
+    let gateway = start(&openai, None, &[("day", "{ tokens_per_day: 100000 }")]);
+    for limit in [json!(-5), json!(0), json!(2.5), json!("abc")] {
+        let body = json!({"model": "gpt", "max_tokens": limit, "messages": [{"role": "user", "content": "Hi"}]});
+        let response = call(&gateway, "/day/chat/completions", ALICE_KEY, body).await;
+        let error = error_body(response, 400).await;
+        assert_eq!(error["error"]["code"], "invalid_max_tokens", "{limit}");
+    }
+    assert!(
+        openai.requests().is_empty(),
+        "a rejected call reached the provider"
+    );
+}

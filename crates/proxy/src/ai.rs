@@ -60,6 +60,12 @@ pub async fn serve(
             .and_then(|chat| portcullis_ai::limits::estimate("/chat/completions", &chat)),
         (false, None) => portcullis_ai::limits::estimate(&request.path, &request.body),
     };
+    if let Some(field) = estimate.as_ref().and_then(|e| e.invalid_output_field) {
+        return Err(Rejection::bad_request(
+            "invalid_max_tokens",
+            format!("`{field}` must be a positive integer"),
+        ));
+    }
     let admission = match &estimate {
         Some(estimate) => ai_limits::admit(gateway, estimate, limits).await?,
         None => ai_limits::Admission::default(),

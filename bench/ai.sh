@@ -10,7 +10,7 @@
 # prints p50 and p99 of both and their differences, the latency the gateway added. A difference
 # of percentiles is not the percentile of the per-request overhead, so the report also prints
 # the gateway's own portcullis_ai_overhead_seconds for the run: its mean, and the bucket that
-# holds its p99.
+# contains its p99.
 #
 # oha holds a fixed rate with -q, and --latency-correction measures each request from the time
 # it was scheduled, so a stall is not hidden by the requests that were never sent (coordinated

@@ -7,7 +7,7 @@
 //! cannot close its quotes, start a new line, or add a slot that is filled in turn. The
 //! rendered template is the user message, after the version's `system` message, and the call
 //! goes through the chat path with the version's model and fallback. With an output schema, the
-//! request asks the model for JSON (`response_format` `json_schema`), and the endpoint returns
+//! request sets JSON output (`response_format` `json_schema`), and the endpoint returns
 //! the reply as a validated JSON object. Without one, it returns `{"output": "<reply>"}`.
 
 use std::collections::HashMap;

@@ -619,7 +619,7 @@ async fn openai_sdk_on_gemini_and_azure() {
     assert_eq!(results[9]["embedding"], json!([0.5, 0.25, -1.0]));
     assert_eq!(results[9]["prompt_tokens"], 6);
 
-    // The SDK asks for base64 and decodes it. The mock's vector for "hello" is (5 + d) / 8.
+    // The SDK requests base64 and decodes it. The mock's vector for "hello" is (5 + d) / 8.
     assert_eq!(results[10]["embedding"], json!([0.625, 0.75, 0.875, 1.0]));
     assert_eq!(results[10]["prompt_tokens"], 2);
 }

@@ -16,11 +16,11 @@ mod llm_mock;
 
 use std::time::Duration;
 
+use common::postgres::Database;
 use common::{ADMIN_TOKEN, ALICE_KEY, Gateway, admin, client, error_body};
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::Connection;
 
 use llm_mock::{Mock, OPENAI_KEY};
 
@@ -280,61 +280,9 @@ async fn invalid_parameters_return_400() {
     error_body(response, 401).await;
 }
 
-fn postgres_server_url() -> String {
-    std::env::var("PORTCULLIS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A database created for one test and dropped with it.
-struct Database {
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let server = postgres_server_url();
-        let mut connection = sqlx::PgConnection::connect(&server)
-            .await
-            .unwrap_or_else(|error| panic!("PostgreSQL at {server} does not answer ({error}); start it or set PORTCULLIS_TEST_POSTGRES_URL"));
-        let name = format!("portcullis_ai_usage_{:016x}", rand::random::<u64>());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut connection)
-            .await
-            .unwrap();
-        let (base, _) = server.rsplit_once('/').expect("the URL names a database");
-        Database {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let server = postgres_server_url();
-        let name = self.name.clone();
-        // Drop runs outside the test's runtime, so a small runtime of its own does the work.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(mut connection) = sqlx::PgConnection::connect(&server).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut connection)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_sharing_postgres_add_up() {
-    let database = Database::create().await;
+    let database = Database::create("portcullis_ai_usage").await;
     let openai = llm_mock::openai().await;
     let config = format!(
         r#"

@@ -11,64 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::postgres::{self, Database};
 use common::{ADMIN_TOKEN, Gateway, admin, client, upstream};
 use reqwest::Method;
 use serde_json::json;
 use sqlx::Connection;
 
 static POSTGRES_RESTART: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-fn server_url() -> String {
-    std::env::var("PORTCULLIS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A database created for one test and dropped with it.
-struct Database {
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let server = server_url();
-        let mut connection = sqlx::PgConnection::connect(&server)
-            .await
-            .unwrap_or_else(|error| panic!("PostgreSQL at {server} does not answer ({error}); start it or set PORTCULLIS_TEST_POSTGRES_URL"));
-        let name = format!("portcullis_cluster_{:016x}", rand::random::<u64>());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut connection)
-            .await
-            .unwrap();
-        let (base, _) = server.rsplit_once('/').expect("the URL names a database");
-        Database {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let server = server_url();
-        let name = self.name.clone();
-        // Drop runs outside the test's runtime, so a small runtime of its own does the work.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(mut connection) = sqlx::PgConnection::connect(&server).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut connection)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// The config of node A, which declares the entities; B and C declare none.
 fn node_config(database: &Database, upstream: Option<std::net::SocketAddr>) -> String {
@@ -140,7 +89,7 @@ async fn wait_for_status(
 #[tokio::test(flavor = "multi_thread")]
 async fn change_through_one_node_reaches_all() {
     let _shared = POSTGRES_RESTART.read().await;
-    let database = Database::create().await;
+    let database = Database::create("portcullis_cluster").await;
     let (a, b, c) = start_cluster(&database).await;
     let client = client();
     for node in [&a, &b, &c] {
@@ -202,7 +151,7 @@ async fn change_through_one_node_reaches_all() {
 #[tokio::test(flavor = "multi_thread")]
 async fn revoked_key_fails_on_every_node() {
     let _shared = POSTGRES_RESTART.read().await;
-    let database = Database::create().await;
+    let database = Database::create("portcullis_cluster").await;
     let (a, b, c) = start_cluster(&database).await;
     let client = client();
 
@@ -238,7 +187,7 @@ async fn revoked_key_fails_on_every_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_node_catches_up_and_others_lose_nothing() {
     let _shared = POSTGRES_RESTART.read().await;
-    let database = Database::create().await;
+    let database = Database::create("portcullis_cluster").await;
     let (a, b, c) = start_cluster(&database).await;
     for node in [&a, &b, &c] {
         wait_for_status(
@@ -348,7 +297,7 @@ async fn postgres_outage_fails_no_request() {
         );
         return;
     };
-    let database = Database::create().await;
+    let database = Database::create("portcullis_cluster").await;
     let (a, b, c) = start_cluster(&database).await;
     for node in [&a, &b, &c] {
         wait_for_status(
@@ -467,7 +416,10 @@ fn local_cluster() -> Option<String> {
 
 async fn wait_for_postgres(limit: Duration) {
     let deadline = Instant::now() + limit;
-    while sqlx::PgConnection::connect(&server_url()).await.is_err() {
+    while sqlx::PgConnection::connect(&postgres::server_url())
+        .await
+        .is_err()
+    {
         assert!(
             Instant::now() < deadline,
             "PostgreSQL did not come back within {limit:?}"
@@ -622,7 +574,7 @@ redis: {{ url: "{redis}", channel: "{channel}" }}
 #[tokio::test(flavor = "multi_thread")]
 async fn rotated_key_reaches_every_node() {
     let _shared = POSTGRES_RESTART.read().await;
-    let database = Database::create().await;
+    let database = Database::create("portcullis_cluster").await;
     let (a, b, c) = start_cluster(&database).await;
     let client = client();
 
@@ -680,7 +632,7 @@ async fn rotated_key_reaches_every_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_sharing_postgres_rotate_once() {
     let _shared = POSTGRES_RESTART.read().await;
-    let database = Database::create().await;
+    let database = Database::create("portcullis_cluster").await;
     let receiver = common::webhook::Receiver::start(&[]).await;
     // Both nodes check every 100ms for keys older than 1s, so they race for every rotation,
     // including the rotations of the keys that earlier rotations issued.

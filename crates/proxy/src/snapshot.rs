@@ -153,7 +153,7 @@ pub fn compile<'k>(
                 }
                 if let (Some(gateway), Some(ai_route)) = (&context.ai, &spec.ai) {
                     for problem in gateway.missing_settings(ai_route) {
-                        tracing::warn!(route.name = %spec.name, "{problem}, so the route answers 503");
+                        tracing::warn!(route.name = %spec.name, "{problem}, so the route responds with 503");
                     }
                 }
                 (None, &no_chain, context.ai.clone())

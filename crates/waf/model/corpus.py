@@ -19,7 +19,7 @@ so the test split measures values never seen in training.
 Writes `train.jsonl` and `test.jsonl` to the output directory (one JSON object per line:
 `label` 1 for an attack and 0 for benign, `family`, `source`, `value`) and `sources.txt`, the
 list of benign source files read. `benign-sources.txt` beside this script records the sources
-that the shipped model was trained on; the script warns when the machine's sources differ, and
+that the shipped model was trained on. The script warns when the machine's sources differ, and
 `--record` rewrites that file. Only the Python standard library is used.
 """
 

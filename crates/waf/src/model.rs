@@ -190,8 +190,14 @@ mod tests {
     fn shipped_model_loads() {
         let model = Model::shipped();
         assert_eq!(model.weights.len(), model.bucket_mask as usize + 1);
-        assert!(model.threshold > 0.0 && model.threshold < 1.0);
-        assert!(model.confirm_threshold > 0.0 && model.confirm_threshold < model.threshold);
+        assert!(model.threshold > 0.0, "{}", model.threshold);
+        assert!(model.threshold < 1.0, "{}", model.threshold);
+        assert!(model.confirm_threshold > 0.0, "{}", model.confirm_threshold);
+        assert!(
+            model.confirm_threshold < model.threshold,
+            "{}",
+            model.confirm_threshold
+        );
     }
 
     /// A line of `samples.tsv`: the expected label, the value and the probability that

@@ -145,7 +145,7 @@ impl Setup {
 }
 
 /// Accepts a `SecDefaultAction` whose actions match the engine's fixed defaults: `block` is
-/// `pass` (the CRS anomaly scoring mode) and rules log unless they say `nolog`. CRS 3 setups
+/// `pass` (the CRS anomaly scoring mode) and rules log unless they carry `nolog`. CRS 3 setups
 /// write `SecDefaultAction "phase:1,log,auditlog,pass"` and the same for phase 2. Any other
 /// disruptive action would change what `block` does, which this engine does not support.
 fn check_default_action(location: &Location, actions: &str) -> Result<(), Error> {

@@ -159,19 +159,24 @@ mod tests {
             "SecRule ARGS \"@rx a\" \"id:1,phase:1,deny\"\n",
         )
         .unwrap();
+
         // Anomaly thresholds that no other test uses, so each load adds one entry.
         let load = |threshold: u32| {
             load_shared(Some(&dir), &Setup::deployment(1, 1_000_000 + threshold)).unwrap()
         };
-        let held = load(0);
+
+        let in_use = load(0);
         let mut dropped = Vec::new();
         for threshold in 1..MAX_CACHED_SETS as u32 * 2 {
             dropped.push(Arc::as_ptr(&load(threshold)));
         }
+
         let cached = cache().lock().unwrap().entries.len();
         assert!(cached <= MAX_CACHED_SETS, "{cached} sets cached");
-        // The held set survived every eviction, so loading it again returns it.
-        assert!(Arc::ptr_eq(&held, &load(0)));
+
+        // The set still in use survived every eviction, so loading it again returns it.
+        assert!(Arc::ptr_eq(&in_use, &load(0)));
+
         // The most recent set is still cached, the oldest dropped one was evicted.
         let last = MAX_CACHED_SETS as u32 * 2 - 1;
         assert_eq!(Arc::as_ptr(&load(last)), *dropped.last().unwrap());

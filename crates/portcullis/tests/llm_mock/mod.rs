@@ -6,7 +6,7 @@
 //! or `529` (Anthropic) fails with that status, `error-mid` sends an error event mid-stream, `hang` stops a stream after
 //! its first events and keeps the connection open, `tools` answers with two tool calls, and
 //! `nousage` streams without usage, and `fail-once` fails with 503 the first time the mock
-//! sees that model name. [`replies`] lists the replies that depend on the request, such as
+//! receives that model name. [`replies`] lists the replies that depend on the request, such as
 //! echoes and structured output. Every request is recorded for assertions.
 //!
 //! The OpenAI mock accepts [`OPENAI_KEY`] and [`OPENAI_KEY_2`], answers
@@ -276,7 +276,7 @@ async fn handle(
     }
 }
 
-/// Checks tool call ids as OpenAI does: at most 40 characters, and every tool message answers a
+/// Checks tool call ids as OpenAI does: at most 40 characters, and every tool message replies to a
 /// call of the assistant message before it.
 fn check_openai_tool_ids(body: &Value) -> Result<(), String> {
     let mut open_calls: Vec<String> = Vec::new();
@@ -311,7 +311,7 @@ fn check_openai_tool_ids(body: &Value) -> Result<(), String> {
 }
 
 /// Checks tool ids as Anthropic does: `tool_use` ids match `^[a-zA-Z0-9_-]+$`, and each
-/// `tool_result` answers a `tool_use` of the message before it.
+/// `tool_result` replies to a `tool_use` of the message before it.
 fn check_anthropic_tool_ids(body: &Value) -> Result<(), String> {
     let valid = |id: &str| {
         !id.is_empty()

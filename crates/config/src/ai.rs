@@ -200,20 +200,20 @@ pub struct ModelAliasSpec {
 }
 
 /// Prices of one `provider/model`, in currency units per million tokens.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceSpec {
     pub model: String,
     pub input_per_million: f64,
     pub output_per_million: f64,
     /// Price of input tokens read from the provider's prompt cache; defaults to the input price.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_read_per_million: Option<f64>,
     /// Price of input tokens written to the prompt cache; defaults to the input price.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write_per_million: Option<f64>,
     /// Price of reasoning tokens; defaults to the output price.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_per_million: Option<f64>,
 }
 
@@ -398,23 +398,61 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
                 format!("`{}` already has a price", price.model),
             ));
         }
-        let fields = [
-            ("input_per_million", Some(price.input_per_million)),
-            ("output_per_million", Some(price.output_per_million)),
-            ("cache_read_per_million", price.cache_read_per_million),
-            ("cache_write_per_million", price.cache_write_per_million),
-            ("reasoning_per_million", price.reasoning_per_million),
-        ];
-        for (field, value) in fields {
-            if let Some(value) = value
-                && (!value.is_finite() || value < 0.0)
-            {
-                errors.push(KeyError::new(
-                    format!("{at}.{field}"),
-                    "must be a number of 0 or more",
-                ));
-            }
+        errors.extend(validate_price_amounts(&at, price));
+    }
+    errors
+}
+
+/// Checks that every price of `price` is a finite number of 0 or more. Keys start with `at`.
+pub fn validate_price_amounts(at: &str, price: &PriceSpec) -> Vec<KeyError> {
+    let fields = [
+        ("input_per_million", Some(price.input_per_million)),
+        ("output_per_million", Some(price.output_per_million)),
+        ("cache_read_per_million", price.cache_read_per_million),
+        ("cache_write_per_million", price.cache_write_per_million),
+        ("reasoning_per_million", price.reasoning_per_million),
+    ];
+    let mut errors = Vec::new();
+    for (field, value) in fields {
+        if let Some(value) = value
+            && (!value.is_finite() || value < 0.0)
+        {
+            errors.push(KeyError::new(
+                format!("{at}.{field}"),
+                "must be a number of 0 or more",
+            ));
         }
+    }
+    errors
+}
+
+/// Checks a price that the admin API stores: the amounts, and that `model` is
+/// `provider/model` of a provider in `ai`. Keys have no prefix, such as `input_per_million`.
+pub fn validate_stored_price(price: &PriceSpec, ai: Option<&AiConfig>) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    let providers: HashSet<&str> = ai
+        .map(|ai| ai.providers.iter().map(|p| p.name.as_str()).collect())
+        .unwrap_or_default();
+    if price
+        .model
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        errors.push(KeyError::new(
+            "model",
+            format!(
+                "invalid model {:?}; a model has no spaces or control characters",
+                price.model
+            ),
+        ));
+    } else if let Err(message) = check_model_target(&price.model, &providers) {
+        errors.push(KeyError::new("model", message));
+    }
+    for error in validate_price_amounts("", price) {
+        errors.push(KeyError::new(
+            error.key.trim_start_matches('.'),
+            error.message,
+        ));
     }
     errors
 }

@@ -20,6 +20,7 @@ mod yaml;
 pub use ai::{
     AiConfig, AiRouteSpec, AliasTarget, ApiKey, KeyCooldown, ModelAliasSpec, PriceSpec,
     ProviderKind, ProviderRetries, ProviderSpec, UsageReportSpec, split_target,
+    validate_stored_price,
 };
 pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec};
 pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};

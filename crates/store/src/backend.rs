@@ -104,6 +104,21 @@ pub(crate) trait Tx: Send {
     /// Deletes an entity and returns whether it existed.
     async fn delete(&mut self, table: Table, name: &str) -> Result<bool, StoreError>;
 
+    /// Reads the models and JSON specs of all stored AI prices, ordered by the bytes of the
+    /// model.
+    async fn prices(&mut self) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Inserts the price of `model` or replaces the stored one.
+    async fn upsert_price(
+        &mut self,
+        model: &str,
+        spec: &str,
+        updated_at: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes the stored price of `model` and returns whether it existed.
+    async fn delete_price(&mut self, model: &str) -> Result<bool, StoreError>;
+
     /// Returns the names of the routes that reference a service, in name order.
     async fn routes_using(&mut self, service: &str) -> Result<Vec<String>, StoreError>;
 

@@ -1,6 +1,6 @@
 //! Conversions between the config and key types and the text that the stores keep in rows.
 
-use portcullis_config::{ConsumerSpec, RouteSpec, ServiceSpec};
+use portcullis_config::{ConsumerSpec, PriceSpec, RouteSpec, ServiceSpec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -127,6 +127,28 @@ pub(crate) fn decode_entities<T: Entity>(
     rows.iter()
         .map(|(name, spec)| decode_entity(name, spec))
         .collect()
+}
+
+/// Encodes an AI price as the JSON text of an `ai_prices` row.
+pub(crate) fn encode_price(price: &PriceSpec) -> Result<String, StoreError> {
+    serde_json::to_string(price).map_err(|error| {
+        StoreError::Invalid(format!(
+            "the price of `{}` cannot be encoded as JSON: {error}",
+            price.model
+        ))
+    })
+}
+
+/// Decodes one `ai_prices` row and checks that the spec carries the row's model.
+pub(crate) fn decode_price(model: &str, spec: &str) -> Result<PriceSpec, StoreError> {
+    let what = || format!("ai_prices row `{model}`");
+    let price: PriceSpec =
+        serde_json::from_str(spec).map_err(|error| StoreError::corrupt(what(), error))?;
+    if price.model != model {
+        let message = format!("the spec is for `{}`, not `{model}`", price.model);
+        return Err(StoreError::corrupt(what(), message));
+    }
+    Ok(price)
 }
 
 /// Converts a key record to its row form.

@@ -372,6 +372,7 @@ mod tests {
             version: 7,
             entities,
             keys,
+            ai_prices: Vec::new(),
         }
     }
 

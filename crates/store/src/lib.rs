@@ -1,7 +1,7 @@
 //! Configuration stores for portcullis.
 //!
 //! A [`Store`] keeps the shared gateway configuration: services, routes, consumers, API-key
-//! records and a monotonically increasing config version. The data plane never calls a store;
+//! records, AI prices set through the admin API and a monotonically increasing config version. The data plane never calls a store;
 //! the control plane loads a [`StoreState`] when the version changes and compiles it into an
 //! immutable snapshot. Every write runs in one transaction that also bumps the version, so a
 //! reader sees either all of a write or none of it.
@@ -23,7 +23,7 @@ mod sqlite;
 use std::future::Future;
 use std::pin::Pin;
 
-use portcullis_config::{ConsumerSpec, Entities, RouteSpec, ServiceSpec, StoreConfig};
+use portcullis_config::{ConsumerSpec, Entities, PriceSpec, RouteSpec, ServiceSpec, StoreConfig};
 
 pub use ai_usage::{AiUsageFilter, AiUsageKey, AiUsageRow, AiUsageTotals};
 pub use diff::{Change, EntityKind, diff};
@@ -45,6 +45,9 @@ pub struct StoreState {
     /// revocation time is later are included, and lookups filter them with
     /// [`ApiKeyRecord::status`].
     pub keys: Vec<ApiKeyRecord>,
+    /// AI prices set through the admin API, ordered by the bytes of the model. Each overrides
+    /// the price of the same model in the node's `ai.prices`.
+    pub ai_prices: Vec<PriceSpec>,
 }
 
 /// A request to rotate a key: the key to replace, and the new key's identity. The caller
@@ -118,6 +121,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a consumer and revokes all of its keys.
     fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, u64>;
 
+    /// Creates or replaces the stored price of `price.model`. The caller validates the spec.
+    fn put_ai_price<'a>(&'a self, price: &'a PriceSpec) -> StoreFuture<'a, u64>;
+    /// Deletes the stored price of `model`; [`StoreError::NotFound`] when none is stored.
+    fn delete_ai_price<'a>(&'a self, model: &'a str) -> StoreFuture<'a, u64>;
+
     /// Inserts a key record; [`StoreError::Conflict`] when the id or hash exists already.
     fn insert_key<'a>(&'a self, key: &'a ApiKeyRecord) -> StoreFuture<'a, u64>;
     /// Lists a consumer's keys, revoked ones included, ordered by creation time, then id;
@@ -175,8 +183,8 @@ pub trait Store: Send + Sync + 'static {
     /// changes [`diff`] returns. Declared entities that differ are created or replaced. Routes,
     /// services and consumers that are not declared are deleted in that order. Missing key
     /// records are inserted, and every key that is not revoked and not in `keys` is revoked,
-    /// whatever its source. Returns the new version, bumped once, or the current one when
-    /// nothing changed.
+    /// whatever its source. Stored AI prices are not entities, so they stay as they are.
+    /// Returns the new version, bumped once, or the current one when nothing changed.
     ///
     /// Fails with [`StoreError::Conflict`] and changes nothing when [`diff`] does, and when a
     /// key in `keys` has the id or hash of a revoked record, because a revoked key is never

@@ -5,7 +5,7 @@
 //! before this transaction ends. [`finish`] bumps the version and commits when the write
 //! changed something, and rolls back otherwise.
 
-use portcullis_config::{ConsumerSpec, Entities, RouteSpec, ServiceSpec};
+use portcullis_config::{ConsumerSpec, Entities, PriceSpec, RouteSpec, ServiceSpec};
 use serde_json::Value;
 
 use crate::backend::{Backend, EntityRow, Table, Tx};
@@ -140,6 +140,12 @@ async fn read_state<T: Tx>(tx: &mut T) -> Result<StoreState, StoreError> {
         .into_iter()
         .map(codec::key_record)
         .collect::<Result<Vec<_>, _>>()?;
+    let ai_prices = tx
+        .prices()
+        .await?
+        .iter()
+        .map(|(model, spec)| codec::decode_price(model, spec))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(StoreState {
         version,
         entities: Entities {
@@ -148,6 +154,7 @@ async fn read_state<T: Tx>(tx: &mut T) -> Result<StoreState, StoreError> {
             consumers,
         },
         keys,
+        ai_prices,
     })
 }
 
@@ -276,6 +283,36 @@ pub(crate) async fn delete_consumer<B: Backend>(
     name: &str,
 ) -> Result<u64, StoreError> {
     delete_route_or_consumer(backend, Table::Consumers, name, "delete consumer").await
+}
+
+pub(crate) async fn put_ai_price<B: Backend>(
+    backend: &B,
+    price: &PriceSpec,
+) -> Result<u64, StoreError> {
+    let (mut tx, version) = backend.begin_write().await?;
+    let outcome = async {
+        let spec = codec::encode_price(price)?;
+        let updated_at = codec::now_timestamp()?;
+        tx.upsert_price(&price.model, &spec, &updated_at).await?;
+        Ok(Outcome::Changed)
+    }
+    .await;
+    finish(tx, version, "put AI price", outcome).await
+}
+
+pub(crate) async fn delete_ai_price<B: Backend>(
+    backend: &B,
+    model: &str,
+) -> Result<u64, StoreError> {
+    let (mut tx, version) = backend.begin_write().await?;
+    let outcome = async {
+        if !tx.delete_price(model).await? {
+            return Err(StoreError::NotFound(format!("stored price of `{model}`")));
+        }
+        Ok(Outcome::Changed)
+    }
+    .await;
+    finish(tx, version, "delete AI price", outcome).await
 }
 
 /// Checks a new key record against the stored ones and inserts it.
@@ -498,6 +535,17 @@ macro_rules! forward_store_methods {
 
         fn delete_consumer<'a>(&'a self, name: &'a str) -> $crate::StoreFuture<'a, u64> {
             Box::pin($crate::ops::delete_consumer(self, name))
+        }
+
+        fn put_ai_price<'a>(
+            &'a self,
+            price: &'a portcullis_config::PriceSpec,
+        ) -> $crate::StoreFuture<'a, u64> {
+            Box::pin($crate::ops::put_ai_price(self, price))
+        }
+
+        fn delete_ai_price<'a>(&'a self, model: &'a str) -> $crate::StoreFuture<'a, u64> {
+            Box::pin($crate::ops::delete_ai_price(self, model))
         }
 
         fn insert_key<'a>(&'a self, key: &'a $crate::ApiKeyRecord) -> $crate::StoreFuture<'a, u64> {

@@ -314,6 +314,40 @@ impl Tx for PgTx {
         Ok(result.rows_affected() > 0)
     }
 
+    async fn prices(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query_as("SELECT model, spec::text FROM ai_prices ORDER BY model COLLATE \"C\"")
+                .fetch_all(&mut *self.0)
+                .await?;
+        Ok(rows)
+    }
+
+    async fn upsert_price(
+        &mut self,
+        model: &str,
+        spec: &str,
+        updated_at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO ai_prices (model, spec, updated_at) VALUES ($1, $2::jsonb, $3::timestamptz) \
+             ON CONFLICT (model) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+        )
+        .bind(model)
+        .bind(spec)
+        .bind(updated_at)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_price(&mut self, model: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM ai_prices WHERE model = $1")
+            .bind(model)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
     async fn routes_using(&mut self, service: &str) -> Result<Vec<String>, StoreError> {
         let names = sqlx::query_scalar(
             "SELECT name FROM routes WHERE service_name = $1 ORDER BY name COLLATE \"C\"",

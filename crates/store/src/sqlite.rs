@@ -238,6 +238,39 @@ impl Tx for SqliteTx {
         Ok(result.rows_affected() > 0)
     }
 
+    async fn prices(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query_as("SELECT model, spec FROM ai_prices ORDER BY model")
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows)
+    }
+
+    async fn upsert_price(
+        &mut self,
+        model: &str,
+        spec: &str,
+        updated_at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO ai_prices (model, spec, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (model) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+        )
+        .bind(model)
+        .bind(spec)
+        .bind(updated_at)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_price(&mut self, model: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM ai_prices WHERE model = $1")
+            .bind(model)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
     async fn routes_using(&mut self, service: &str) -> Result<Vec<String>, StoreError> {
         let names =
             sqlx::query_scalar("SELECT name FROM routes WHERE service_name = $1 ORDER BY name")

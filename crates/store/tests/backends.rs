@@ -17,8 +17,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use portcullis_config::{
     BackendErrorAction, ConsumerSpec, CounterBackend, DeclaredKey, DelaySpec, Entities,
-    KeyAuthSpec, LimitAlgorithm, LimitKey, PathMatch, PolicySpec, RateLimitSpec, RouteSpec,
-    ServiceSpec, UpstreamTimeouts,
+    KeyAuthSpec, LimitAlgorithm, LimitKey, PathMatch, PolicySpec, PriceSpec, RateLimitSpec,
+    RouteSpec, ServiceSpec, UpstreamTimeouts,
 };
 use portcullis_store::{
     ApiKeyRecord, KeyRotation, PostgresStore, SqliteStore, Store, StoreError, StoreState,
@@ -297,6 +297,9 @@ backend_tests! {
         rotation_replaces_key,
         concurrent_rotations_commit_once,
         find_keys_matches_prefix_literally,
+        ai_prices_round_trip,
+        ai_price_writes_bump_version,
+        corrupt_ai_price_names_row,
     ],
     sqlite_only: [open_creates_file_in_wal_mode],
     postgres_only: [writes_notify_new_version],
@@ -1312,4 +1315,104 @@ async fn find_keys_matches_prefix_literally(db: TestDb) {
         Vec::<String>::new()
     );
     assert_eq!(ids(store.find_keys("pcsX", None).await.unwrap()), ["b2"]);
+}
+
+fn price(model: &str, input: f64, output: f64) -> PriceSpec {
+    PriceSpec {
+        model: model.into(),
+        input_per_million: input,
+        output_per_million: output,
+        cache_read_per_million: None,
+        cache_write_per_million: None,
+        reasoning_per_million: None,
+    }
+}
+
+async fn ai_prices_round_trip(db: TestDb) {
+    let store = db.open_migrated().await;
+    assert!(store.load().await.unwrap().ai_prices.is_empty());
+
+    let mut sonnet = price("claude-main/claude-sonnet-4-5", 3.0, 15.0);
+    sonnet.cache_read_per_million = Some(0.3);
+    sonnet.cache_write_per_million = Some(3.75);
+    sonnet.reasoning_per_million = Some(15.5);
+    // 0.1 has no exact binary form, so it checks that the number survives the JSON column.
+    let mini = price("openai-main/gpt-4.1-mini", 0.1, 1.6);
+    store.put_ai_price(&mini).await.unwrap();
+    store.put_ai_price(&sonnet).await.unwrap();
+    // Ordered by model bytes: uppercase sorts before lowercase.
+    let upper = price("Z-provider/model", 1.0, 1.0);
+    store.put_ai_price(&upper).await.unwrap();
+
+    let loaded = store.load().await.unwrap().ai_prices;
+    assert_eq!(loaded, vec![upper.clone(), sonnet.clone(), mini.clone()]);
+
+    let cheaper = price("claude-main/claude-sonnet-4-5", 1.0, 5.0);
+    store.put_ai_price(&cheaper).await.unwrap();
+    let loaded = store.load().await.unwrap().ai_prices;
+    assert_eq!(loaded, vec![upper.clone(), cheaper, mini.clone()]);
+
+    store
+        .delete_ai_price("claude-main/claude-sonnet-4-5")
+        .await
+        .unwrap();
+    let loaded = store.load().await.unwrap().ai_prices;
+    assert_eq!(loaded, vec![upper, mini]);
+
+    assert_not_found(
+        store.delete_ai_price("claude-main/claude-sonnet-4-5").await,
+        "deleting a price that is not stored",
+    );
+}
+
+async fn ai_price_writes_bump_version(db: TestDb) {
+    let store = db.open_migrated().await;
+    let before = store.version().await.unwrap();
+    let put = store
+        .put_ai_price(&price("openai-main/gpt-4.1", 2.0, 8.0))
+        .await
+        .unwrap();
+    assert_eq!(put, before + 1);
+    let deleted = store.delete_ai_price("openai-main/gpt-4.1").await.unwrap();
+    assert_eq!(deleted, before + 2);
+    let missing = store.delete_ai_price("openai-main/gpt-4.1").await;
+    assert_not_found(missing, "a second delete");
+    assert_eq!(
+        store.version().await.unwrap(),
+        before + 2,
+        "a failed delete must not bump the version"
+    );
+
+    // replace_all manages entities only and leaves stored prices alone.
+    store
+        .put_ai_price(&price("openai-main/gpt-4.1", 2.0, 8.0))
+        .await
+        .unwrap();
+    store.replace_all(&Entities::default(), &[]).await.unwrap();
+    assert_eq!(store.load().await.unwrap().ai_prices.len(), 1);
+}
+
+async fn corrupt_ai_price_names_row(db: TestDb) {
+    let store = db.open_migrated().await;
+    store
+        .put_ai_price(&price("openai-main/gpt-4.1", 2.0, 8.0))
+        .await
+        .unwrap();
+    db.execute(
+        r#"UPDATE ai_prices SET spec = '{"model": "other/model", "input_per_million": 1, "output_per_million": 1}'"#,
+    )
+    .await;
+    let error = store
+        .load()
+        .await
+        .expect_err("a price whose spec names another model should fail the load");
+    assert!(
+        matches!(error, StoreError::Corrupt { .. }),
+        "expected Corrupt, got {error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("ai_prices row `openai-main/gpt-4.1`"),
+        "message does not name the row: {message}"
+    );
 }

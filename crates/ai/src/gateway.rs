@@ -22,8 +22,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_config::{
-    AiConfig, AiRouteSpec, AliasTarget, ApiKey, ProviderKind, ProviderRetries, ProviderSpec,
-    split_target,
+    AiConfig, AiRouteSpec, AliasTarget, ApiKey, PriceSpec, ProviderKind, ProviderRetries,
+    ProviderSpec, split_target,
 };
 use serde_json::{Value, json};
 
@@ -31,6 +31,7 @@ use crate::attempt::{TargetOutcome, call_target, target_order};
 use crate::error::AiError;
 use crate::guards::{Endpoint, Guard};
 use crate::pool::KeyPool;
+use crate::prices::PriceTable;
 use crate::prompts::Prompt;
 use crate::record::CallRecord;
 use crate::stream::{
@@ -126,7 +127,8 @@ pub struct Gateway {
     providers: HashMap<String, Arc<Provider>>,
     /// Aliases in config order, for `/models`.
     aliases: Vec<(String, Vec<AliasTarget>)>,
-    prices: HashMap<String, Price>,
+    /// The file's prices overlaid with the stored ones, swapped on a store change.
+    prices: PriceTable,
     pub(crate) prompts: HashMap<String, Prompt>,
     guards: HashMap<String, Guard>,
 }
@@ -170,22 +172,26 @@ impl Gateway {
                 .iter()
                 .map(|alias| (alias.name.clone(), alias.targets.clone()))
                 .collect(),
-            prices: config
-                .prices
-                .iter()
-                .map(|spec| (spec.model.clone(), Price::from_spec(spec)))
-                .collect(),
+            prices: PriceTable::new(&config.prices),
         })
+    }
+
+    /// Lays `stored`, the prices stored through the admin API, over the file's prices. A call
+    /// is priced with the table in place when its provider responds, and an `ai-limits`
+    /// reservation with the table in place when the request arrives.
+    pub fn set_stored_prices(&self, stored: &[PriceSpec]) {
+        self.prices.set_stored(stored);
     }
 
     /// Returns the prices of the targets of `model`, or `None` when the model is neither an
     /// alias nor a `provider/model` of a configured provider.
     pub fn target_prices(&self, model: &str) -> Option<Vec<Option<Price>>> {
         let targets = self.targets(model).ok()?;
+        let prices = self.prices.load();
         Some(
             targets
                 .iter()
-                .map(|target| self.prices.get(target.key.as_ref()).copied())
+                .map(|target| prices.get(target.key.as_ref()).copied())
                 .collect(),
         )
     }
@@ -630,7 +636,7 @@ impl Gateway {
             attempts,
             stream,
             prompt_chars as u64,
-            self.prices.get(target.key.as_ref()).copied(),
+            self.prices.load().get(target.key.as_ref()).copied(),
         );
         Arc::new(record.with_request_id(request_id))
     }

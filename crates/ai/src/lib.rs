@@ -18,6 +18,7 @@ pub mod guards;
 pub mod limits;
 pub mod metrics;
 pub mod pool;
+pub mod prices;
 pub mod prompt_openapi;
 pub mod prompts;
 pub mod record;

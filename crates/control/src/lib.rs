@@ -108,6 +108,7 @@ impl ControlPlane {
         };
         let state = store.load().await?;
         let first = compile(&config, &state, &context)?;
+        set_stored_prices(&context, &state);
         metrics.config_version.set(state.version as i64);
         let key_metrics = rotation::KeyMetrics::default();
         key_metrics.count_expiring(&state.keys, time::OffsetDateTime::now_utc());
@@ -197,6 +198,7 @@ impl ControlPlane {
     fn install(&self, state: &StoreState) -> Result<(), ControlError> {
         let config = self.config.load();
         let snapshot = compile(&config, state, &self.context)?;
+        set_stored_prices(&self.context, state);
         self.snapshot.store(snapshot);
         self.served_version.store(state.version, Ordering::Release);
         self.metrics.config_version.set(state.version as i64);
@@ -323,6 +325,7 @@ impl ControlPlane {
             .await?;
         let state = self.store.load().await?;
         let snapshot = compile(&next, &state, &self.context)?;
+        set_stored_prices(&self.context, &state);
         self.config.store(Arc::new(next));
         self.snapshot.store(snapshot);
         self.served_version.store(state.version, Ordering::Release);
@@ -462,6 +465,14 @@ fn overlay(stored: &mut portcullis_config::Entities, declared: &portcullis_confi
     upsert(&mut stored.consumers, &declared.consumers, |consumer| {
         &consumer.name
     });
+}
+
+/// Hands the store's AI prices to the AI gateway, which swaps its price table. The gateway
+/// lives across snapshots because it owns provider connection pools and key cool-downs.
+fn set_stored_prices(context: &CompileContext, state: &StoreState) {
+    if let Some(ai) = &context.ai {
+        ai.set_stored_prices(&state.ai_prices);
+    }
 }
 
 fn compile(

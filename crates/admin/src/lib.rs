@@ -12,6 +12,7 @@
 // The OpenAPI schemas are one `json!` literal, deeper than the default macro recursion limit.
 #![recursion_limit = "256"]
 
+mod ai_prices;
 mod ai_usage;
 mod entities;
 mod error;
@@ -72,6 +73,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/config/reload", axum::routing::post(ops::reload))
         .route("/ai/openapi.json", get(openapi::prompts_document))
         .route("/ai/usage", get(ai_usage::report))
+        .route("/ai/prices", get(ai_prices::list))
+        // The model contains `/`, such as `openai-main/gpt-4.1`, so the segment is a wildcard.
+        .route(
+            "/ai/prices/{*model}",
+            get(ai_prices::get)
+                .put(ai_prices::put)
+                .delete(ai_prices::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health/live", get(ops::live))

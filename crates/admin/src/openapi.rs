@@ -268,6 +268,35 @@ fn build() -> Value {
         }}),
     );
     paths.insert(
+        "/ai/prices".into(),
+        json!({ "get": {
+            "summary": "List the effective AI price table",
+            "description": "The prices of this node's `ai.prices` overlaid with the prices stored through this API, ordered by model. A stored price replaces the file's price of the same model as a whole, on every node that shares the store.",
+            "operationId": "list_ai_prices",
+            "responses": { "200": json_response("The table", json!({ "type": "object", "properties": { "data": { "type": "array", "items": schema_ref("AiPriceEntry") } } })), "401": error_response("Missing or invalid admin token") }
+        }}),
+    );
+    paths.insert(
+        "/ai/prices/{model}".into(),
+        json!({
+            "parameters": [{ "name": "model", "in": "path", "required": true, "description": "`provider/model`, such as `openai-main/gpt-4.1`. The `/` is sent as is, as in `/ai/prices/openai-main/gpt-4.1`.", "schema": { "type": "string" } }],
+            "get": { "summary": "Read the effective price of a model", "operationId": "get_ai_price", "responses": { "200": json_response("The price and its source", schema_ref("AiPriceEntry")), "401": error_response("Missing or invalid admin token"), "404": error_response("The model has no price") } },
+            "put": {
+                "summary": "Store the price of a model",
+                "description": "Replaces any stored price of the model. Calls on this node are priced with it before the response is sent, and other nodes apply it like any other store change. The provider must be defined in this node's `ai.providers`.",
+                "operationId": "put_ai_price",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": schema_ref("AiPrice") } } },
+                "responses": { "200": json_response("The stored price", schema_ref("AiPriceEntry")), "400": error_response("Invalid body: unknown field, negative price, or a model that is not `provider/model` of a defined provider"), "401": error_response("Missing or invalid admin token") }
+            },
+            "delete": {
+                "summary": "Delete the stored price of a model",
+                "description": "The price from the file's `ai.prices`, if any, applies again. File prices cannot be deleted here.",
+                "operationId": "delete_ai_price",
+                "responses": { "204": { "description": "Deleted" }, "401": error_response("Missing or invalid admin token"), "404": error_response("No stored price for the model") }
+            }
+        }),
+    );
+    paths.insert(
         "/health/live".into(),
         json!({ "get": { "summary": "Liveness probe", "operationId": "live", "security": [], "responses": { "200": { "description": "The process is running" } } } }),
     );
@@ -318,8 +347,29 @@ fn schemas() -> Value {
                 "cache_write_tokens": { "type": "integer" },
                 "output_tokens": { "type": "integer" },
                 "reasoning_tokens": { "type": "integer" },
-                "cost": { "type": "number", "description": "From `ai.prices`; a call whose target has no price adds 0" },
+                "cost": { "type": "number", "description": "From the price table in place when the call ended (`GET /ai/prices`); a call whose target has no price adds 0" },
                 "estimated_calls": { "type": "integer", "description": "Calls with a token count estimated from characters" }
+            }
+        },
+        "AiPrice": {
+            "type": "object",
+            "description": "Prices in currency units per million tokens, each a number of 0 or more. A request body with other fields is rejected.",
+            "required": ["input_per_million", "output_per_million"],
+            "properties": {
+                "model": { "type": "string", "description": "`provider/model`; may be left out, and must equal the path's model when given" },
+                "input_per_million": { "type": "number", "minimum": 0 },
+                "output_per_million": { "type": "number", "minimum": 0 },
+                "cache_read_per_million": { "type": "number", "minimum": 0, "description": "Defaults to `input_per_million`" },
+                "cache_write_per_million": { "type": "number", "minimum": 0, "description": "Defaults to `input_per_million`" },
+                "reasoning_per_million": { "type": "number", "minimum": 0, "description": "Defaults to `output_per_million`" }
+            }
+        },
+        "AiPriceEntry": {
+            "allOf": [{ "$ref": "#/components/schemas/AiPrice" }],
+            "type": "object",
+            "required": ["model", "source"],
+            "properties": {
+                "source": { "type": "string", "enum": ["file", "store"], "description": "`file` for the node's `ai.prices`, `store` for a price stored through this API" }
             }
         },
         "AiUsageReport": {
@@ -844,7 +894,7 @@ mod tests {
     use super::build;
 
     /// Every path the router serves, in OpenAPI form.
-    const ROUTER_PATHS: [&str; 19] = [
+    const ROUTER_PATHS: [&str; 21] = [
         "/services",
         "/services/{name}",
         "/services/{name}/health",
@@ -859,6 +909,8 @@ mod tests {
         "/config/reload",
         "/ai/openapi.json",
         "/ai/usage",
+        "/ai/prices",
+        "/ai/prices/{model}",
         "/health/live",
         "/health/ready",
         "/metrics",

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use portcullis_config::{Config, DeclaredKey, Entities, HashedKey};
+use portcullis_config::{Config, DeclaredKey, Entities, HashedKey, PriceSpec};
 use portcullis_store::{ApiKeyRecord, StoreState};
 
 use crate::serve::load_config;
@@ -23,7 +23,8 @@ pub async fn export(config_path: PathBuf, output: Option<PathBuf>) -> anyhow::Re
             key.id, key.consumer
         );
     }
-    let text = render(&config, store.backend(), state.version, &entities)?;
+    let mut text = render(&config, store.backend(), state.version, &entities)?;
+    text.push_str(&stored_prices_comment(&state.ai_prices)?);
     match &output {
         Some(path) => write_file(path, &text)?,
         None => std::io::stdout()
@@ -37,6 +38,13 @@ pub async fn export(config_path: PathBuf, output: Option<PathBuf>) -> anyhow::Re
         .iter()
         .map(|consumer| consumer.api_keys.len())
         .sum();
+    if !state.ai_prices.is_empty() {
+        eprintln!(
+            "note: {} set through the admin API are listed as comments only, because apply \
+             does not manage them",
+            counted(state.ai_prices.len(), "stored AI price")
+        );
+    }
     eprintln!(
         "exported {}, {}, {} and {} at config version {}{}",
         counted(entities.services.len(), "service"),
@@ -116,6 +124,24 @@ fn render(
         ("routes", &routes),
         ("consumers", &consumers),
     ]));
+    Ok(text)
+}
+
+/// Returns a comment block that lists the AI prices stored through the admin API, or nothing
+/// when there are none. They are comments because `apply` reads entities only, and stored
+/// prices override the nodes' `ai.prices` instead of being entities.
+fn stored_prices_comment(prices: &[PriceSpec]) -> anyhow::Result<String> {
+    if prices.is_empty() {
+        return Ok(String::new());
+    }
+    let mut text = String::from(
+        "\n# AI prices stored through the admin API. `apply` leaves stored prices unchanged, so\n\
+         # this list is for reference. Store one again with PUT /ai/prices/{model} and the JSON.\n",
+    );
+    for price in prices {
+        // JSON escapes any line break, so each price stays on its comment line.
+        text.push_str(&format!("#   {}\n", serde_json::to_string(price)?));
+    }
     Ok(text)
 }
 

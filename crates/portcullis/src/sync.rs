@@ -82,6 +82,19 @@ async fn prepare(source: Source) -> anyhow::Result<Prepared> {
     })
 }
 
+/// Tells on standard error that the store's AI prices are outside the declared set, so that
+/// an operator who applies an export does not expect them to change.
+fn note_stored_prices(state: &StoreState) {
+    if state.ai_prices.is_empty() {
+        return;
+    }
+    eprintln!(
+        "note: the store holds {} set through the admin API; diff and apply leave them \
+         unchanged (list them with GET /ai/prices)",
+        counted(state.ai_prices.len(), "AI price")
+    );
+}
+
 fn print_changes(out: &mut impl Write, changes: &[Change]) -> std::io::Result<()> {
     for change in changes {
         writeln!(out, "{change}")?;
@@ -100,6 +113,7 @@ pub fn counted(count: usize, noun: &str) -> String {
 /// Prints the changes `apply` would make; exits 0 when there are none and 1 otherwise.
 pub async fn diff(source: Source) -> anyhow::Result<ExitCode> {
     let prepared = prepare(source).await?;
+    note_stored_prices(&prepared.state);
     let mut out = std::io::stdout().lock();
     print_changes(&mut out, &prepared.changes)?;
     if prepared.changes.is_empty() {
@@ -118,6 +132,7 @@ pub async fn diff(source: Source) -> anyhow::Result<ExitCode> {
 /// Makes the store match the declared set and prints the changes and the new version.
 pub async fn apply(source: Source) -> anyhow::Result<()> {
     let prepared = prepare(source).await?;
+    note_stored_prices(&prepared.state);
     let version = prepared
         .store
         .replace_all(&prepared.entities, &prepared.keys)

@@ -275,6 +275,51 @@ async fn apply_deletes_undeclared_consumer() {
     assert!(keys[1].1.is_some(), "bob's key is not revoked: {keys:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_prices_survive_apply_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let alice = format!("  - name: alice\n    api_keys: [{ALICE_KEY}]\n");
+    std::fs::write(&config, config_with_consumers(&alice)).unwrap();
+    let first = version_of(&apply(&config, None));
+
+    // The admin API validates the model against a node's providers. The store takes any
+    // spec, so this test writes through it directly.
+    let store = portcullis_store::SqliteStore::open(&dir.path().join("portcullis.db"))
+        .await
+        .unwrap();
+    let price = portcullis_config::PriceSpec {
+        model: "openai-main/gpt-4.1".into(),
+        input_per_million: 2.0,
+        output_per_million: 8.0,
+        cache_read_per_million: None,
+        cache_write_per_million: None,
+        reasoning_per_million: Some(20.0),
+    };
+    let stored = store.put_ai_price(&price).await.unwrap();
+    assert_eq!(stored, first + 1);
+
+    let output = diff(&config, None);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the store holds 1 AI price set through the admin API"),
+        "{stderr}"
+    );
+    let applied = apply(&config, None);
+    assert_eq!(applied, format!("no changes; config version {stored}\n"));
+    assert_eq!(store.load().await.unwrap().ai_prices, vec![price.clone()]);
+
+    let exported = export(&config, &dir.path().join("export.yaml"));
+    let comment = format!("#   {}", serde_json::to_string(&price).unwrap());
+    assert!(
+        exported.lines().any(|line| line == comment),
+        "the export does not list the stored price as {comment}:\n{exported}"
+    );
+    // The comment lines do not change what the export declares.
+    assert_no_diff(&config, Some(&dir.path().join("export.yaml")), stored);
+}
+
 #[test]
 fn invalid_declared_set_is_not_applied() {
     let dir = tempfile::tempdir().unwrap();

@@ -372,6 +372,7 @@ mod tests {
             version: 7,
             entities,
             keys,
+            credentials: Vec::new(),
         }
     }
 

@@ -13,6 +13,7 @@
 #![recursion_limit = "256"]
 
 mod ai_usage;
+mod credentials;
 mod entities;
 mod error;
 mod keys;
@@ -72,6 +73,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/config/reload", axum::routing::post(ops::reload))
         .route("/ai/openapi.json", get(openapi::prompts_document))
         .route("/ai/usage", get(ai_usage::report))
+        .route("/ai/credentials", get(credentials::list_credentials))
+        .route(
+            "/ai/credentials/{name}",
+            get(credentials::get_credential)
+                .put(credentials::put_credential)
+                .delete(credentials::delete_credential),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health/live", get(ops::live))

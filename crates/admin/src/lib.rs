@@ -14,6 +14,7 @@
 
 mod ai_prices;
 mod ai_usage;
+mod credentials;
 mod entities;
 mod error;
 mod keys;
@@ -80,6 +81,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(ai_prices::get)
                 .put(ai_prices::put)
                 .delete(ai_prices::delete),
+        )
+        .route("/ai/credentials", get(credentials::list_credentials))
+        .route(
+            "/ai/credentials/{name}",
+            get(credentials::get_credential)
+                .put(credentials::put_credential)
+                .delete(credentials::delete_credential),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

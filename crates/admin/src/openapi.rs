@@ -267,6 +267,40 @@ fn build() -> Value {
             "responses": { "200": json_response("Rows per group and the totals", schema_ref("AiUsageReport")), "400": error_response("Invalid query parameter"), "401": error_response("Missing or invalid admin token") }
         }}),
     );
+    let credential_name = name_parameter("credential");
+    paths.insert(
+        "/ai/credentials".into(),
+        json!({ "get": {
+            "summary": "List provider credentials",
+            "description": "Metadata of every provider credential in the store. Values are never returned.",
+            "operationId": "list_ai_credentials",
+            "responses": { "200": json_response("All credentials", list_of("AiCredential")), "401": error_response("Missing or invalid admin token"), "503": error_response("This node has no `secrets.master_key`") }
+        }}),
+    );
+    paths.insert(
+        "/ai/credentials/{name}".into(),
+        json!({
+            "parameters": [credential_name],
+            "get": {
+                "summary": "Read a provider credential's metadata",
+                "operationId": "get_ai_credential",
+                "responses": { "200": json_response("The credential, without its value", schema_ref("AiCredential")), "401": error_response("Missing or invalid admin token"), "404": error_response("No such credential"), "503": error_response("This node has no `secrets.master_key`") }
+            },
+            "put": {
+                "summary": "Create or replace a provider credential",
+                "description": "Encrypts the value with this node's master key and stores it. Every node reloads, and providers whose `api_key` or `api_keys` name the credential use the new value from their next call.",
+                "operationId": "put_ai_credential",
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["value"], "additionalProperties": false, "properties": { "value": { "type": "string", "description": "The provider API key: printable ASCII without spaces, at most 8192 bytes", "writeOnly": true } } } } } },
+                "responses": { "200": json_response("The stored credential, without its value", schema_ref("AiCredential")), "400": error_response("Invalid name or value"), "401": error_response("Missing or invalid admin token"), "503": error_response("This node has no `secrets.master_key`, or the store is unavailable") }
+            },
+            "delete": {
+                "summary": "Delete a provider credential",
+                "description": "Fails with 409 while a provider in this node's `ai.providers` uses the credential. Other nodes' files are not checked.",
+                "operationId": "delete_ai_credential",
+                "responses": { "204": { "description": "Deleted" }, "401": error_response("Missing or invalid admin token"), "404": error_response("No such credential"), "409": error_response("A provider of this node uses the credential"), "503": error_response("This node has no `secrets.master_key`") }
+            }
+        }),
+    );
     paths.insert(
         "/ai/prices".into(),
         json!({ "get": {
@@ -319,6 +353,8 @@ fn build() -> Value {
         json!({ "get": { "summary": "This document", "operationId": "openapi", "security": [], "responses": { "200": { "description": "OpenAPI 3.1 document" } } } }),
     );
 
+    let mut schemas = schemas();
+    schemas["AiCredential"] = credential_schema();
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -330,7 +366,23 @@ fn build() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": { "adminToken": { "type": "http", "scheme": "bearer", "description": "The admin token from the config or the generated token file" } },
-            "schemas": schemas()
+            "schemas": schemas
+        }
+    })
+}
+
+fn credential_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name", "fingerprint", "key_id", "used_by", "created_at", "updated_at"],
+        "properties": {
+            "name": { "type": "string" },
+            "fingerprint": { "type": ["string", "null"], "description": "First 8 hex digits of the SHA-256 of the value; null when this node cannot decrypt it", "examples": ["3f2a9c01"] },
+            "key_id": { "type": "string", "description": "Id of the master key that encrypted the value: 16 hex digits" },
+            "used_by": { "type": "array", "items": { "type": "string" }, "description": "Providers in this node's `ai.providers` that use the credential" },
+            "created_at": { "type": "string", "format": "date-time" },
+            "updated_at": { "type": "string", "format": "date-time" },
+            "error": { "type": "string", "description": "Why this node cannot decrypt the value, such as a different master key" }
         }
     })
 }
@@ -894,7 +946,7 @@ mod tests {
     use super::build;
 
     /// Every path the router serves, in OpenAPI form.
-    const ROUTER_PATHS: [&str; 21] = [
+    const ROUTER_PATHS: [&str; 23] = [
         "/services",
         "/services/{name}",
         "/services/{name}/health",
@@ -911,6 +963,8 @@ mod tests {
         "/ai/usage",
         "/ai/prices",
         "/ai/prices/{model}",
+        "/ai/credentials",
+        "/ai/credentials/{name}",
         "/health/live",
         "/health/ready",
         "/metrics",

@@ -9,7 +9,7 @@ use rand::Rng;
 
 use crate::error::AiError;
 use crate::gateway::{MAX_ERROR_BYTES, Prepared, Provider, Target, read_limited, send};
-use crate::pool::{KeyOutcome, retry_after};
+use crate::pool::{KeyOutcome, Unavailable, retry_after};
 
 /// Returns the indexes of targets with `weights` in the order to try them. Without weights
 /// this is the configured order. When any target has a weight, the first target is drawn with
@@ -67,21 +67,28 @@ pub(crate) async fn call_target(
     loop {
         let lease = match provider.keys.acquire() {
             Ok(lease) => lease,
-            Err(cooling) => {
+            Err(Unavailable::CoolingDown { wait }) => {
                 tracing::warn!(
                     request.id = request_id,
                     ai.target = %target.key,
-                    wait_ms = cooling.wait.as_millis() as u64,
+                    wait_ms = wait.as_millis() as u64,
                     "every key of the provider is cooling down; trying the next target"
                 );
                 return TargetOutcome::Failed(
-                    last_error.unwrap_or_else(|| all_keys_cooling_error(provider, cooling.wait)),
+                    last_error.unwrap_or_else(|| all_keys_cooling_error(provider, wait)),
+                );
+            }
+            Err(Unavailable::Credential { credential }) => {
+                // The pool logs the reason, rate-limited, with the provider and credential.
+                return TargetOutcome::Failed(
+                    last_error.unwrap_or_else(|| credential_error(provider, &credential)),
                 );
             }
         };
-        let key_index = lease.map(|lease| lease.index);
+        let key_index = lease.as_ref().map(|lease| lease.index);
         let started = Instant::now();
-        let result = send(provider, prepared, request_id, lease.map(|lease| lease.key)).await;
+        let key = lease.as_ref().map(|lease| lease.key.as_ref());
+        let result = send(provider, prepared, request_id, key).await;
         *latency += started.elapsed();
 
         let response = match result {
@@ -162,6 +169,20 @@ async fn wait_for_retry(retries_left: &mut u32, backoff: &mut Duration) -> bool 
     tokio::time::sleep(*backoff).await;
     *backoff = backoff.saturating_mul(2);
     true
+}
+
+/// Returns the error of a provider whose stored credentials are missing or cannot be decrypted.
+/// The reason stays in the gateway log, because it names master key ids.
+fn credential_error(provider: &Provider, credential: &str) -> AiError {
+    AiError::upstream(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "provider_credential_unavailable",
+        format!(
+            "provider `{}` has no usable API key: stored credential `{credential}` is missing or \
+             cannot be decrypted; the gateway log has the reason",
+            provider.name
+        ),
+    )
 }
 
 fn all_keys_cooling_error(provider: &Provider, wait: Duration) -> AiError {

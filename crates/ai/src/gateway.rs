@@ -183,6 +183,28 @@ impl Gateway {
         self.prices.set_stored(stored);
     }
 
+    /// Returns the names of the stored credentials that providers use, each once, in name order.
+    pub fn credential_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .providers
+            .values()
+            .flat_map(|provider| provider.keys.credentials())
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Installs the current values of the stored credentials in every provider's key pool:
+    /// `lookup` returns a credential's decrypted value, or why it has none. The providers keep
+    /// their connections and the cool-downs of keys whose value did not change.
+    pub fn set_credentials(&self, lookup: &dyn Fn(&str) -> Result<ApiKey, String>) {
+        for provider in self.providers.values() {
+            provider.keys.set_credentials(lookup);
+        }
+    }
+
     /// Returns the prices of the targets of `model`, or `None` when the model is neither an
     /// alias nor a `provider/model` of a configured provider.
     pub fn target_prices(&self, model: &str) -> Option<Vec<Option<Price>>> {

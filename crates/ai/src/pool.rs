@@ -1,14 +1,19 @@
 //! A provider's pool of API keys: calls take the keys in turn, and a key that the provider
 //! rate-limits or keeps failing on rests for a cool-down and is skipped meanwhile.
 //!
-//! Logs and metrics name a key by its index in the pool, never by its value.
+//! A key is written in the file, or is a stored credential whose value the control plane
+//! installs with [`KeyPool::set_credentials`] whenever the store changes. Installing a value
+//! keeps the pool, its connections and the cool-downs of the other keys.
+//!
+//! Logs and metrics name a key by its index in the pool or its credential name, never by its
+//! value.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
-use portcullis_config::{ApiKey, KeyCooldown};
+use portcullis_config::{ApiKey, KeyCooldown, ProviderKey};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -52,17 +57,24 @@ pub enum KeyOutcome {
     Failed,
 }
 
+/// Minimum time between two log lines about the same unusable stored credential.
+const CREDENTIAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A key taken from the pool for one call.
-#[derive(Debug, Clone, Copy)]
-pub struct Lease<'a> {
+#[derive(Debug, Clone)]
+pub struct Lease {
     pub index: usize,
-    pub key: &'a ApiKey,
+    pub key: Arc<ApiKey>,
 }
 
-/// Every key of the pool is cooling down; the earliest is available again after `wait`.
-#[derive(Debug, Clone, Copy)]
-pub struct AllCoolingDown {
-    pub wait: Duration,
+/// The reason no key of the pool can be taken.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unavailable {
+    /// Every usable key is cooling down; the earliest is available again after `wait`.
+    CoolingDown { wait: Duration },
+    /// No key is cooling down, but the pool's stored credentials are missing or cannot be
+    /// decrypted; `credential` names the first of them.
+    Credential { credential: Arc<str> },
 }
 
 #[derive(Debug, Default)]
@@ -73,8 +85,34 @@ struct KeyState {
 }
 
 struct PooledKey {
-    key: ApiKey,
+    source: KeySource,
     state: Arc<Mutex<KeyState>>,
+}
+
+enum KeySource {
+    /// A key written in the file.
+    Fixed(Arc<ApiKey>),
+    Stored(StoredKey),
+}
+
+/// A key that is a stored credential, with the value the control plane installed last.
+struct StoredKey {
+    credential: Arc<str>,
+    /// The decrypted value, or why there is none. Empty until the first install.
+    value: RwLock<Result<Arc<ApiKey>, Arc<str>>>,
+    /// Time of the last log line about the missing value, and the calls since then.
+    last_logged: Mutex<Option<Instant>>,
+    failed_calls: AtomicU64,
+}
+
+impl PooledKey {
+    /// Returns the key's current value, or `None` for a stored credential without one.
+    fn value(&self) -> Option<Arc<ApiKey>> {
+        match &self.source {
+            KeySource::Fixed(key) => Some(key.clone()),
+            KeySource::Stored(stored) => stored.value.read().unwrap().as_ref().ok().cloned(),
+        }
+    }
 }
 
 /// The API keys of one provider.
@@ -90,13 +128,22 @@ pub struct KeyPool {
 impl KeyPool {
     /// Creates the pool of `provider` with every key available. Keys cool down only with a
     /// `cooldown`.
-    pub fn new(provider: Arc<str>, keys: Vec<ApiKey>, cooldown: Option<KeyCooldown>) -> Self {
+    /// A stored credential has no value until [`KeyPool::set_credentials`] installs one.
+    pub fn new(provider: Arc<str>, keys: Vec<ProviderKey>, cooldown: Option<KeyCooldown>) -> Self {
         let pool = KeyPool {
             provider,
             keys: keys
                 .into_iter()
                 .map(|key| PooledKey {
-                    key,
+                    source: match key {
+                        ProviderKey::Value(key) => KeySource::Fixed(Arc::new(key)),
+                        ProviderKey::Credential(name) => KeySource::Stored(StoredKey {
+                            credential: Arc::from(name),
+                            value: RwLock::new(Err(Arc::from("the store was not read yet"))),
+                            last_logged: Mutex::new(None),
+                            failed_calls: AtomicU64::new(0),
+                        }),
+                    },
                     state: Arc::default(),
                 })
                 .collect(),
@@ -120,36 +167,52 @@ impl KeyPool {
         self.keys.is_empty()
     }
 
-    /// Takes the next key that is not cooling down, in turn from the key after the last one
-    /// taken. Returns `Ok(None)` for a pool without keys.
-    pub fn acquire(&self) -> Result<Option<Lease<'_>>, AllCoolingDown> {
+    /// Takes the next key that has a value and is not cooling down, in turn from the key after
+    /// the last one taken. Returns `Ok(None)` for a pool without keys.
+    pub fn acquire(&self) -> Result<Option<Lease>, Unavailable> {
         let count = self.keys.len();
         if count == 0 {
             return Ok(None);
         }
         let now = Instant::now();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut wait = Duration::MAX;
+        let mut wait = None;
+        let mut missing = None;
         for offset in 0..count {
             let index = (start + offset) % count;
-            let mut state = self.keys[index].state.lock().unwrap();
+            let pooled = &self.keys[index];
+            let Some(key) = pooled.value() else {
+                if let KeySource::Stored(stored) = &pooled.source {
+                    self.log_missing(stored);
+                    missing.get_or_insert_with(|| stored.credential.clone());
+                }
+                continue;
+            };
+            let mut state = pooled.state.lock().unwrap();
             match state.cooling_until {
-                Some(until) if until > now => wait = wait.min(until - now),
+                Some(until) if until > now => {
+                    wait = Some(wait.unwrap_or(Duration::MAX).min(until - now));
+                }
                 Some(_) => {
                     end_cooldown(&mut state, &self.provider, index);
-                    return Ok(Some(self.lease(index)));
+                    return Ok(Some(Lease { index, key }));
                 }
-                None => return Ok(Some(self.lease(index))),
+                None => return Ok(Some(Lease { index, key })),
             }
         }
-        Err(AllCoolingDown { wait })
+        match (wait, missing) {
+            (Some(wait), _) => Err(Unavailable::CoolingDown { wait }),
+            (None, Some(credential)) => Err(Unavailable::Credential { credential }),
+            (None, None) => unreachable!("a key without a value is a stored credential"),
+        }
     }
 
-    /// Returns whether a key other than `index` is available now.
+    /// Returns whether a key other than `index` has a value and is available now.
     pub fn has_other_available(&self, index: usize) -> bool {
         let now = Instant::now();
         self.keys.iter().enumerate().any(|(other, key)| {
             other != index
+                && key.value().is_some()
                 && key
                     .state
                     .lock()
@@ -157,6 +220,81 @@ impl KeyPool {
                     .cooling_until
                     .is_none_or(|until| until <= now)
         })
+    }
+
+    /// Returns the names of the stored credentials in the pool.
+    pub fn credentials(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().filter_map(|key| match &key.source {
+            KeySource::Stored(stored) => Some(stored.credential.as_ref()),
+            KeySource::Fixed(_) => None,
+        })
+    }
+
+    /// Installs the values of the pool's stored credentials: `lookup` returns a credential's
+    /// value, or why it has none. A key whose value changed starts without failures or
+    /// cool-down, because a rotated key is a new key. Logs each change of a key's state once,
+    /// with the provider and credential names but never the value.
+    pub fn set_credentials(&self, lookup: &dyn Fn(&str) -> Result<ApiKey, String>) {
+        for (index, pooled) in self.keys.iter().enumerate() {
+            let KeySource::Stored(stored) = &pooled.source else {
+                continue;
+            };
+            let next = lookup(&stored.credential)
+                .map(Arc::new)
+                .map_err(Arc::<str>::from);
+            let mut value = stored.value.write().unwrap();
+            match (&*value, &next) {
+                (Ok(old), Ok(new)) if old == new => continue,
+                (Err(old), Err(new)) if old == new => continue,
+                (_, Ok(_)) => {
+                    tracing::info!(
+                        ai.provider = %self.provider,
+                        ai.credential = %stored.credential,
+                        ai.key_index = index,
+                        "installed the provider's stored credential"
+                    );
+                    let mut state = pooled.state.lock().unwrap();
+                    if state.cooling_until.take().is_some() && self.cooldown.is_some() {
+                        set_state_gauge(&self.provider, index, false);
+                    }
+                    state.failures = 0;
+                }
+                (_, Err(reason)) => tracing::error!(
+                    ai.provider = %self.provider,
+                    ai.credential = %stored.credential,
+                    ai.key_index = index,
+                    reason = %reason,
+                    "the provider's stored credential is unusable; calls skip this key"
+                ),
+            }
+            *value = next;
+            // `log_missing` takes `last_logged` before `value`, so `value` is released first.
+            drop(value);
+            *stored.last_logged.lock().unwrap() = Some(Instant::now());
+        }
+    }
+
+    /// Logs a call that found a stored credential without a value, at most once per
+    /// [`CREDENTIAL_LOG_INTERVAL`], with the number of such calls since the last line.
+    fn log_missing(&self, stored: &StoredKey) {
+        let calls = stored.failed_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last_logged = stored.last_logged.lock().unwrap();
+        if last_logged.is_some_and(|at| at.elapsed() < CREDENTIAL_LOG_INTERVAL) {
+            return;
+        }
+        *last_logged = Some(Instant::now());
+        stored.failed_calls.store(0, Ordering::Relaxed);
+        let reason = match &*stored.value.read().unwrap() {
+            Err(reason) => reason.clone(),
+            Ok(_) => return,
+        };
+        tracing::error!(
+            ai.provider = %self.provider,
+            ai.credential = %stored.credential,
+            reason = %reason,
+            calls,
+            "calls found the provider's stored credential unusable"
+        );
     }
 
     /// Records the outcome of a call with key `index`, and starts its cool-down after a 429 or
@@ -224,13 +362,6 @@ impl KeyPool {
             set_state_gauge(&self.provider, index, true);
         }
         self.schedule_gauge_reset(index, until);
-    }
-
-    fn lease(&self, index: usize) -> Lease<'_> {
-        Lease {
-            index,
-            key: &self.keys[index].key,
-        }
     }
 
     /// Sets the key's state gauge back to available when its cool-down ends, so that the metric
@@ -370,9 +501,11 @@ mod tests {
         let pool = pool("all-cooling", &["a", "b"], 1);
         pool.report(0, KeyOutcome::RateLimited(Some(Duration::from_secs(10))));
         pool.report(1, KeyOutcome::RateLimited(Some(Duration::from_secs(600))));
-        let error = pool.acquire().unwrap_err();
-        assert!(error.wait <= Duration::from_secs(10), "{:?}", error.wait);
-        assert!(error.wait > Duration::from_secs(9), "{:?}", error.wait);
+        let Err(Unavailable::CoolingDown { wait }) = pool.acquire() else {
+            panic!("every key is cooling down");
+        };
+        assert!(wait <= Duration::from_secs(10), "{wait:?}");
+        assert!(wait > Duration::from_secs(9), "{wait:?}");
     }
 
     #[test]
@@ -395,6 +528,77 @@ mod tests {
         pool.report(0, KeyOutcome::RateLimited(Some(Duration::from_secs(5))));
         pool.report(0, KeyOutcome::Failed);
         assert_eq!(pool.acquire().unwrap().unwrap().index, 0);
+    }
+
+    fn cooldown() -> Option<KeyCooldown> {
+        Some(KeyCooldown {
+            duration: Duration::from_secs(30),
+            failures: 1,
+            max_retry_after: Duration::from_secs(600),
+        })
+    }
+
+    fn credential(name: &str) -> ProviderKey {
+        ProviderKey::Credential(name.into())
+    }
+
+    #[test]
+    fn stored_credential_takes_installed_value() {
+        let pool = KeyPool::new(Arc::from("stored"), vec![credential("prod")], None);
+        assert_eq!(
+            pool.acquire().unwrap_err(),
+            Unavailable::Credential {
+                credential: Arc::from("prod")
+            }
+        );
+        pool.set_credentials(&|name| Ok(ApiKey::new(format!("sk-{name}-1"))));
+        assert_eq!(pool.acquire().unwrap().unwrap().key.expose(), "sk-prod-1");
+        pool.set_credentials(&|name| Ok(ApiKey::new(format!("sk-{name}-2"))));
+        assert_eq!(pool.acquire().unwrap().unwrap().key.expose(), "sk-prod-2");
+        pool.set_credentials(&|_| Err("not in the store".into()));
+        assert!(matches!(
+            pool.acquire(),
+            Err(Unavailable::Credential { .. })
+        ));
+    }
+
+    #[test]
+    fn unusable_credential_is_skipped() {
+        let file_key = ProviderKey::Value(ApiKey::new("sk-file"));
+        let pool = KeyPool::new(
+            Arc::from("mixed"),
+            vec![credential("gone"), file_key],
+            cooldown(),
+        );
+        pool.set_credentials(&|_| Err("not in the store".into()));
+        for _ in 0..3 {
+            let lease = pool.acquire().unwrap().unwrap();
+            assert_eq!(lease.index, 1);
+            assert_eq!(lease.key.expose(), "sk-file");
+        }
+        assert!(!pool.has_other_available(1));
+        assert_eq!(pool.credentials().collect::<Vec<_>>(), ["gone"]);
+    }
+
+    #[test]
+    fn rotated_credential_ends_cooldown() {
+        let pool = KeyPool::new(
+            Arc::from("rotated"),
+            vec![credential("a"), credential("b")],
+            cooldown(),
+        );
+        pool.set_credentials(&|name| Ok(ApiKey::new(format!("sk-{name}"))));
+        pool.report(0, KeyOutcome::RateLimited(Some(Duration::from_secs(600))));
+        assert_eq!(taken(&pool), 1);
+        assert_eq!(taken(&pool), 1);
+
+        // Only `a` changes, so `b` keeps its state and `a` is available again.
+        pool.set_credentials(&|name| {
+            Ok(ApiKey::new(if name == "a" { "sk-a-new" } else { "sk-b" }))
+        });
+        let order: Vec<usize> = (0..4).map(|_| taken(&pool)).collect();
+        assert!(order.contains(&0), "{order:?}");
+        assert!(order.contains(&1), "{order:?}");
     }
 
     #[test]

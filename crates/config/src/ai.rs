@@ -1,7 +1,8 @@
 //! The `ai` section: LLM providers, model aliases and token prices for routes with `ai: {}`.
 //!
-//! Providers are node settings read from the file only, because their API keys come from the
-//! environment through `${VAR}`. They are never written to the store, and [`ApiKey`] prints as
+//! Providers are node settings read from the file only. Their API keys come from the
+//! environment through `${VAR}`, or name a credential that the admin API stored encrypted
+//! (`{credential: NAME}`). Providers are never written to the store, and [`ApiKey`] prints as
 //! `[redacted]` so that no log line or debug dump shows a key.
 
 use std::collections::HashSet;
@@ -70,10 +71,10 @@ pub struct ProviderSpec {
     #[serde(default)]
     pub base_url: Option<String>,
     #[serde(default)]
-    pub api_key: Option<ApiKey>,
+    pub api_key: Option<ProviderKey>,
     /// A pool of API keys that calls are spread over, in place of `api_key`.
     #[serde(default)]
-    pub api_keys: Vec<ApiKey>,
+    pub api_keys: Vec<ProviderKey>,
     #[serde(default)]
     pub key_cooldown: KeyCooldown,
     #[serde(default)]
@@ -156,6 +157,11 @@ impl ProviderKind {
 pub struct ApiKey(String);
 
 impl ApiKey {
+    /// Wraps a key value, such as a decrypted stored credential.
+    pub fn new(value: impl Into<String>) -> ApiKey {
+        ApiKey(value.into())
+    }
+
     /// Returns the key itself, for the request header that carries it upstream.
     pub fn expose(&self) -> &str {
         &self.0
@@ -165,6 +171,73 @@ impl ApiKey {
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+/// One API key of a provider as the file writes it: the key itself, usually `${VAR}`, or
+/// `{credential: NAME}`, a credential that the admin API stored encrypted. Its `Debug` form
+/// shows a credential's name and never a key.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ProviderKey {
+    Value(ApiKey),
+    /// The name of a stored credential, decrypted by the control plane.
+    Credential(String),
+}
+
+impl ProviderKey {
+    /// Returns the name of the stored credential, or `None` for a key written in the file.
+    pub fn credential(&self) -> Option<&str> {
+        match self {
+            ProviderKey::Value(_) => None,
+            ProviderKey::Credential(name) => Some(name),
+        }
+    }
+}
+
+impl fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderKey::Value(key) => key.fmt(f),
+            ProviderKey::Credential(name) => f.debug_tuple("Credential").field(name).finish(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = ProviderKey;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an API key string, such as ${OPENAI_API_KEY}, or `{credential: NAME}`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<ProviderKey, E> {
+                Ok(ProviderKey::Value(ApiKey(value.to_string())))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ProviderKey, A::Error> {
+                let mut credential = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "credential" => credential = Some(map.next_value::<String>()?),
+                        other => {
+                            return Err(serde::de::Error::unknown_field(other, &["credential"]));
+                        }
+                    }
+                }
+                credential
+                    .map(ProviderKey::Credential)
+                    .ok_or_else(|| serde::de::Error::missing_field("credential"))
+            }
+        }
+
+        deserializer.deserialize_any(KeyVisitor)
     }
 }
 
@@ -247,12 +320,50 @@ pub(crate) fn validate_config(config: &crate::model::Config) -> Vec<KeyError> {
         errors.extend(crate::ai_prompts::validate(ai));
     }
     errors.extend(crate::ai_prompts::validate_routes(config));
+    if config.secrets.master_key.is_none() {
+        errors.extend(credentials_without_master_key(config.ai.as_ref()));
+    }
     for (i, route) in config.entities.routes.iter().enumerate() {
         if route.ai.is_some() && config.ai.is_none() {
             errors.push(KeyError::new(
                 format!("routes[{i}].ai"),
                 "an `ai` route needs the top-level `ai` section with its providers",
             ));
+        }
+    }
+    errors
+}
+
+/// Returns an error for each provider key that names a stored credential, for a node without
+/// `secrets.master_key`, which could not decrypt it.
+fn credentials_without_master_key(ai: Option<&AiConfig>) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    for (i, provider) in ai
+        .into_iter()
+        .flat_map(|ai| ai.providers.iter())
+        .enumerate()
+    {
+        let keys = provider
+            .api_key
+            .iter()
+            .map(|key| (format!("ai.providers[{i}].api_key"), key))
+            .chain(
+                provider
+                    .api_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(j, key)| (format!("ai.providers[{i}].api_keys[{j}]"), key)),
+            );
+        for (at, key) in keys {
+            if let Some(name) = key.credential() {
+                errors.push(KeyError::new(
+                    format!("{at}.credential"),
+                    format!(
+                        "credential `{name}` is stored encrypted, and this node has no \
+                         `secrets.master_key` to decrypt it; set `secrets.master_key`"
+                    ),
+                ));
+            }
         }
     }
     errors
@@ -306,8 +417,8 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
             )),
             None => {}
         }
-        if let Some(message) = provider.api_key.as_ref().and_then(invalid_key_message) {
-            errors.push(KeyError::new(format!("{at}.api_key"), message));
+        if let Some(key) = &provider.api_key {
+            check_provider_key(&mut errors, &format!("{at}.api_key"), key);
         }
         crate::ai_balance::validate_provider(&mut errors, &at, provider);
         match (&provider.api_version, provider.kind) {
@@ -457,6 +568,20 @@ pub fn validate_stored_price(price: &PriceSpec, ai: Option<&AiConfig>) -> Vec<Ke
     errors
 }
 
+/// Checks one provider key: a value must fit in a header, and a credential needs a valid name.
+pub(crate) fn check_provider_key(errors: &mut Vec<KeyError>, at: &str, key: &ProviderKey) {
+    match key {
+        ProviderKey::Value(value) => {
+            if let Some(message) = invalid_key_message(value) {
+                errors.push(KeyError::new(at, message));
+            }
+        }
+        ProviderKey::Credential(name) => {
+            crate::load::check_entity_name(errors, &format!("{at}.credential"), name);
+        }
+    }
+}
+
 /// Returns why `key` cannot be sent in a header, or `None` when it can.
 pub(crate) fn invalid_key_message(key: &ApiKey) -> Option<&'static str> {
     (key.0.is_empty() || key.0.bytes().any(|b| !b.is_ascii_graphic())).then_some(
@@ -547,10 +672,10 @@ routes:
         let ai = config.ai.unwrap();
         assert_eq!(ai.providers.len(), 2);
         assert_eq!(ai.providers[0].default_max_tokens, 4096);
-        assert_eq!(
-            ai.providers[0].api_key.as_ref().unwrap().expose(),
-            "key-for-ANTHROPIC_API_KEY"
-        );
+        let Some(super::ProviderKey::Value(key)) = &ai.providers[0].api_key else {
+            panic!("{:?}", ai.providers[0].api_key);
+        };
+        assert_eq!(key.expose(), "key-for-ANTHROPIC_API_KEY");
         assert_eq!(
             format!("{:?}", ai.providers[0])
                 .matches("[redacted]")
@@ -560,6 +685,92 @@ routes:
         assert!(!format!("{:?}", ai.providers[0]).contains("key-for"));
         assert!(config.entities.routes[0].ai.is_some());
         assert!(config.entities.routes[0].service.is_none());
+    }
+
+    /// `EXAMPLE` with `openai-main` on stored credentials and a master key.
+    fn with_credentials(keys: &str) -> String {
+        let source = EXAMPLE.replace("      api_key: ${OPENAI_API_KEY}\n", keys);
+        format!("secrets:\n  master_key: ${{MASTER_KEY}}\n{source}")
+    }
+
+    /// Returns a master key of 32 bytes for `${MASTER_KEY}` and `key-for-NAME` otherwise.
+    fn env_with_master_key(name: &str) -> Option<String> {
+        match name {
+            "MASTER_KEY" => Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
+            _ => env(name),
+        }
+    }
+
+    fn credential_errors(source: &str) -> Vec<String> {
+        match load_str(source, None, &env_with_master_key) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn credential_keys_load() {
+        use super::ProviderKey;
+
+        let single = with_credentials("      api_key: { credential: openai-prod }\n");
+        let config = load_str(&single, None, &env_with_master_key).unwrap();
+        let provider = &config.ai.unwrap().providers[1];
+        assert_eq!(
+            provider.api_key,
+            Some(ProviderKey::Credential("openai-prod".into()))
+        );
+        assert_eq!(
+            format!("{:?}", provider.api_key),
+            "Some(Credential(\"openai-prod\"))"
+        );
+
+        let pool =
+            with_credentials("      api_keys: [{ credential: openai-a }, \"${OPENAI_B}\"]\n");
+        let config = load_str(&pool, None, &env_with_master_key).unwrap();
+        let keys = config.ai.unwrap().providers[1].pool_keys();
+        assert_eq!(keys[0].credential(), Some("openai-a"));
+        assert_eq!(keys[1].credential(), None);
+        assert!(!format!("{keys:?}").contains("key-for"), "{keys:?}");
+    }
+
+    #[test]
+    fn credential_key_errors() {
+        let cases = [
+            (
+                "      api_key: { credential: \"bad name\" }\n",
+                "line 12: key `ai.providers[1].api_key.credential`",
+                "invalid name",
+            ),
+            (
+                "      api_keys: [{ credential: a }, { credential: a }]\n",
+                "line 12: key `ai.providers[1].api_keys[1]`",
+                "listed twice",
+            ),
+            (
+                "      api_key: { secret: a }\n",
+                "line 12: key `ai.providers[1].api_key`",
+                "unknown field `secret`",
+            ),
+        ];
+        for (keys, location, message) in cases {
+            let found = credential_errors(&with_credentials(keys));
+            assert_eq!(found.len(), 1, "{keys}: {found:?}");
+            assert!(found[0].starts_with(location), "{keys}: {found:?}");
+            assert!(found[0].contains(message), "{keys}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn credential_needs_master_key() {
+        let source = with_credentials("      api_key: { credential: openai-prod }\n");
+        let source = source.replace("secrets:\n  master_key: ${MASTER_KEY}\n", "");
+        let found = errors(&source);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("line 10: key `ai.providers[1].api_key.credential`"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("secrets.master_key"), "{found:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::ai::{ApiKey, ProviderSpec};
+use crate::ai::{ProviderKey, ProviderSpec};
 use crate::duration;
 use crate::load::KeyError;
 
@@ -118,7 +118,7 @@ impl<'de> Deserialize<'de> for AliasTarget {
 
 impl ProviderSpec {
     /// Returns the provider's keys in pool order: `api_key`, or the `api_keys` list.
-    pub fn pool_keys(&self) -> Vec<ApiKey> {
+    pub fn pool_keys(&self) -> Vec<ProviderKey> {
         match &self.api_key {
             Some(key) => vec![key.clone()],
             None => self.api_keys.clone(),
@@ -140,14 +140,24 @@ pub(crate) fn validate_provider(errors: &mut Vec<KeyError>, at: &str, provider: 
             format!("a provider takes at most {MAX_POOL_KEYS} keys"),
         ));
     }
-    let mut seen = HashSet::new();
+    let mut seen_values = HashSet::new();
+    let mut seen_credentials = HashSet::new();
     for (j, key) in provider.api_keys.iter().enumerate() {
-        if let Some(message) = crate::ai::invalid_key_message(key) {
-            errors.push(KeyError::new(format!("{at}.api_keys[{j}]"), message));
-        } else if !seen.insert(key.expose()) {
+        let key_at = format!("{at}.api_keys[{j}]");
+        let before = errors.len();
+        crate::ai::check_provider_key(errors, &key_at, key);
+        if errors.len() > before {
+            continue;
+        }
+        let duplicate = match key {
+            ProviderKey::Value(value) => !seen_values.insert(value.expose()),
+            ProviderKey::Credential(name) => !seen_credentials.insert(name.as_str()),
+        };
+        if duplicate {
             errors.push(KeyError::new(
-                format!("{at}.api_keys[{j}]"),
-                "the same key is listed twice; check the environment variables of the list",
+                key_at,
+                "the same key is listed twice; check the environment variables and credential \
+                 names of the list",
             ));
         }
     }
@@ -233,7 +243,10 @@ routes:
         let keys: Vec<String> = provider
             .pool_keys()
             .iter()
-            .map(|key| key.expose().to_string())
+            .map(|key| match key {
+                crate::ProviderKey::Value(value) => value.expose().to_string(),
+                crate::ProviderKey::Credential(name) => panic!("credential {name}"),
+            })
             .collect();
         assert_eq!(keys, ["key-for-K1", "key-for-K2"]);
         assert_eq!(provider.key_cooldown.failures, 2);

@@ -12,6 +12,7 @@ pub mod browser;
 mod duration;
 mod load;
 pub mod model;
+pub mod secrets;
 pub mod upstream;
 mod upstream_checks;
 mod waf;
@@ -19,18 +20,20 @@ mod yaml;
 
 pub use ai::{
     AiConfig, AiRouteSpec, AliasTarget, ApiKey, KeyCooldown, ModelAliasSpec, PriceSpec,
-    ProviderKind, ProviderRetries, ProviderSpec, UsageReportSpec, split_target,
+    ProviderKey, ProviderKind, ProviderRetries, ProviderSpec, UsageReportSpec, split_target,
     validate_stored_price,
 };
 pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec};
 pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{
-    ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, embedded_default, line_index,
-    load_file, load_str, validate_certificate_owners, validate_consumer_fields, validate_entities,
-    validate_policies, validate_route_fields, validate_service_fields,
+    ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, check_entity_name,
+    embedded_default, line_index, load_file, load_str, validate_certificate_owners,
+    validate_consumer_fields, validate_entities, validate_policies, validate_route_fields,
+    validate_service_fields,
 };
 pub use model::*;
+pub use secrets::{MASTER_KEY_BYTES, MasterKey, SecretsConfig};
 pub use upstream::*;
 pub use waf::waf_setup;
 pub use yaml::LineIndex;

@@ -70,7 +70,7 @@ impl KeyError {
 }
 
 /// Checks an entity-style name (1 to 128 letters, digits, `-`, `_` or `.`) for other modules.
-pub(crate) fn check_entity_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
+pub fn check_entity_name(errors: &mut Vec<KeyError>, key: &str, name: &str) {
     check_name(errors, key, name);
 }
 
@@ -501,6 +501,7 @@ fn validate_node(config: &Config) -> Vec<KeyError> {
         ));
     }
     errors.extend(validate_key_rotation(&config.key_rotation));
+    errors.extend(crate::secrets::validate(&config.secrets));
     let limits = &config.limits;
     for (key, value) in [
         ("limits.max_header_bytes", limits.max_header_bytes as u64),

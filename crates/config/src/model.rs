@@ -56,6 +56,9 @@ pub struct Config {
     /// API-key rotation defaults and the webhook that delivers scheduled rotations.
     #[serde(default)]
     pub key_rotation: KeyRotationConfig,
+    /// The master key that encrypts the provider credentials kept in the store.
+    #[serde(default)]
+    pub secrets: crate::secrets::SecretsConfig,
     /// Policies that apply to every route.
     #[serde(default)]
     pub policies: Vec<PolicySpec>,

@@ -27,6 +27,7 @@ use portcullis_proxy::pool::ClientPool;
 use portcullis_proxy::snapshot::{self, CompileContext, KeyInput, Snapshot, SnapshotHandle};
 use portcullis_proxy::targets::TargetRegistry;
 use portcullis_proxy::usage::KeyUsage;
+use portcullis_store::credentials::CredentialCipher;
 use portcullis_store::{Store, StoreError, StoreState};
 use tokio::sync::{Mutex, watch};
 
@@ -73,6 +74,8 @@ pub struct ControlPlane {
     key_metrics: rotation::KeyMetrics,
     /// Sender of key-rotation events; `None` without `key_rotation.webhook_secret`.
     webhooks: Option<webhook::WebhookSender>,
+    /// The cipher of stored provider credentials; `None` without `secrets.master_key`.
+    credentials: Option<Arc<CredentialCipher>>,
 }
 
 impl ControlPlane {
@@ -83,6 +86,20 @@ impl ControlPlane {
         metrics: Arc<Metrics>,
         policy: PolicyContext,
     ) -> Result<Arc<Self>, ControlError> {
+        let credentials = match &config.secrets.master_key {
+            Some(key) => {
+                let bytes = key.bytes().map_err(|message| {
+                    ControlError::Config(format!("secrets.master_key: {message}"))
+                })?;
+                let cipher = CredentialCipher::new(&bytes);
+                tracing::info!(
+                    master_key.id = cipher.key_id(),
+                    "stored provider credentials are encrypted with this node's master key"
+                );
+                Some(Arc::new(cipher))
+            }
+            None => None,
+        };
         let hasher = key_hasher(&config, store.as_ref()).await?;
         let declared_keys = declared_key_records(&config.entities, &hasher);
         let version = store
@@ -109,6 +126,7 @@ impl ControlPlane {
         let state = store.load().await?;
         let first = compile(&config, &state, &context)?;
         set_stored_prices(&context, &state);
+        install_credentials(&context, credentials.as_deref(), &state);
         metrics.config_version.set(state.version as i64);
         let key_metrics = rotation::KeyMetrics::default();
         key_metrics.count_expiring(&state.keys, time::OffsetDateTime::now_utc());
@@ -131,6 +149,7 @@ impl ControlPlane {
             flush: Mutex::new(()),
             key_metrics,
             webhooks,
+            credentials,
         };
         Ok(Arc::new(control))
     }
@@ -141,6 +160,12 @@ impl ControlPlane {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Returns the cipher of stored provider credentials, or `None` on a node without
+    /// `secrets.master_key`.
+    pub fn credential_cipher(&self) -> Option<&CredentialCipher> {
+        self.credentials.as_deref()
     }
 
     pub fn hasher(&self) -> &KeyHasher {
@@ -199,6 +224,7 @@ impl ControlPlane {
         let config = self.config.load();
         let snapshot = compile(&config, state, &self.context)?;
         set_stored_prices(&self.context, state);
+        install_credentials(&self.context, self.credentials.as_deref(), state);
         self.snapshot.store(snapshot);
         self.served_version.store(state.version, Ordering::Release);
         self.metrics.config_version.set(state.version as i64);
@@ -270,6 +296,7 @@ impl ControlPlane {
             ("http2", next.http2 != current.http2),
             ("redis", next.redis != current.redis),
             ("ai", next.ai != current.ai),
+            ("secrets", next.secrets != current.secrets),
             (
                 "version_check_interval",
                 next.version_check_interval != current.version_check_interval,
@@ -304,6 +331,7 @@ impl ControlPlane {
         next.http2 = current.http2.clone();
         next.redis = current.redis.clone();
         next.version_check_interval = current.version_check_interval;
+        next.secrets = current.secrets.clone();
         next.key_rotation.webhook_secret = current.key_rotation.webhook_secret.clone();
         next.key_rotation.webhook_attempts = current.key_rotation.webhook_attempts;
         next.key_rotation.check_interval = current.key_rotation.check_interval;
@@ -326,6 +354,7 @@ impl ControlPlane {
         let state = self.store.load().await?;
         let snapshot = compile(&next, &state, &self.context)?;
         set_stored_prices(&self.context, &state);
+        install_credentials(&self.context, self.credentials.as_deref(), &state);
         self.config.store(Arc::new(next));
         self.snapshot.store(snapshot);
         self.served_version.store(state.version, Ordering::Release);
@@ -443,6 +472,36 @@ impl ControlPlane {
             tracing::warn!(%error, keys = uses.len(), "cannot record API-key last use; dropping this batch");
         }
     }
+}
+
+/// Decrypts the stored credentials that the AI providers use and installs them in the
+/// providers' key pools. A credential that is missing or does not decrypt leaves its key
+/// without a value, and the pool logs why; the node keeps serving.
+fn install_credentials(
+    context: &CompileContext,
+    cipher: Option<&CredentialCipher>,
+    state: &StoreState,
+) {
+    let Some(gateway) = &context.ai else {
+        return;
+    };
+    let lookup = |name: &str| -> Result<portcullis_config::ApiKey, String> {
+        let cipher = cipher.ok_or("this node has no `secrets.master_key` to decrypt it")?;
+        let record = state
+            .credentials
+            .iter()
+            .find(|record| record.name == name)
+            .ok_or_else(|| {
+                format!(
+                    "credential `{name}` is not in the store; create it with PUT /ai/credentials/{name}"
+                )
+            })?;
+        cipher
+            .open(record)
+            .map(portcullis_config::ApiKey::new)
+            .map_err(|error| error.to_string())
+    };
+    gateway.set_credentials(&lookup);
 }
 
 /// Replaces or adds each declared entity in `stored` by name, as a sync would.

@@ -64,6 +64,17 @@ pub(crate) struct KeyRow {
     pub last_used_at: Option<String>,
 }
 
+/// An `ai_credentials` row in text form. The ciphertext is not secret, so `Debug` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct CredentialRow {
+    pub name: String,
+    pub ciphertext: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub key_id: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
 /// A database that can open store transactions.
 pub(crate) trait Backend: Sync {
     type Tx: Tx;
@@ -176,6 +187,17 @@ pub(crate) trait Tx: Send {
 
     /// Sets `last_used_at` of key `id` to `at` unless it is later already.
     async fn touch_key(&mut self, id: &str, at: &str) -> Result<(), StoreError>;
+
+    /// Reads the stored credentials, or only the one called `name`, ordered by the bytes of the
+    /// name.
+    async fn credentials(&mut self, name: Option<&str>) -> Result<Vec<CredentialRow>, StoreError>;
+
+    /// Inserts a credential, or replaces the ciphertext, nonce, key id and update time of the
+    /// one with the same name, keeping its creation time.
+    async fn upsert_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError>;
+
+    /// Deletes a credential and returns whether it existed.
+    async fn delete_credential(&mut self, name: &str) -> Result<bool, StoreError>;
 
     async fn commit(self) -> Result<(), StoreError>;
 

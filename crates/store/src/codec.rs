@@ -8,8 +8,8 @@ use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
-use crate::backend::{KeyRow, Table};
-use crate::{ApiKeyRecord, StoreError};
+use crate::backend::{CredentialRow, KeyRow, Table};
+use crate::{ApiKeyRecord, CredentialRecord, StoreError};
 
 /// The `meta` key of the config version.
 pub(crate) const VERSION_KEY: &str = "config_version";
@@ -172,6 +172,21 @@ pub(crate) fn key_row(record: &ApiKeyRecord) -> Result<KeyRow, StoreError> {
         scopes,
         source: record.source.clone(),
         last_used_at: record.last_used_at.map(format_timestamp).transpose()?,
+    })
+}
+
+/// Converts a stored credential row to a record.
+pub(crate) fn credential_record(row: CredentialRow) -> Result<CredentialRecord, StoreError> {
+    let column = |name: &str| format!("ai_credentials row `{}`, column `{name}`", row.name);
+    let created_at = parse_timestamp(&row.created_at, || column("created_at"))?;
+    let updated_at = parse_timestamp(&row.updated_at, || column("updated_at"))?;
+    Ok(CredentialRecord {
+        name: row.name,
+        ciphertext: row.ciphertext,
+        nonce: row.nonce,
+        key_id: row.key_id,
+        created_at,
+        updated_at,
     })
 }
 

@@ -373,6 +373,7 @@ mod tests {
             entities,
             keys,
             ai_prices: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod ai_usage;
 mod backend;
 mod codec;
+pub mod credentials;
 mod diff;
 mod error;
 pub mod notify;
@@ -48,6 +49,22 @@ pub struct StoreState {
     /// AI prices set through the admin API, ordered by the bytes of the model. Each overrides
     /// the price of the same model in the node's `ai.prices`.
     pub ai_prices: Vec<PriceSpec>,
+    /// All provider credentials, still encrypted.
+    pub credentials: Vec<CredentialRecord>,
+}
+
+/// A provider credential as stored: encrypted with the nodes' master key, see
+/// [`credentials::CredentialCipher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    pub name: String,
+    /// The ChaCha20-Poly1305 ciphertext followed by its tag.
+    pub ciphertext: Vec<u8>,
+    pub nonce: Vec<u8>,
+    /// The id of the master key that sealed it.
+    pub key_id: String,
+    pub created_at: time::OffsetDateTime,
+    pub updated_at: time::OffsetDateTime,
 }
 
 /// A request to rotate a key: the key to replace, and the new key's identity. The caller
@@ -167,6 +184,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads the `ai_usage` rows that `filter` selects, ordered by key.
     fn ai_usage<'a>(&'a self, filter: &'a AiUsageFilter) -> StoreFuture<'a, Vec<AiUsageRow>>;
+
+    /// Reads every provider credential, still encrypted, ordered by name.
+    fn credentials(&self) -> StoreFuture<'_, Vec<CredentialRecord>>;
+
+    /// Creates or replaces a provider credential and bumps the config version, so that every
+    /// node decrypts the new value. A replaced credential keeps its creation time. Returns the
+    /// new version and the stored record.
+    fn put_credential<'a>(
+        &'a self,
+        credential: &'a credentials::SealedCredential,
+    ) -> StoreFuture<'a, (u64, CredentialRecord)>;
+
+    /// Deletes a provider credential; [`StoreError::NotFound`] when there is none by that name.
+    fn delete_credential<'a>(&'a self, name: &'a str) -> StoreFuture<'a, u64>;
 
     /// Makes the store's entities match `declared` for the names it lists, in one transaction.
     /// Declared services, routes and consumers are created or replaced, and `keys`, the records

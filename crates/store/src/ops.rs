@@ -12,9 +12,11 @@ use crate::backend::{Backend, EntityRow, Table, Tx};
 use crate::codec::{self, Entity};
 use crate::{ApiKeyRecord, StoreError, StoreState};
 
+mod credentials;
 mod replace;
 mod rotate;
 
+pub(crate) use credentials::{credentials, delete_credential, put_credential};
 pub(crate) use replace::replace_all;
 pub(crate) use rotate::{find_keys, rotate_key};
 
@@ -127,7 +129,7 @@ pub(crate) async fn load<B: Backend>(backend: &B) -> Result<StoreState, StoreErr
     Ok(state)
 }
 
-/// Reads the version, the entities and the keys not revoked yet, within `tx`.
+/// Reads the version, the entities, the keys not revoked yet and the credentials, within `tx`.
 async fn read_state<T: Tx>(tx: &mut T) -> Result<StoreState, StoreError> {
     let version = tx.version().await?;
     let services = codec::decode_entities::<ServiceSpec>(tx.specs(Table::Services).await?)?;
@@ -146,6 +148,12 @@ async fn read_state<T: Tx>(tx: &mut T) -> Result<StoreState, StoreError> {
         .iter()
         .map(|(model, spec)| codec::decode_price(model, spec))
         .collect::<Result<Vec<_>, _>>()?;
+    let credentials = tx
+        .credentials(None)
+        .await?
+        .into_iter()
+        .map(codec::credential_record)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(StoreState {
         version,
         entities: Entities {
@@ -155,6 +163,7 @@ async fn read_state<T: Tx>(tx: &mut T) -> Result<StoreState, StoreError> {
         },
         keys,
         ai_prices,
+        credentials,
     })
 }
 
@@ -584,6 +593,21 @@ macro_rules! forward_store_methods {
 
         fn record_key_use<'a>(&'a self, uses: &'a [(String, i64)]) -> $crate::StoreFuture<'a, ()> {
             Box::pin($crate::ops::record_key_use(self, uses))
+        }
+
+        fn credentials(&self) -> $crate::StoreFuture<'_, Vec<$crate::CredentialRecord>> {
+            Box::pin($crate::ops::credentials(self))
+        }
+
+        fn put_credential<'a>(
+            &'a self,
+            credential: &'a $crate::credentials::SealedCredential,
+        ) -> $crate::StoreFuture<'a, (u64, $crate::CredentialRecord)> {
+            Box::pin($crate::ops::put_credential(self, credential))
+        }
+
+        fn delete_credential<'a>(&'a self, name: &'a str) -> $crate::StoreFuture<'a, u64> {
+            Box::pin($crate::ops::delete_credential(self, name))
         }
 
         fn sync_declared<'a>(

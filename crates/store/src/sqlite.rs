@@ -7,7 +7,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Sqlite, Transaction};
 
-use crate::backend::{Backend, EntityRow, KeyRow, Table, Tx};
+use crate::backend::{Backend, CredentialRow, EntityRow, KeyRow, Table, Tx};
 use crate::codec::{self, VERSION_KEY};
 use crate::{Store, StoreError, StoreFuture};
 
@@ -435,6 +435,43 @@ impl Tx for SqliteTx {
         .execute(&mut *self.0)
         .await?;
         Ok(())
+    }
+
+    async fn credentials(&mut self, name: Option<&str>) -> Result<Vec<CredentialRow>, StoreError> {
+        let rows = sqlx::query_as(
+            "SELECT name, ciphertext, nonce, key_id, created_at, updated_at FROM ai_credentials \
+             WHERE $1 IS NULL OR name = $1 ORDER BY name",
+        )
+        .bind(name)
+        .fetch_all(&mut *self.0)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn upsert_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO ai_credentials (name, ciphertext, nonce, key_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (name) DO UPDATE SET ciphertext = excluded.ciphertext, \
+             nonce = excluded.nonce, key_id = excluded.key_id, updated_at = excluded.updated_at",
+        )
+        .bind(&row.name)
+        .bind(&row.ciphertext)
+        .bind(&row.nonce)
+        .bind(&row.key_id)
+        .bind(&row.created_at)
+        .bind(&row.updated_at)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_credential(&mut self, name: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM ai_credentials WHERE name = $1")
+            .bind(name)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(result.rows_affected() > 0)
     }
 
     async fn commit(self) -> Result<(), StoreError> {

@@ -20,6 +20,7 @@ use portcullis_config::{
     KeyAuthSpec, LimitAlgorithm, LimitKey, PathMatch, PolicySpec, PriceSpec, RateLimitSpec,
     RouteSpec, ServiceSpec, UpstreamTimeouts,
 };
+use portcullis_store::credentials::{CredentialCipher, CredentialError};
 use portcullis_store::{
     ApiKeyRecord, KeyRotation, PostgresStore, SqliteStore, Store, StoreError, StoreState,
 };
@@ -164,6 +165,16 @@ impl TestDb {
 
     /// Runs a query whose one column is text on a separate connection, bypassing the store.
     async fn query_text(&self, sql: &str) -> Vec<String> {
+        self.query_column(sql).await
+    }
+
+    /// Runs a query with one column of type `T` on a separate connection, bypassing the store.
+    async fn query_column<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+        T: Send + Unpin,
+    {
         match &*self.target {
             Target::Sqlite { path, .. } => {
                 let mut connection = sqlite_connection(path).await;
@@ -300,6 +311,7 @@ backend_tests! {
         ai_prices_round_trip,
         ai_price_writes_bump_version,
         corrupt_ai_price_names_row,
+        credentials_stored_encrypted,
     ],
     sqlite_only: [open_creates_file_in_wal_mode],
     postgres_only: [writes_notify_new_version],
@@ -1415,4 +1427,69 @@ async fn corrupt_ai_price_names_row(db: TestDb) {
         message.contains("ai_prices row `openai-main/gpt-4.1`"),
         "message does not name the row: {message}"
     );
+}
+
+async fn credentials_stored_encrypted(db: TestDb) {
+    const PLAINTEXT: &str = "sk-test-plaintext-credential-0001";
+    const ROTATED: &str = "sk-test-plaintext-credential-0002";
+    let store = db.open_migrated().await;
+    let cipher = CredentialCipher::new(&[5; 32]);
+
+    let sealed = cipher.seal("openai-prod", PLAINTEXT).unwrap();
+    let (version, created) = store.put_credential(&sealed).await.unwrap();
+    assert_eq!(version, 1, "a credential write bumps the config version");
+    assert_eq!(created.name, "openai-prod");
+    assert_eq!(created.key_id, cipher.key_id());
+    assert_eq!(created.created_at, created.updated_at);
+
+    let state = store.load().await.unwrap();
+    assert_eq!(state.credentials.len(), 1);
+    assert_eq!(cipher.open(&state.credentials[0]).unwrap(), PLAINTEXT);
+
+    for column in ["ciphertext", "nonce"] {
+        let stored: Vec<Vec<u8>> = db
+            .query_column(&format!("SELECT {column} FROM ai_credentials"))
+            .await;
+        assert_eq!(stored.len(), 1);
+        assert!(
+            !stored[0]
+                .windows(PLAINTEXT.len())
+                .any(|window| window == PLAINTEXT.as_bytes()),
+            "{column} holds the plaintext"
+        );
+    }
+    let ciphertext: Vec<Vec<u8>> = db
+        .query_column("SELECT ciphertext FROM ai_credentials")
+        .await;
+    assert_eq!(
+        ciphertext[0].len(),
+        PLAINTEXT.len() + 16,
+        "ciphertext and tag"
+    );
+    let key_ids = db.query_text("SELECT key_id FROM ai_credentials").await;
+    assert_eq!(key_ids, [cipher.key_id()]);
+
+    let other = CredentialCipher::new(&[6; 32]);
+    assert!(matches!(
+        other.open(&state.credentials[0]),
+        Err(CredentialError::WrongMasterKey { ref name, .. }) if name == "openai-prod"
+    ));
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (version, replaced) = store
+        .put_credential(&cipher.seal("openai-prod", ROTATED).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(replaced.created_at, created.created_at);
+    assert!(replaced.updated_at > created.updated_at);
+    let listed = store.credentials().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(cipher.open(&listed[0]).unwrap(), ROTATED);
+    assert_ne!(listed[0].nonce, state.credentials[0].nonce);
+
+    assert_eq!(store.delete_credential("openai-prod").await.unwrap(), 3);
+    assert!(store.load().await.unwrap().credentials.is_empty());
+    assert_not_found(store.delete_credential("openai-prod").await, "credential");
+    assert_eq!(store.version().await.unwrap(), 3);
 }

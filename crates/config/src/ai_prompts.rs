@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ai::{AiConfig, split_target};
+use crate::ai::AiConfig;
 use crate::load::KeyError;
 
 /// One prompt endpoint definition with its versions.
@@ -234,10 +234,7 @@ pub(crate) fn validate(ai: &AiConfig) -> Vec<KeyError> {
 
 fn validate_version(ai: &AiConfig, at: &str, version: &PromptVersionSpec) -> Vec<KeyError> {
     let mut errors = Vec::new();
-    let is_alias = ai.models.iter().any(|alias| alias.name == version.model);
-    let is_target = split_target(&version.model)
-        .is_some_and(|(provider, _)| ai.providers.iter().any(|spec| spec.name == provider));
-    if !is_alias && !is_target {
+    if !ai.has_model(&version.model) {
         errors.push(KeyError::new(
             format!("{at}.model"),
             format!(

@@ -21,7 +21,7 @@ pub use ai::{
     AiConfig, AiRouteSpec, AliasTarget, ApiKey, KeyCooldown, ModelAliasSpec, PriceSpec,
     ProviderKind, ProviderRetries, ProviderSpec, UsageReportSpec, split_target,
 };
-pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec};
+pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec, validate_ai_limit_models};
 pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{

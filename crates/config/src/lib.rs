@@ -22,7 +22,9 @@ pub use ai::{
     ProviderKind, ProviderRetries, ProviderSpec, UsageReportSpec, split_target,
 };
 pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec, validate_ai_limit_models};
-pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};
+pub use ai_prompts::{
+    GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots, validate_route_settings,
+};
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{
     ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, embedded_default, line_index,

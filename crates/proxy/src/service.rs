@@ -343,6 +343,7 @@ impl Proxy {
                 &route.ai_route,
                 parts,
                 request_body,
+                snapshot.limits.max_body_bytes,
                 router::strip_prefix(&canonical.path, &matched),
                 request_id,
                 ai_limits,

@@ -445,6 +445,54 @@ async fn stalled_stream_ends_with_error() {
     assert_eq!(ai["input_tokens"], 30);
 }
 
+#[tokio::test]
+async fn streamed_overhead_excludes_provider_time() {
+    let (gateway, _anthropic, _openai) = start().await;
+    let started = Instant::now();
+    let response = chat(
+        &gateway,
+        "ai-overhead-stream",
+        json!({"model": "openai-main/gpt-hang", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let overhead: f64 = response.headers()["x-portcullis-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The provider keeps the stream open after its text, so the call lasts as long as the
+    // client reads, here at least 500 ms.
+    let mut body = response.bytes_stream();
+    let mut received = String::new();
+    while !received.contains(" gpt") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(body);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    assert!(overhead < 500.0, "overhead header {overhead} ms");
+    let count = common::metric(
+        &gateway,
+        r#"portcullis_ai_overhead_seconds_count{route="llm"}"#,
+    )
+    .await;
+    assert_eq!(count, 1.0);
+    let sum = common::metric(
+        &gateway,
+        r#"portcullis_ai_overhead_seconds_sum{route="llm"}"#,
+    )
+    .await;
+    assert!(sum < 0.5, "overhead histogram sum {sum} s");
+}
+
 // Two workers, because `access_log_line` blocks one while the client connection must still
 // be closed on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,7 @@ pub async fn serve(
     let body = match decode_body(&mut headers, body, max_body_bytes) {
         Ok(body) => body,
         Err(error) => {
+            tracing::debug!(request.id = %request_id, code = %error.code, %error, "cannot decode the AI request body");
             let response = Gateway::reject(route, &relative_path, &error, request_id);
             return Ok(Served {
                 response: response.map(ResponseBody::generated),

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use portcullis_config::{ConsumerSpec, Entities, KeyError, RouteSpec, ServiceSpec};
+use portcullis_config::{AiConfig, ConsumerSpec, Entities, KeyError, RouteSpec, ServiceSpec};
 use portcullis_store::{Store, StoreFuture};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -23,8 +23,9 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
 
     fn name(&self) -> &str;
     fn all(entities: &Entities) -> &[Self];
-    /// Checks the entity against itself and the other entities in the store.
-    fn validate(&self, entities: &Entities) -> Vec<KeyError>;
+    /// Checks the entity against itself, the other entities in the store, and the `ai`
+    /// section of this node's file, which its prompt, guard and `ai-limits` models must name.
+    fn validate(&self, entities: &Entities, ai: Option<&AiConfig>) -> Vec<KeyError>;
     fn put<'a>(&'a self, store: &'a dyn Store) -> StoreFuture<'a, u64>;
     fn delete<'a>(name: &'a str, store: &'a dyn Store) -> StoreFuture<'a, u64>;
 }
@@ -41,8 +42,13 @@ impl Resource for ServiceSpec {
         &entities.services
     }
 
-    fn validate(&self, _entities: &Entities) -> Vec<KeyError> {
+    fn validate(&self, _entities: &Entities, ai: Option<&AiConfig>) -> Vec<KeyError> {
         let mut errors = portcullis_config::validate_service_fields("", self);
+        errors.extend(portcullis_config::validate_ai_limit_models(
+            ".policies",
+            &self.policies,
+            ai,
+        ));
         errors.extend(name_errors(&self.name));
         strip_leading_dot(errors)
     }
@@ -68,8 +74,16 @@ impl Resource for RouteSpec {
         &entities.routes
     }
 
-    fn validate(&self, entities: &Entities) -> Vec<KeyError> {
+    fn validate(&self, entities: &Entities, ai: Option<&AiConfig>) -> Vec<KeyError> {
         let mut errors = portcullis_config::validate_route_fields("", self);
+        errors.extend(portcullis_config::validate_ai_limit_models(
+            ".policies",
+            &self.policies,
+            ai,
+        ));
+        if let Some(route_ai) = &self.ai {
+            errors.extend(portcullis_config::validate_route_settings("", route_ai, ai));
+        }
         errors.extend(name_errors(&self.name));
         match &self.service {
             None if self.ai.is_some() => {}
@@ -118,8 +132,13 @@ impl Resource for ConsumerSpec {
         &entities.consumers
     }
 
-    fn validate(&self, entities: &Entities) -> Vec<KeyError> {
+    fn validate(&self, entities: &Entities, ai: Option<&AiConfig>) -> Vec<KeyError> {
         let mut errors = portcullis_config::validate_consumer_fields("", self);
+        errors.extend(portcullis_config::validate_ai_limit_models(
+            ".policies",
+            &self.policies,
+            ai,
+        ));
         errors.extend(portcullis_config::validate_certificate_owners(
             "",
             self,
@@ -276,7 +295,8 @@ async fn write<R: Resource>(
     item: &R,
     entities: &Entities,
 ) -> Result<(), ApiError> {
-    let errors = item.validate(entities);
+    let config = state.control.config();
+    let errors = item.validate(entities, config.ai.as_ref());
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }

@@ -223,22 +223,24 @@ impl Gateway {
     /// call, and restores redacted values in the response.
     pub async fn handle(&self, request: AiRequest) -> AiResponse {
         let request_id = request.request_id.clone();
-        let endpoint = match (&request.route.prompt, request.path.as_str()) {
-            (Some(_), _) => Endpoint::Prompt,
-            (None, "/messages") => Endpoint::Messages,
-            (None, "/embeddings") => Endpoint::Embeddings,
-            (None, _) => Endpoint::Chat,
-        };
+        let endpoint = Endpoint::of(&request.route, &request.path);
         let result = self.serve_guarded(request, endpoint).await;
         result.unwrap_or_else(|error| AiResponse {
-            response: if endpoint == Endpoint::Messages {
-                anthropic_error_response(&error, &request_id)
-            } else {
-                error_response(&error, &request_id)
-            },
+            response: endpoint_error_response(endpoint, &error, &request_id),
             call: None,
             upstream_latency: None,
         })
+    }
+
+    /// Renders `error` for a request of `route` at `path` as [`Gateway::handle`] renders its
+    /// own errors: in Anthropic's shape on `/messages`, else in OpenAI's.
+    pub fn reject(
+        route: &AiRouteSpec,
+        path: &str,
+        error: &AiError,
+        request_id: &str,
+    ) -> Response<AiBody> {
+        endpoint_error_response(Endpoint::of(route, path), error, request_id)
     }
 
     /// Serves a request between the route's guard and the restoration of redacted values.
@@ -1025,6 +1027,18 @@ fn anthropic_error_response(error: &AiError, request_id: &str) -> Response<AiBod
 }
 
 /// Renders an error in OpenAI's shape.
+fn endpoint_error_response(
+    endpoint: Endpoint,
+    error: &AiError,
+    request_id: &str,
+) -> Response<AiBody> {
+    if endpoint == Endpoint::Messages {
+        anthropic_error_response(error, request_id)
+    } else {
+        error_response(error, request_id)
+    }
+}
+
 pub fn error_response(error: &AiError, request_id: &str) -> Response<AiBody> {
     let mut response = Response::new(full(error.body(request_id)));
     *response.status_mut() = error.status;

@@ -62,6 +62,18 @@ pub(crate) enum Endpoint {
     Prompt,
 }
 
+impl Endpoint {
+    /// Returns the endpoint of a request of `route` at `path`, the path after the route prefix.
+    pub(crate) fn of(route: &portcullis_config::AiRouteSpec, path: &str) -> Endpoint {
+        match (&route.prompt, path) {
+            (Some(_), _) => Endpoint::Prompt,
+            (None, "/messages") => Endpoint::Messages,
+            (None, "/embeddings") => Endpoint::Embeddings,
+            (None, _) => Endpoint::Chat,
+        }
+    }
+}
+
 /// A compiled `ai.guards` entry.
 #[derive(Debug)]
 pub struct Guard {

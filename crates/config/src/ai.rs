@@ -90,6 +90,17 @@ pub struct ProviderSpec {
     pub api_version: Option<String>,
 }
 
+impl AiConfig {
+    /// Returns true when a request may name `model`: it is an alias of `models` or a
+    /// `provider/model` whose provider is in `providers`.
+    pub fn has_model(&self, model: &str) -> bool {
+        let is_alias = self.models.iter().any(|alias| alias.name == model);
+        let is_target = split_target(model)
+            .is_some_and(|(provider, _)| self.providers.iter().any(|spec| spec.name == provider));
+        is_alias || is_target
+    }
+}
+
 /// The `api-version` sent to Azure OpenAI when the provider sets none: the generally available
 /// release of the data-plane inference API, 2024-10-21.
 pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";

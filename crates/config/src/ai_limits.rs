@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ai::AiConfig;
 use crate::load::KeyError;
-use crate::model::{BackendErrorAction, CounterBackend, QuotaPeriod};
+use crate::model::{BackendErrorAction, CounterBackend, PolicySpec, QuotaPeriod};
 
 /// Token limits and a money budget per consumer or team, checked before each AI call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +149,37 @@ pub(crate) fn validate(key: &str, spec: &AiLimitsSpec) -> Vec<KeyError> {
     errors
 }
 
+/// Checks that each `models` entry of the `ai-limits` policies in `policies`, at `at` such as
+/// `routes[0].policies`, names a model of the node's `ai` section: an alias of `ai.models` or a
+/// `provider/model` of a provider in `ai.providers`. A node without an `ai` section has no
+/// models, so every entry is rejected there.
+pub fn validate_ai_limit_models(
+    at: &str,
+    policies: &[PolicySpec],
+    ai: Option<&AiConfig>,
+) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    for (i, policy) in policies.iter().enumerate() {
+        let PolicySpec::AiLimits(spec) = policy else {
+            continue;
+        };
+        for (j, model) in spec.models.iter().enumerate() {
+            // An empty entry has its own error from `validate`.
+            if model.is_empty() || ai.is_some_and(|ai| ai.has_model(model)) {
+                continue;
+            }
+            errors.push(KeyError::new(
+                format!("{at}[{i}].ai-limits.models[{j}]"),
+                format!(
+                    "model `{model}` is not an alias in ai.models or a `provider/model` of a \
+                     configured provider, so the limit would never apply"
+                ),
+            ));
+        }
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use crate::load::load_str;
@@ -242,6 +274,42 @@ routes:
         let found = errors(&source);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("needs at least one of"), "{found:?}");
+    }
+
+    #[test]
+    fn models_must_be_configured() {
+        let source = CONFIG
+            .replace(
+                "      base_url: http://127.0.0.1:9102/v1\n",
+                "      base_url: http://127.0.0.1:9102/v1\n  models:\n    - name: smart\n      targets: [openai-main/gpt-4.1]\n",
+            )
+            .replace(
+                "by: team",
+                "by: team\n          models: [smart, openai-main/gpt-4o, gpt-4.1, other/gpt-4.1]",
+            );
+        let found = errors(&source);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains("key `routes[0].policies[0].ai-limits.models[2]`"),
+            "{found:?}"
+        );
+        assert!(
+            found[0].contains("model `gpt-4.1` is not an alias"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].contains("key `routes[0].policies[0].ai-limits.models[3]`"),
+            "{found:?}"
+        );
+
+        // A global policy on a node without an `ai` section names no model.
+        let global = "policies:\n  - ai-limits: { tokens_per_day: 100, models: [smart] }\n";
+        let found = errors(global);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("key `policies[0].ai-limits.models[0]`"),
+            "{found:?}"
+        );
     }
 
     #[test]

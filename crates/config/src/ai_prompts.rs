@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ai::{AiConfig, split_target};
+use crate::ai::{AiConfig, AiRouteSpec};
 use crate::load::KeyError;
 
 /// One prompt endpoint definition with its versions.
@@ -234,10 +234,7 @@ pub(crate) fn validate(ai: &AiConfig) -> Vec<KeyError> {
 
 fn validate_version(ai: &AiConfig, at: &str, version: &PromptVersionSpec) -> Vec<KeyError> {
     let mut errors = Vec::new();
-    let is_alias = ai.models.iter().any(|alias| alias.name == version.model);
-    let is_target = split_target(&version.model)
-        .is_some_and(|(provider, _)| ai.providers.iter().any(|spec| spec.name == provider));
-    if !is_alias && !is_target {
+    if !ai.has_model(&version.model) {
         errors.push(KeyError::new(
             format!("{at}.model"),
             format!(
@@ -308,25 +305,40 @@ pub(crate) fn validate_routes(config: &crate::model::Config) -> Vec<KeyError> {
         return errors;
     };
     for (i, route) in config.entities.routes.iter().enumerate() {
-        let Some(spec) = &route.ai else {
-            continue;
-        };
-        if let Some(prompt) = &spec.prompt
-            && !ai.prompts.iter().any(|p| &p.name == prompt)
-        {
-            errors.push(KeyError::new(
-                format!("routes[{i}].ai.prompt"),
-                format!("prompt `{prompt}` is not defined in `ai.prompts`"),
+        if let Some(spec) = &route.ai {
+            errors.extend(validate_route_settings(
+                &format!("routes[{i}]"),
+                spec,
+                Some(ai),
             ));
         }
-        if let Some(guard) = &spec.guard
-            && !ai.guards.iter().any(|g| &g.name == guard)
-        {
-            errors.push(KeyError::new(
-                format!("routes[{i}].ai.guard"),
-                format!("guard `{guard}` is not defined in `ai.guards`"),
-            ));
-        }
+    }
+    errors
+}
+
+/// Checks that the `prompt` and `guard` of the `ai` route at `at`, such as `routes[0]`, are
+/// defined in the node's `ai` section. A node without an `ai` section defines neither.
+pub fn validate_route_settings(
+    at: &str,
+    route: &AiRouteSpec,
+    ai: Option<&AiConfig>,
+) -> Vec<KeyError> {
+    let mut errors = Vec::new();
+    if let Some(prompt) = &route.prompt
+        && !ai.is_some_and(|ai| ai.prompts.iter().any(|p| &p.name == prompt))
+    {
+        errors.push(KeyError::new(
+            format!("{at}.ai.prompt"),
+            format!("prompt `{prompt}` is not defined in `ai.prompts`"),
+        ));
+    }
+    if let Some(guard) = &route.guard
+        && !ai.is_some_and(|ai| ai.guards.iter().any(|g| &g.name == guard))
+    {
+        errors.push(KeyError::new(
+            format!("{at}.ai.guard"),
+            format!("guard `{guard}` is not defined in `ai.guards`"),
+        ));
     }
     errors
 }

@@ -23,8 +23,10 @@ pub use ai::{
     ProviderKey, ProviderKind, ProviderRetries, ProviderSpec, UsageReportSpec, split_target,
     validate_stored_price,
 };
-pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec};
-pub use ai_prompts::{GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots};
+pub use ai_limits::{AiLimitKey, AiLimitsSpec, BudgetSpec, validate_ai_limit_models};
+pub use ai_prompts::{
+    GuardSpec, PiiKind, PromptSpec, PromptVersionSpec, template_slots, validate_route_settings,
+};
 pub use browser::{CorsSpec, CsrfSpec, SecurityHeadersSpec};
 pub use load::{
     ConfigError, ConfigErrors, KeyError, MIN_SESSION_SECRET_BYTES, check_entity_name,

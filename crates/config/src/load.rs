@@ -146,6 +146,7 @@ pub fn load_str(
     errors.extend(validate_policies("policies", &config.policies));
     errors.extend(check_secret_variables(&config, env));
     errors.extend(validate_redis_backends(&config));
+    errors.extend(validate_limit_model_names(&config));
     errors.extend(check_rotation_webhooks(&config));
     if errors.is_empty() {
         Ok(config)
@@ -1150,11 +1151,9 @@ fn validate_rate_limit(key: &str, spec: &RateLimitSpec) -> Vec<KeyError> {
     errors
 }
 
-/// Checks that every limit with `backend: redis` has a Redis server to use.
-fn validate_redis_backends(config: &Config) -> Vec<KeyError> {
-    if config.redis.is_some() {
-        return Vec::new();
-    }
+/// Returns every policy list of the file with its key path: the global `policies` and those
+/// of each service, route and consumer.
+fn policy_levels(config: &Config) -> Vec<(String, &[PolicySpec])> {
     let mut levels: Vec<(String, &[PolicySpec])> = vec![("policies".into(), &config.policies)];
     for (i, service) in config.entities.services.iter().enumerate() {
         levels.push((format!("services[{i}].policies"), &service.policies));
@@ -1165,8 +1164,26 @@ fn validate_redis_backends(config: &Config) -> Vec<KeyError> {
     for (i, consumer) in config.entities.consumers.iter().enumerate() {
         levels.push((format!("consumers[{i}].policies"), &consumer.policies));
     }
+    levels
+}
+
+/// Checks that the `models` of every `ai-limits` policy name models of the `ai` section.
+fn validate_limit_model_names(config: &Config) -> Vec<KeyError> {
+    policy_levels(config)
+        .into_iter()
+        .flat_map(|(at, policies)| {
+            crate::ai_limits::validate_ai_limit_models(&at, policies, config.ai.as_ref())
+        })
+        .collect()
+}
+
+/// Checks that every limit with `backend: redis` has a Redis server to use.
+fn validate_redis_backends(config: &Config) -> Vec<KeyError> {
+    if config.redis.is_some() {
+        return Vec::new();
+    }
     let mut errors = Vec::new();
-    for (at, policies) in levels {
+    for (at, policies) in policy_levels(config) {
         for (i, policy) in policies.iter().enumerate() {
             let backend = match policy {
                 PolicySpec::RateLimit(spec) => spec.backend,

@@ -6,7 +6,7 @@ mod sdk;
 
 use std::time::{Duration, Instant};
 
-use common::{ALICE_KEY, Gateway, client};
+use common::{ALICE_KEY, Gateway, client, deflate, gzip};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -445,6 +445,54 @@ async fn stalled_stream_ends_with_error() {
     assert_eq!(ai["input_tokens"], 30);
 }
 
+#[tokio::test]
+async fn streamed_overhead_excludes_provider_time() {
+    let (gateway, _anthropic, _openai) = start().await;
+    let started = Instant::now();
+    let response = chat(
+        &gateway,
+        "ai-overhead-stream",
+        json!({"model": "openai-main/gpt-hang", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let overhead: f64 = response.headers()["x-portcullis-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The provider keeps the stream open after its text, so the call lasts as long as the
+    // client reads, here at least 500 ms.
+    let mut body = response.bytes_stream();
+    let mut received = String::new();
+    while !received.contains(" gpt") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(body);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    assert!(overhead < 500.0, "overhead header {overhead} ms");
+    let count = common::metric(
+        &gateway,
+        r#"portcullis_ai_overhead_seconds_count{route="llm"}"#,
+    )
+    .await;
+    assert_eq!(count, 1.0);
+    let sum = common::metric(
+        &gateway,
+        r#"portcullis_ai_overhead_seconds_sum{route="llm"}"#,
+    )
+    .await;
+    assert!(sum < 0.5, "overhead histogram sum {sum} s");
+}
+
 // Two workers, because `access_log_line` blocks one while the client connection must still
 // be closed on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,4 +791,122 @@ async fn ai_route_without_ai_section() {
             .contains("takes no `service`"),
         "{body}"
     );
+}
+
+/// Posts `body` to `path` as alice with the `Content-Encoding` value `coding`.
+async fn post_encoded(
+    gateway: &Gateway,
+    path: &str,
+    coding: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    client()
+        .post(gateway.url(path))
+        .bearer_auth(ALICE_KEY)
+        .header("content-type", "application/json")
+        .header("content-encoding", coding)
+        .header("anthropic-version", "2023-06-01")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Checks that `response` is an OpenAI-shaped error with `status` and `code`.
+async fn assert_openai_error(response: reqwest::Response, status: u16, code: &str) {
+    let body = common::error_body(response, status).await;
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn compressed_request_bodies_decoded() {
+    let (gateway, anthropic, openai) = start().await;
+    let chat =
+        json!({"model": "openai-main/gpt-4.1", "messages": [{"role": "user", "content": "Hi"}]});
+    let text = chat.to_string();
+
+    for (coding, body) in [
+        ("gzip", gzip(text.as_bytes())),
+        ("x-gzip", gzip(text.as_bytes())),
+        ("deflate", deflate(text.as_bytes())),
+        ("deflate, gzip", gzip(&deflate(text.as_bytes()))),
+    ] {
+        let response = post_encoded(&gateway, "/v1/chat/completions", coding, body).await;
+        assert_eq!(response.status(), 200, "{coding}");
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(
+            reply["choices"][0]["message"]["content"], "Hello from gpt",
+            "{coding}"
+        );
+    }
+    let sent = openai.requests();
+    assert_eq!(sent.len(), 4);
+    for request in &sent {
+        assert_eq!(request.body["messages"], chat["messages"]);
+        assert!(request.headers.get("content-encoding").is_none());
+    }
+
+    let response = post_encoded(&gateway, "/v1/chat/completions", "zstd", gzip(b"{}")).await;
+    assert_openai_error(response, 415, "unsupported_content_encoding").await;
+    let response = post_encoded(
+        &gateway,
+        "/v1/chat/completions",
+        "gzip",
+        text.as_bytes().to_vec(),
+    )
+    .await;
+    assert_openai_error(response, 400, "invalid_content_encoding").await;
+
+    // 8 MiB of zeros compress about 1000 times, over the decoder's ratio cap of 100.
+    let bomb = gzip(&vec![b'0'; 8 << 20]);
+    let response = post_encoded(&gateway, "/v1/chat/completions", "gzip", bomb).await;
+    assert_openai_error(response, 413, "decompression_ratio_exceeded").await;
+
+    // Random hex compresses about 2 times, so 11 MiB of it decodes past the 10 MiB default of
+    // limits.max_body_bytes without tripping the ratio cap.
+    let hex: String = (0..(11 << 20) / 16)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    let large = gzip(format!(r#"{{"model":"openai-main/gpt-4.1","pad":"{hex}"}}"#).as_bytes());
+    assert!(large.len() < 10 << 20, "{} bytes", large.len());
+    let response = post_encoded(&gateway, "/v1/chat/completions", "gzip", large).await;
+    assert_openai_error(response, 413, "body_too_large").await;
+    assert_eq!(
+        openai.requests().len(),
+        4,
+        "a rejected body reached the provider"
+    );
+
+    // `/messages` decodes too, and returns errors in Anthropic's shape.
+    let messages = json!({"model": "claude-main/claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]});
+    let body = gzip(messages.to_string().as_bytes());
+    let response = post_encoded(&gateway, "/v1/messages", "gzip", body).await;
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    assert_eq!(anthropic.requests().len(), 1);
+    let response = post_encoded(&gateway, "/v1/messages", "br", b"not brotli".to_vec()).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+}
+
+#[tokio::test]
+async fn openai_sdk_sends_gzip_body() {
+    let (gateway, _anthropic, openai) = start().await;
+    let cases = json!([
+        ["gzip_chat", "openai-main/gpt-4.1"],
+        ["zstd_chat", "openai-main/gpt-4.1"],
+    ]);
+    let results = run_sdk_script("openai_client.py", &gateway.url("/v1"), &cases).await;
+    assert_eq!(results[0]["content"], "Hello from gpt", "{results:?}");
+    assert_eq!(results[0]["prompt_tokens"], 100, "{results:?}");
+    assert_eq!(results[1]["status"], 415, "{results:?}");
+    assert_eq!(
+        results[1]["body"]["code"], "unsupported_content_encoding",
+        "{results:?}"
+    );
+    assert_eq!(openai.requests().len(), 1);
 }

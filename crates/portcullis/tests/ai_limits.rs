@@ -139,27 +139,28 @@ async fn chat_status(gateway: &Gateway, path: &str, key: &str, max_tokens: u64) 
     status
 }
 
-fn remaining_metric(route_policy: &str, subject: &str, model: &str, limit: &str) -> String {
+fn remaining_metric(policy: &str, route: &str, subject: &str, model: &str, limit: &str) -> String {
     format!(
-        "portcullis_ai_limit_remaining{{policy=\"{route_policy}\",subject=\"{subject}\",model=\"{model}\",limit=\"{limit}\"}}"
+        "portcullis_ai_limit_remaining{{policy=\"{policy}\",route=\"{route}\",subject=\"{subject}\",model=\"{model}\",limit=\"{limit}\"}}"
     )
 }
 
-/// Waits until the gateway reports `expected` remaining under `limit` for `subject`, which it
-/// does once the settlement of the last call ran.
-async fn wait_remaining(gateway: &Gateway, subject: &str, limit: &str, expected: f64) {
-    wait_model_remaining(gateway, subject, "", limit, expected).await;
+/// Waits until the gateway reports `expected` remaining under `limit` for `subject` on
+/// `route`, which it does once the settlement of the last call ran.
+async fn wait_remaining(gateway: &Gateway, route: &str, subject: &str, limit: &str, expected: f64) {
+    wait_model_remaining(gateway, route, subject, "", limit, expected).await;
 }
 
 /// Waits like [`wait_remaining`] for the counters of one model under `per_model: true`.
 async fn wait_model_remaining(
     gateway: &Gateway,
+    route: &str,
     subject: &str,
     model: &str,
     limit: &str,
     expected: f64,
 ) {
-    let name = remaining_metric("default", subject, model, limit);
+    let name = remaining_metric("default", route, subject, model, limit);
     let accept = |value: f64| (value - expected).abs() < 1e-9;
     wait_metric(gateway, &name, accept, &expected.to_string()).await;
 }
@@ -216,7 +217,7 @@ async fn token_limit_rejects_then_settles() {
     assert_eq!(openai.requests()[0].body["max_completion_tokens"], 100);
 
     // The settlement replaces the reservation with the 150 tokens the provider reported.
-    wait_remaining(&gateway, "alice", "tokens_per_day", 1000.0 - 150.0).await;
+    wait_remaining(&gateway, "day", "alice", "tokens_per_day", 1000.0 - 150.0).await;
 
     // 900 output tokens no longer fit the 850 left.
     let body =
@@ -269,6 +270,49 @@ async fn token_limit_rejects_then_settles() {
 }
 
 #[tokio::test]
+async fn unnamed_limits_on_two_routes_report_apart() {
+    let openai = llm_mock::openai().await;
+    let gateway = start(
+        &openai,
+        None,
+        &[
+            ("first", "{ tokens_per_day: 1000 }"),
+            ("second", "{ tokens_per_day: 5000 }"),
+        ],
+    );
+
+    assert_eq!(
+        chat_status(&gateway, "/first/chat/completions", ALICE_KEY, 10).await,
+        200
+    );
+    assert_eq!(
+        chat_status(&gateway, "/second/chat/completions", ALICE_KEY, 10).await,
+        200
+    );
+    assert_eq!(
+        chat_status(&gateway, "/second/chat/completions", ALICE_KEY, 10).await,
+        200
+    );
+
+    // Both instances are named `default`, and each route keeps counters and a series of its own.
+    wait_remaining(&gateway, "first", "alice", "tokens_per_day", 1000.0 - 150.0).await;
+    wait_remaining(
+        &gateway,
+        "second",
+        "alice",
+        "tokens_per_day",
+        5000.0 - 300.0,
+    )
+    .await;
+    let text = common::metrics_text(&gateway).await;
+    let series = text
+        .lines()
+        .filter(|line| line.starts_with("portcullis_ai_limit_remaining{"))
+        .count();
+    assert_eq!(series, 2, "{text}");
+}
+
+#[tokio::test]
 async fn stream_and_embeddings_are_counted() {
     let openai = llm_mock::openai().await;
     let gateway = start(&openai, None, &[("day", "{ tokens_per_day: 10000 }")]);
@@ -278,14 +322,14 @@ async fn stream_and_embeddings_are_counted() {
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    wait_remaining(&gateway, "alice", "tokens_per_day", 10000.0 - 150.0).await;
+    wait_remaining(&gateway, "day", "alice", "tokens_per_day", 10000.0 - 150.0).await;
 
     // The mock's embeddings report 8 prompt tokens.
     let body = json!({"model": "openai-main/text-embedding-3-small", "input": "Hi"});
     let response = call(&gateway, "/day/embeddings", ALICE_KEY, body).await;
     assert_eq!(response.status(), 200);
     response.bytes().await.unwrap();
-    wait_remaining(&gateway, "alice", "tokens_per_day", 10000.0 - 158.0).await;
+    wait_remaining(&gateway, "day", "alice", "tokens_per_day", 10000.0 - 158.0).await;
 }
 
 // Two workers, because `access_log_line` blocks one while the client connection must still
@@ -321,7 +365,14 @@ async fn disconnect_keeps_tokens_received() {
     assert!(spent > 0, "{line}");
     assert!(spent < 500, "{line}");
     // The tokens received stay counted, and the rest of the 500 reserved is returned.
-    wait_remaining(&gateway, "alice", "tokens_per_day", 1000.0 - spent as f64).await;
+    wait_remaining(
+        &gateway,
+        "day",
+        "alice",
+        "tokens_per_day",
+        1000.0 - spent as f64,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -341,7 +392,7 @@ async fn team_budget_counts_cached_and_reasoning() {
     );
     // 60 input at 2.00, 40 cached at 0.50, 30 output at 8.00 and 20 reasoning at 20.00 per
     // million: 0.00078, so 0.00022 of the team's budget is left.
-    wait_remaining(&gateway, "research", "budget", 0.00022).await;
+    wait_remaining(&gateway, "budget", "research", "budget", 0.00022).await;
 
     // bob shares alice's team: 20 output tokens at the reasoning price do not fit.
     let body =
@@ -365,7 +416,7 @@ async fn team_budget_counts_cached_and_reasoning() {
         chat_status(&gateway, "/budget/chat/completions", CAROL_KEY, 10).await,
         200
     );
-    wait_remaining(&gateway, "sales", "budget", 0.00022).await;
+    wait_remaining(&gateway, "budget", "sales", "budget", 0.00022).await;
 
     // A model without a price cannot be counted against a budget.
     let body =
@@ -399,7 +450,7 @@ async fn two_nodes_share_one_redis_limit() {
         if status == 200 {
             admitted += 1;
             let expected = 600.0 - (CALL_TOKENS * admitted) as f64;
-            wait_remaining(node, "alice", "tokens_per_day", expected).await;
+            wait_remaining(node, "shared", "alice", "tokens_per_day", expected).await;
         }
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429, 429, 429]);
@@ -516,6 +567,7 @@ async fn messages_and_model_filter() {
     let model = "claude-main/claude-sonnet-4-5";
     wait_model_remaining(
         &gateway,
+        "claude",
         "alice",
         model,
         "tokens_per_day",
@@ -532,6 +584,7 @@ async fn messages_and_model_filter() {
     assert_eq!(anthropic.requests()[1].body["max_tokens"], 64);
     wait_model_remaining(
         &gateway,
+        "claude",
         "alice",
         model,
         "tokens_per_day",
@@ -569,7 +622,7 @@ async fn minute_bucket_limits_listed_teams() {
         chat_status(&gateway, "/minute/chat/completions", ALICE_KEY, 100).await,
         200
     );
-    let name = remaining_metric("default", "alice", "", "tokens_per_minute");
+    let name = remaining_metric("default", "minute", "alice", "", "tokens_per_minute");
     wait_metric(&gateway, &name, |value| value <= 60.0, "at most 60").await;
 
     // The next 100 output tokens wait for the bucket to refill, about 15 seconds.
@@ -642,7 +695,7 @@ consumers:
         let response = call(&gateway, "/summary", ALICE_KEY, json!({"text": "Hi"})).await;
         assert_eq!(response.status(), 200);
         response.bytes().await.unwrap();
-        wait_remaining(&gateway, "alice", "tokens_per_day", remaining).await;
+        wait_remaining(&gateway, "summary", "alice", "tokens_per_day", remaining).await;
     }
     let requests = openai.requests();
     assert_eq!(requests.len(), 2);

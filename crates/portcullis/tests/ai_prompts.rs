@@ -648,29 +648,125 @@ async fn redaction_is_restored_in_streams() {
 }
 
 #[tokio::test]
-async fn unknown_guard_fails_closed() {
+async fn admin_rejects_missing_ai_settings() {
     let (gateway, _anthropic, openai) = start().await;
+    let cases = [
+        (
+            json!({"name": "unguarded", "paths": ["/other/v1"], "ai": {"guard": "missing"}}),
+            "ai.guard",
+            "guard `missing` is not defined in `ai.guards`",
+        ),
+        (
+            json!({"name": "unprompted", "paths": ["/other/p"], "ai": {"prompt": "missing"}}),
+            "ai.prompt",
+            "prompt `missing` is not defined in `ai.prompts`",
+        ),
+        (
+            json!({"name": "unlimited", "paths": ["/other/l"], "ai": {}, "policies": [{"ai-limits": {"tokens_per_day": 100, "models": ["smart", "gpt-4o"]}}]}),
+            "policies[0].ai-limits.models[1]",
+            "model `gpt-4o` is not an alias in ai.models",
+        ),
+    ];
+    for (route, key, message) in cases {
+        let name = route["name"].as_str().unwrap();
+        let writes = [
+            (reqwest::Method::POST, "/routes".to_string()),
+            (reqwest::Method::PUT, format!("/routes/{name}")),
+        ];
+        for (method, path) in writes {
+            let response = common::admin(&client(), method.clone(), &gateway, &path)
+                .json(&route)
+                .send()
+                .await
+                .unwrap();
+            let error = error_body(response, 400).await;
+            assert_eq!(error["error"]["code"], "invalid_entity", "{method} {name}");
+            let detail = &error["error"]["details"][0];
+            assert_eq!(detail["key"], key, "{method} {name}: {error}");
+            let text = detail["message"].as_str().unwrap();
+            assert!(text.contains(message), "{method} {name}: {text}");
+        }
+        let stored = common::admin(
+            &client(),
+            reqwest::Method::GET,
+            &gateway,
+            &format!("/routes/{name}"),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(stored.status(), 404, "{name} was stored");
+    }
+    assert!(openai.requests().is_empty());
+}
+
+#[tokio::test]
+async fn stored_route_with_missing_guard_fails_closed() {
+    let anthropic = llm_mock::anthropic().await;
+    let openai = llm_mock::openai().await;
+    let env = [
+        ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
+        ("OPENAI_API_KEY", OPENAI_KEY),
+    ];
+    let full = config(&anthropic, &openai);
+    let mut gateway = Gateway::start_with_env(&full, &env);
     let created = common::admin(&client(), reqwest::Method::POST, &gateway, "/routes")
-        .json(&json!({"name": "unguarded", "paths": ["/other/v1"], "ai": {"guard": "missing"}}))
+        .json(&json!({"name": "from-store", "paths": ["/stored/v1"], "ai": {"guard": "support-only"}}))
         .send()
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
 
-    let response = post(
-        &gateway,
-        "/other/v1/chat/completions",
-        "guard-missing",
-        json!({"model": "openai-main/gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
-    let error = error_body(response, 503).await;
-    assert_eq!(error["error"]["code"], "guard_not_configured");
+    // The node restarts with a file that no longer defines the guard, and the route stays in
+    // the store, as it would for a node whose file differs from the writer's.
+    let without_guard = full
+        .replace(
+            "    - name: support-only\n      allow_patterns: ['(?i)\\b(order|invoice|refund)\\b']\n      max_prompt_tokens: 10\n",
+            "",
+        )
+        .replace(
+            "  - name: support\n    paths: [/support/v1]\n    ai: {guard: support-only}\n    policies:\n      - key-auth: {}\n",
+            "",
+        );
+    assert!(!without_guard.contains("support-only"), "{without_guard}");
+    gateway.signal("TERM");
+    assert!(gateway.wait_exit(std::time::Duration::from_secs(15)));
+    let dir = std::mem::replace(&mut gateway.dir, tempfile::tempdir().unwrap());
+    let restarted = Gateway::start_in_with_env(dir, &without_guard, &env);
+
+    for i in 0..3 {
+        let response = post(
+            &restarted,
+            "/stored/v1/chat/completions",
+            &format!("guard-missing-{i}"),
+            json!({"model": "openai-main/gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        let error = error_body(response, 503).await;
+        assert_eq!(error["error"]["code"], "guard_not_configured");
+        assert_eq!(error["error"]["type"], "api_error");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("guard `support-only`"), "{message}");
+    }
     assert!(openai.requests().is_empty());
-    assert!(
+
+    // The problem is logged once per snapshot install, not per request.
+    let warnings = |gateway: &Gateway| {
         gateway
             .stderr()
-            .contains("guard `missing` is not defined in `ai.guards`"),
-        "the snapshot build warns about the route"
-    );
+            .lines()
+            .filter(|line| {
+                line.contains("from-store")
+                    && line.contains("guard `support-only` is not defined in `ai.guards`")
+            })
+            .count()
+    };
+    assert_eq!(warnings(&restarted), 1, "{}", restarted.stderr());
+    let consumer = common::admin(&client(), reqwest::Method::POST, &restarted, "/consumers")
+        .json(&json!({"name": "bob"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consumer.status(), 201);
+    assert_eq!(warnings(&restarted), 2, "{}", restarted.stderr());
 }

@@ -118,6 +118,51 @@ fn validate_names_file_line_and_key() {
 }
 
 #[test]
+fn validate_rejects_unknown_limit_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limits.yaml");
+    let config = "ai:
+  providers:
+    - name: openai-main
+      type: openai
+      api_key: sk-test-0001
+  models:
+    - name: smart
+      targets: [openai-main/gpt-4.1]
+routes:
+  - name: llm
+    paths: [/v1]
+    ai: {}
+    policies:
+      - ai-limits:
+          tokens_per_day: 1000
+          models:
+            - smart
+            - openai-main/gpt-4o
+            - gpt-4o
+";
+    std::fs::write(&path, config).unwrap();
+    let output = portcullis(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "error: {}:19: key `routes[0].policies[0].ai-limits.models[2]`: model `gpt-4o` is not an alias",
+        path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let errors = stderr.lines().filter(|line| line.starts_with("error:"));
+    assert_eq!(errors.count(), 1, "{stderr}");
+
+    std::fs::write(&path, config.replace("            - gpt-4o\n", "")).unwrap();
+    let output = portcullis(&["validate", "--config", path.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn serve_rejects_invalid_config_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Gateway, client, error_body, metric, node_config};
+use common::{Gateway, client, deflate, error_body, gzip, metric, node_config};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
@@ -810,20 +810,6 @@ routes:
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.bytes().await.unwrap(), json.as_bytes());
     assert_eq!(upstream.seen().len(), 1);
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(data).unwrap();
-    encoder.finish().unwrap()
-}
-
-fn deflate(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(data).unwrap();
-    encoder.finish().unwrap()
 }
 
 #[tokio::test]

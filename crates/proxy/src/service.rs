@@ -85,6 +85,8 @@ struct Trace {
 
 /// Response header with the milliseconds the gateway added to an AI call: the time to the
 /// response headers minus the time spent waiting for providers.
+// NOTE: a non-streamed call reads the provider's body before its response headers, and that
+// read counts as overhead, so a provider that sends headers before its body is ready raises it.
 const X_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-portcullis-overhead-ms");
 
 impl Proxy {
@@ -343,6 +345,7 @@ impl Proxy {
                 &route.ai_route,
                 parts,
                 request_body,
+                snapshot.limits.max_body_bytes,
                 router::strip_prefix(&canonical.path, &matched),
                 request_id,
                 ai_limits,

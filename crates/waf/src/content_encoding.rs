@@ -50,6 +50,27 @@ pub enum DecodeError {
     RatioExceeded { encoded: usize },
 }
 
+impl DecodeError {
+    /// Returns the HTTP status for a request whose body failed to decode: 415 for an
+    /// unsupported coding, 400 for invalid data and 413 for a decompression bomb.
+    pub fn status(&self) -> u16 {
+        match self {
+            DecodeError::Unsupported(_) => 415,
+            DecodeError::Invalid { .. } => 400,
+            DecodeError::RatioExceeded { .. } => 413,
+        }
+    }
+
+    /// Returns the machine-readable error code that goes with [`DecodeError::status`].
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Unsupported(_) => "unsupported_content_encoding",
+            DecodeError::Invalid { .. } => "invalid_content_encoding",
+            DecodeError::RatioExceeded { .. } => "decompression_ratio_exceeded",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Coding {
     Gzip,

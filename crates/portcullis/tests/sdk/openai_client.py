@@ -1,9 +1,12 @@
 """Runs calls through the gateway with the official `openai` SDK and prints the results as JSON.
 
 Usage: openai_client.py BASE_URL API_KEY CASES_JSON, where CASES_JSON is a list of
-[mode, model] pairs and mode is chat, stream, tools, stream_tools, embeddings or stream_error.
+[mode, model] pairs and mode is chat, stream, tools, stream_tools, embeddings, stream_error,
+gzip_chat or zstd_chat. The last two send the chat request body compressed, through the SDK's
+`post` with raw `content`, because the SDK does not compress request bodies itself.
 """
 
+import gzip
 import json
 import sys
 
@@ -96,6 +99,20 @@ def run(client, mode, model):
         except openai.APIError as error:
             return {"content": content, "error": type(error).__name__, "message": error.message}
         return {"content": content, "error": None}
+    if mode in ("gzip_chat", "zstd_chat"):
+        body = json.dumps({"model": model, "messages": MESSAGES}).encode()
+        # zstd_chat labels a gzip body with a coding the gateway does not decode.
+        coding = "gzip" if mode == "gzip_chat" else "zstd"
+        response = client.post(
+            "/chat/completions",
+            cast_to=openai.types.chat.ChatCompletion,
+            content=gzip.compress(body),
+            options={"headers": {"Content-Type": "application/json", "Content-Encoding": coding}},
+        )
+        return {
+            "content": response.choices[0].message.content,
+            "prompt_tokens": response.usage.prompt_tokens,
+        }
     raise ValueError(f"unknown mode {mode}")
 
 

@@ -71,6 +71,22 @@ pub struct SubjectLabels {
     pub limit: &'static str,
 }
 
+/// Labels of `portcullis_ai_limit_remaining`: the [`SubjectLabels`] and the route of the call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RemainingLabels {
+    /// The `name` of the `ai-limits` instance.
+    pub policy: String,
+    /// The route that served the call, so that unnamed instances on different routes, whose
+    /// counters are separate, write separate series.
+    pub route: String,
+    /// The consumer or team name, or `anonymous`.
+    pub subject: String,
+    /// The requested model under `per_model: true`, else empty.
+    pub model: String,
+    /// `tokens_per_minute`, `tokens_per_day` or `budget`.
+    pub limit: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct BackendErrorLabels {
     pub policy: String,
@@ -84,8 +100,9 @@ pub struct BackendErrorLabels {
 #[derive(Default)]
 pub struct AiLimitMetrics {
     pub rejections: Family<SubjectLabels, Counter>,
-    /// Tokens, or currency units for `budget`, left after the last reservation or settlement.
-    pub remaining: Family<SubjectLabels, Gauge<f64, AtomicU64>>,
+    /// Tokens, or currency units for `budget`, left after the last reservation or settlement
+    /// on a route.
+    pub remaining: Family<RemainingLabels, Gauge<f64, AtomicU64>>,
     pub backend_errors: Family<BackendErrorLabels, Counter>,
 }
 
@@ -102,8 +119,8 @@ impl AiLimitMetrics {
         registry.register(
             "portcullis_ai_limit_remaining",
             "Tokens, or currency units for a budget, left under an ai-limits policy after its last \
-             reservation or settlement, by policy name, consumer or team, model under \
-             per_model, and limit",
+             reservation or settlement on a route, by policy name, route, consumer or team, \
+             model under per_model, and limit",
             metrics.remaining.clone(),
         );
         registry.register(
@@ -114,16 +131,24 @@ impl AiLimitMetrics {
         Arc::new(metrics)
     }
 
-    /// Records the levels of `subject` and `model` after an operation.
-    fn record_levels(&self, policy: &str, subject: &str, model: &str, levels: &Levels) {
+    /// Records the levels of `subject` and `model` after an operation on a call of `route`.
+    fn record_levels(
+        &self,
+        policy: &str,
+        route: &str,
+        subject: &str,
+        model: &str,
+        levels: &Levels,
+    ) {
         for (kind, level) in levels.iter() {
             let remaining = match kind {
                 LimitKind::Budget => level.remaining as f64 / MICROS_PER_UNIT,
                 _ => level.remaining as f64,
             };
             self.remaining
-                .get_or_create(&SubjectLabels {
+                .get_or_create(&RemainingLabels {
                     policy: policy.to_string(),
+                    route: route.to_string(),
                     subject: subject.to_string(),
                     model: model.to_string(),
                     limit: kind.name(),
@@ -174,6 +199,8 @@ pub struct PendingLimit {
     subject_key: String,
     /// The consumer or team name for metrics, or `anonymous`.
     subject_label: String,
+    /// The name of the request's route, for metrics.
+    route: Arc<str>,
 }
 
 impl AiLimits {
@@ -267,6 +294,7 @@ impl Policy for AiLimits {
                     shared: self.shared.clone(),
                     subject_key,
                     subject_label,
+                    route: exchange.route.name.clone(),
                 });
             }
             Ok(())
@@ -362,8 +390,7 @@ async fn reserve_one(
         .await
     {
         Ok(Outcome::Admitted { periods, levels }) => {
-            let metrics = &shared.metrics;
-            metrics.record_levels(&shared.name, &limit.subject_label, &model, &levels);
+            limit.record_levels(&model, &levels);
             write_headers(&mut admission.headers, &levels);
             let reservation = Reservation::new(limit, key, model, amount, Some(periods));
             admission.reservations.push(reservation);
@@ -373,9 +400,9 @@ async fn reserve_one(
             retry_after,
             levels,
         }) => {
-            let metrics = &shared.metrics;
-            metrics.record_levels(&shared.name, &limit.subject_label, &model, &levels);
-            metrics
+            limit.record_levels(&model, &levels);
+            shared
+                .metrics
                 .rejections
                 .get_or_create(&SubjectLabels {
                     policy: shared.name.to_string(),
@@ -413,6 +440,15 @@ impl PendingLimit {
             key.push_str(model);
         }
         key
+    }
+
+    /// Records the levels of this limit's counters after an operation on a call of `model`.
+    fn record_levels(&self, model: &str, levels: &Levels) {
+        let shared = &self.shared;
+        let (route, subject) = (&self.route, &self.subject_label);
+        shared
+            .metrics
+            .record_levels(&shared.name, route, subject, model, levels);
     }
 }
 
@@ -605,6 +641,7 @@ impl Reservation {
         }
         let shared = self.limit.shared.clone();
         let subject = self.limit.subject_label.clone();
+        let route = self.limit.route.clone();
         let key = std::mem::take(&mut self.key);
         let model = std::mem::take(&mut self.model);
         let settlement = Settlement {
@@ -617,7 +654,7 @@ impl Reservation {
             match shared.store.settle(&key, &shared.limits, settlement, now).await {
                 Ok(levels) => {
                     let metrics = &shared.metrics;
-                    metrics.record_levels(&shared.name, &subject, &model, &levels);
+                    metrics.record_levels(&shared.name, &route, &subject, &model, &levels);
                 }
                 Err(error) => {
                     shared.count_backend_error("unsettled");

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{StatusCode, Version, header};
 use http_body::Body;
 use portcullis_config::{WafMode, WafOverLimit, WafSpec};
-use portcullis_waf::content_encoding::{self, DecodeError};
+use portcullis_waf::content_encoding;
 use portcullis_waf::{Evaluation, Exclusions, RuleSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -185,20 +185,9 @@ impl Waf {
                 Ok((body, partial))
             }
             Err(error) => {
-                let (status, code) = match error {
-                    DecodeError::Unsupported(_) => (
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "unsupported_content_encoding",
-                    ),
-                    DecodeError::Invalid { .. } => {
-                        (StatusCode::BAD_REQUEST, "invalid_content_encoding")
-                    }
-                    DecodeError::RatioExceeded { .. } => (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "decompression_ratio_exceeded",
-                    ),
-                };
-                Err(Rejection::new(status, code, error.to_string()).by_policy("waf"))
+                let status =
+                    StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                Err(Rejection::new(status, error.code(), error.to_string()).by_policy("waf"))
             }
         }
     }

@@ -219,6 +219,39 @@ async fn report_groups_and_filters() {
     let (_, by_hour) = usage(&gateway, "group_by=hour").await;
     let hour = by_hour["rows"][0]["hour"].as_str().unwrap();
     assert!(hour.ends_with(":00:00Z"), "{by_hour}");
+    assert!(
+        by_hour["to"].as_str().unwrap().ends_with(":00:00Z"),
+        "`to` rounds up to the hour: {by_hour}"
+    );
+
+    // The calls may straddle midnight UTC, so a consumer can have two days.
+    let (_, by_day) = usage(&gateway, "group_by=consumer,day").await;
+    let rows = by_day["rows"].as_array().unwrap();
+    let mut calls_by_consumer = std::collections::BTreeMap::new();
+    for row in rows {
+        let day = row["day"].as_str().unwrap();
+        assert!(day.ends_with("T00:00:00Z"), "{by_day}");
+        let consumer = row["consumer"].as_str().unwrap().to_string();
+        *calls_by_consumer.entry(consumer).or_insert(0) += row["calls"].as_u64().unwrap();
+    }
+    assert_eq!(
+        calls_by_consumer,
+        [("alice".to_string(), 2), ("bob".to_string(), 1)].into(),
+        "{by_day}"
+    );
+    assert_completed_calls(&by_day["totals"], 3);
+
+    // Two consumers do not fit in one row.
+    let (status, too_many) = usage(&gateway, "group_by=consumer&limit=1").await;
+    assert_eq!(status, 400, "{too_many}");
+    let message = too_many["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("more rows than the limit of 1"),
+        "{message}"
+    );
+    let (status, fits) = usage(&gateway, "group_by=consumer&limit=2").await;
+    assert_eq!(status, 200, "{fits}");
+    assert_eq!(fits["rows"].as_array().unwrap().len(), 2);
 
     let (_, alice) = usage(&gateway, "consumer=alice").await;
     assert_completed_calls(&alice["totals"], 2);
@@ -248,6 +281,9 @@ async fn invalid_parameters_return_400() {
         "from=2026-12-04T12:00:00Z&to=2026-12-04T11:00:00Z",
         "group_by=tenant",
         "group_by=model,model",
+        "group_by=hour,day",
+        "limit=0",
+        "limit=10001",
         "consumer=",
         "tenant=acme",
         "model=a&model=b",

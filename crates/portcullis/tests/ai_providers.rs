@@ -5,10 +5,10 @@ mod common;
 mod llm_mock;
 mod sdk;
 
-use std::time::{Duration, Instant};
-
+use common::ai::{
+    abandon_stream_after, chat, chunks, llm_route_for_alice, post_as_alice, sse_data,
+};
 use common::{ALICE_KEY, Gateway, client};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use llm_mock::{AZURE_API_VERSION, AZURE_KEY, GEMINI_KEY, Mock};
@@ -16,15 +16,7 @@ use sdk::run_sdk_script;
 
 fn config(gemini: &Mock, azure: &Mock) -> String {
     format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-admin:
-  address: 127.0.0.1:0
-  token: {token}
-store:
-  sqlite: portcullis.db
-access_log: access.log
+        r#"{node}
 ai:
   providers:
     - name: gemini-main
@@ -55,17 +47,9 @@ ai:
     - model: azure-main/gpt-4o-prod
       input_per_million: 2.50
       output_per_million: 10.00
-routes:
-  - name: llm
-    paths: [/v1]
-    ai: {{}}
-    policies:
-      - key-auth: {{}}
-consumers:
-  - name: alice
-    api_keys: [{ALICE_KEY}]
-"#,
-        token = common::ADMIN_TOKEN,
+{routes}"#,
+        node = common::node_config(),
+        routes = llm_route_for_alice("{}"),
         gemini = gemini.addr,
         azure = azure.addr,
         api_version = AZURE_API_VERSION,
@@ -83,25 +67,6 @@ async fn start() -> (Gateway, Mock, Mock) {
         ],
     );
     (gateway, gemini, azure)
-}
-
-async fn chat(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
-    llm_mock::post_as_alice(gateway, "/v1/chat/completions", request_id, &body).await
-}
-
-/// Returns the `data:` payloads of an SSE body.
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
-}
-
-fn chunks(data: &[String]) -> Vec<Value> {
-    data.iter()
-        .filter(|line| *line != "[DONE]")
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 #[tokio::test]
@@ -461,19 +426,7 @@ async fn gemini_spend_recorded_on_client_disconnect() {
                "messages": [{"role": "user", "content": "Tell me a long story"}]}),
     )
     .await;
-    let mut body = response.bytes_stream();
-    let mut received = String::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !received.contains("from gemini") {
-        assert!(Instant::now() < deadline, "no content arrived: {received}");
-        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        received.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    drop(body);
+    abandon_stream_after(response, "from gemini").await;
 
     let line = gateway.access_log_line("gemini-disconnect");
     assert_eq!(line["outcome"], "client_aborted");
@@ -625,7 +578,7 @@ async fn openai_sdk_on_gemini_and_azure() {
 }
 
 async fn embeddings(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
-    llm_mock::post_as_alice(gateway, "/v1/embeddings", request_id, &body).await
+    post_as_alice(gateway, "/v1/embeddings", request_id, &body).await
 }
 
 #[tokio::test]

@@ -16,9 +16,9 @@ mod llm_mock;
 
 use std::time::Duration;
 
+use common::ai::abandon_stream_after;
 use common::postgres::Database;
 use common::{ADMIN_TOKEN, ALICE_KEY, Gateway, admin, client, error_body};
-use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -151,14 +151,7 @@ async fn report_counts_chat_stream_and_abandoned_stream() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut received = String::new();
-    while !received.contains(" gpt") {
-        let chunk = stream.next().await.unwrap().unwrap();
-        received.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    drop(stream);
+    abandon_stream_after(response, " gpt").await;
     let line = gateway.access_log_line("usage-hang");
     assert_eq!(line["outcome"], "client_aborted", "{line}");
     let abandoned = &line["ai"];

@@ -23,7 +23,7 @@ mod replies;
 #[allow(unused_imports)]
 pub use azure::{AZURE_API_VERSION, AZURE_KEY};
 #[allow(unused_imports)]
-pub use gemini::GEMINI_KEY;
+pub use gemini::{GEMINI_KEY, thought_signature};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

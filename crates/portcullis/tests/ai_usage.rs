@@ -16,7 +16,7 @@ mod llm_mock;
 
 use std::time::Duration;
 
-use common::ai::abandon_stream_after;
+use common::ai::{abandon_stream_after, post_with_key};
 use common::postgres::Database;
 use common::{ADMIN_TOKEN, ALICE_KEY, Gateway, admin, client, error_body};
 use reqwest::Method;
@@ -76,13 +76,7 @@ fn start(openai: &Mock) -> Gateway {
 async fn chat(gateway: &Gateway, key: &str, stream: bool) {
     let body =
         json!({"model": "gpt", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]});
-    let response = client()
-        .post(gateway.url("/llm/chat/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_with_key(gateway, "/llm/chat/completions", key, None, &body).await;
     assert_eq!(response.status(), 200);
     response.bytes().await.unwrap();
 }
@@ -143,14 +137,14 @@ async fn report_counts_chat_stream_and_abandoned_stream() {
 
     // Bob's stream hangs after its text, and bob gives up.
     let body = json!({"model": "openai-main/gpt-hang", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
-    let response = client()
-        .post(gateway.url("/llm/chat/completions"))
-        .bearer_auth(BOB_KEY)
-        .header("x-request-id", "usage-hang")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_with_key(
+        &gateway,
+        "/llm/chat/completions",
+        BOB_KEY,
+        Some("usage-hang"),
+        &body,
+    )
+    .await;
     abandon_stream_after(response, " gpt").await;
     let line = gateway.access_log_line("usage-hang");
     assert_eq!(line["outcome"], "client_aborted", "{line}");

@@ -44,6 +44,22 @@ pub fn anthropic_and_openai_providers(anthropic: SocketAddr, openai: SocketAddr)
     )
 }
 
+/// Posts `body` as JSON to the gateway's `path` with the bearer `key`, and with `request_id`
+/// as `x-request-id` when given.
+pub async fn post_with_key(
+    gateway: &Gateway,
+    path: &str,
+    key: &str,
+    request_id: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut request = client().post(gateway.url(path)).bearer_auth(key).json(body);
+    if let Some(request_id) = request_id {
+        request = request.header("x-request-id", request_id);
+    }
+    request.send().await.unwrap()
+}
+
 /// Posts `body` as JSON to the gateway's `path` with alice's key and `request_id`.
 pub async fn post_as_alice(
     gateway: &Gateway,
@@ -51,14 +67,7 @@ pub async fn post_as_alice(
     request_id: &str,
     body: &Value,
 ) -> reqwest::Response {
-    client()
-        .post(gateway.url(path))
-        .bearer_auth(ALICE_KEY)
-        .header("x-request-id", request_id)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    post_with_key(gateway, path, ALICE_KEY, Some(request_id), body).await
 }
 
 /// Posts a chat completion request as alice to `/v1/chat/completions`.

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use portcullis_store::AiUsageFilter;
-use portcullis_store::ai_usage::{AiUsageDimension, AiUsageTotals, group_ai_usage};
+use portcullis_store::ai_usage::{AiUsageDimension, AiUsageTotals};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -17,6 +17,9 @@ use crate::{AdminState, ApiError};
 /// Length of the report when `from` is not given, in seconds.
 const DEFAULT_RANGE_SECONDS: i64 = 24 * 3600;
 
+/// Maximum, and default, number of rows in a report.
+const MAX_LIMIT: usize = 10_000;
+
 /// Query parameters that select calls with one value of a dimension.
 const FILTERS: [&str; 4] = ["consumer", "credential_id", "route", "model"];
 
@@ -25,9 +28,13 @@ const FILTERS: [&str; 4] = ["consumer", "credential_id", "route", "model"];
 struct UsageQuery {
     filter: AiUsageFilter,
     group_by: Vec<AiUsageDimension>,
+    /// Maximum number of rows. A report with more fails with 400.
+    limit: usize,
 }
 
 /// Reports calls, tokens by kind and cost, grouped by the `group_by` dimensions, with totals.
+/// The store groups and sums in SQL, so memory grows with the number of groups, which `limit`
+/// bounds, and not with the number of stored rows.
 pub async fn report(
     State(state): State<Arc<AdminState>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -36,34 +43,35 @@ pub async fn report(
         ApiError::bad_request(format!("invalid query string: {}", rejection.body_text()))
     })?;
     let query = parse_query(&pairs, OffsetDateTime::now_utc().unix_timestamp())?;
-    // NOTE: the rows of the whole range are read and grouped here, not with SQL GROUP BY, so a
-    // long range with many consumers and keys costs memory in proportion to its rows.
-    let rows = state.control.store().ai_usage(&query.filter).await?;
+    let Some(groups) = state
+        .control
+        .store()
+        .group_ai_usage(&query.filter, &query.group_by, query.limit)
+        .await?
+    else {
+        return Err(ApiError::bad_request(format!(
+            "the report has more rows than the limit of {}; narrow `from` and `to`, add a filter, group by \
+             fewer dimensions or by `day` in place of `hour`, or raise `limit` (at most {MAX_LIMIT})",
+            query.limit
+        )));
+    };
 
     let mut totals = AiUsageTotals::default();
-    for row in &rows {
-        totals.add(&row.totals);
+    let mut report_rows = Vec::with_capacity(groups.len());
+    for group in groups {
+        totals.add(&group.totals);
+        let mut object = Map::new();
+        for (dimension, value) in query.group_by.iter().zip(group.values) {
+            let value = if dimension.is_time() {
+                json!(format_time(value.parse().unwrap_or(0)))
+            } else {
+                json!(value)
+            };
+            object.insert(dimension.name().to_string(), value);
+        }
+        add_totals(&mut object, &group.totals);
+        report_rows.push(Value::Object(object));
     }
-    let groups = if rows.is_empty() {
-        Vec::new()
-    } else {
-        group_ai_usage(&rows, &query.group_by)
-    };
-    let report_rows: Vec<Value> = groups
-        .into_iter()
-        .map(|(values, totals)| {
-            let mut object = Map::new();
-            for (dimension, value) in query.group_by.iter().zip(values) {
-                let value = match dimension {
-                    AiUsageDimension::Hour => json!(format_time(value.parse().unwrap_or(0))),
-                    _ => json!(value),
-                };
-                object.insert(dimension.name().to_string(), value);
-            }
-            add_totals(&mut object, &totals);
-            Value::Object(object)
-        })
-        .collect();
     let mut totals_object = Map::new();
     add_totals(&mut totals_object, &totals);
     Ok(Json(json!({
@@ -89,13 +97,15 @@ fn format_time(unix_seconds: i64) -> String {
 }
 
 /// Validates the query parameters. `now` is the default `to`, in seconds since the Unix epoch.
-/// `from` is rounded down to the start of its hour, because usage is stored per hour.
+/// Usage is stored per hour, so `from` is rounded down to the start of its hour and `to` up to
+/// the end of its hour. The rounded `to` selects the same rows as the given one.
 fn parse_query(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, ApiError> {
     let mut seen = std::collections::HashSet::new();
     let mut filter = AiUsageFilter::default();
     let mut from = None;
     let mut to = None;
     let mut group_by = Vec::new();
+    let mut limit = MAX_LIMIT;
 
     for (name, value) in pairs {
         if !seen.insert(name.as_str()) {
@@ -107,6 +117,7 @@ fn parse_query(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, ApiEr
             "from" => from = Some(parse_time(name, value)?),
             "to" => to = Some(parse_time(name, value)?),
             "group_by" => group_by = parse_group_by(value)?,
+            "limit" => limit = parse_limit(value)?,
             "consumer" | "credential_id" | "route" | "model" => {
                 if value.is_empty() {
                     return Err(ApiError::bad_request(format!(
@@ -123,7 +134,7 @@ fn parse_query(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, ApiEr
             }
             _ => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{name}`; expected from, to, group_by, {}",
+                    "unknown query parameter `{name}`; expected from, to, group_by, limit, {}",
                     FILTERS.join(", ")
                 )));
             }
@@ -141,8 +152,21 @@ fn parse_query(pairs: &[(String, String)], now: i64) -> Result<UsageQuery, ApiEr
     }
 
     filter.from = portcullis_store::ai_usage::bucket_start(from);
-    filter.to = to;
-    Ok(UsageQuery { filter, group_by })
+    filter.to = portcullis_store::ai_usage::bucket_end(to);
+    Ok(UsageQuery {
+        filter,
+        group_by,
+        limit,
+    })
+}
+
+fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    match value.parse::<usize>() {
+        Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(limit),
+        _ => Err(ApiError::bad_request(format!(
+            "query parameter `limit` is `{value}`; expected an integer from 1 to {MAX_LIMIT}"
+        ))),
+    }
 }
 
 fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
@@ -175,6 +199,11 @@ fn parse_group_by(value: &str) -> Result<Vec<AiUsageDimension>, ApiError> {
         }
         dimensions.push(dimension);
     }
+    if dimensions.contains(&AiUsageDimension::Hour) && dimensions.contains(&AiUsageDimension::Day) {
+        return Err(ApiError::bad_request(
+            "`group_by` lists both `hour` and `day`; use one of them",
+        ));
+    }
     Ok(dimensions)
 }
 
@@ -193,12 +222,16 @@ mod tests {
     #[test]
     fn defaults_cover_the_last_day() {
         let query = parse_query(&[], 100_000).unwrap();
-        assert_eq!(query.filter.to, 100_000);
+        assert_eq!(
+            query.filter.to,
+            100_000 - 100_000 % BUCKET_SECONDS + BUCKET_SECONDS
+        );
         assert_eq!(
             query.filter.from,
             100_000 - 24 * 3600 - 100_000 % BUCKET_SECONDS
         );
         assert!(query.group_by.is_empty());
+        assert_eq!(query.limit, MAX_LIMIT);
     }
 
     #[test]
@@ -213,6 +246,29 @@ mod tests {
         .unwrap();
         assert_eq!(format_time(query.filter.from), "2026-12-04T10:00:00Z");
         assert_eq!(format_time(query.filter.to), "2026-12-04T12:00:00Z");
+    }
+
+    #[test]
+    fn to_rounds_up_to_the_hour() {
+        let query = parse_query(
+            &pairs(&[
+                ("from", "2026-12-04T10:00:00Z"),
+                ("to", "2026-12-04T11:00:01Z"),
+            ]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(format_time(query.filter.to), "2026-12-04T12:00:00Z");
+    }
+
+    #[test]
+    fn day_and_limit_parse() {
+        let query = parse_query(&pairs(&[("group_by", "day,model"), ("limit", "5")]), 0).unwrap();
+        assert_eq!(
+            query.group_by,
+            vec![AiUsageDimension::Day, AiUsageDimension::Model]
+        );
+        assert_eq!(query.limit, 5);
     }
 
     #[test]
@@ -247,6 +303,10 @@ mod tests {
             &[("group_by", "tenant")],
             &[("group_by", "model,model")],
             &[("group_by", "")],
+            &[("group_by", "hour,day")],
+            &[("limit", "0")],
+            &[("limit", "10001")],
+            &[("limit", "ten")],
             &[("consumer", "")],
             &[("tenant", "x")],
             &[("model", "a"), ("model", "b")],

@@ -253,18 +253,19 @@ fn build() -> Value {
         "/ai/usage".into(),
         json!({ "get": {
             "summary": "Report usage and cost of AI calls",
-            "description": "Sums the calls, tokens by kind and cost that every node sharing the store recorded, per hour. A call counts in the hour in which its response ended. Rows come from the hours that start in [from rounded down to the hour, to). The last second of calls may not be written yet.",
+            "description": "Sums the calls, tokens by kind and cost that every node sharing the store recorded. The store keeps one row per hour, so a report covers whole hours: rows come from the hours that start in [from rounded down to the hour, to rounded up to the hour), and the response shows the rounded bounds. A call counts in the hour in which its response ended. The last second of calls may not be written yet. The store groups and sums in SQL; a report with more than `limit` rows fails with 400.",
             "operationId": "get_ai_usage",
             "parameters": [
-                { "name": "group_by", "in": "query", "required": false, "description": "Comma-separated dimensions: consumer, credential_id, route, model, target, hour. Without it, `rows` has one row with the totals. When no call matches, `rows` is empty.", "schema": { "type": "string" }, "examples": { "by_consumer_and_model": { "value": "consumer,model" } } },
+                { "name": "group_by", "in": "query", "required": false, "description": "Comma-separated dimensions: consumer, credential_id, route, model, target, and one of hour and day (a UTC day). Without it, `rows` has one row with the totals. When no call matches, `rows` is empty.", "schema": { "type": "string" }, "examples": { "by_consumer_and_model": { "value": "consumer,model" } } },
                 { "name": "from", "in": "query", "required": false, "description": "RFC 3339 start, rounded down to the hour; default 24 hours before `to`", "schema": { "type": "string", "format": "date-time" } },
-                { "name": "to", "in": "query", "required": false, "description": "RFC 3339 end, exclusive; default now", "schema": { "type": "string", "format": "date-time" } },
+                { "name": "to", "in": "query", "required": false, "description": "RFC 3339 end, exclusive, rounded up to the next full hour; default now", "schema": { "type": "string", "format": "date-time" } },
+                { "name": "limit", "in": "query", "required": false, "description": "Maximum number of rows; a report with more fails with 400", "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 10000 } },
                 { "name": "consumer", "in": "query", "required": false, "schema": { "type": "string" } },
                 { "name": "credential_id", "in": "query", "required": false, "schema": { "type": "string" } },
                 { "name": "route", "in": "query", "required": false, "schema": { "type": "string" } },
                 { "name": "model", "in": "query", "required": false, "description": "The model as clients sent it: an alias or provider/model", "schema": { "type": "string" } }
             ],
-            "responses": { "200": json_response("Rows per group and the totals", schema_ref("AiUsageReport")), "400": error_response("Invalid query parameter"), "401": error_response("Missing or invalid admin token") }
+            "responses": { "200": json_response("Rows per group and the totals", schema_ref("AiUsageReport")), "400": error_response("Invalid query parameter, or more than `limit` rows"), "401": error_response("Missing or invalid admin token") }
         }}),
     );
     let credential_name = name_parameter("credential");
@@ -430,7 +431,7 @@ fn schemas() -> Value {
                 "from": { "type": "string", "format": "date-time" },
                 "to": { "type": "string", "format": "date-time" },
                 "group_by": { "type": "array", "items": { "type": "string" } },
-                "rows": { "type": "array", "items": { "allOf": [{ "$ref": "#/components/schemas/AiUsageTotals" }], "description": "The totals, plus one key per `group_by` dimension; `hour` is an RFC 3339 time" } },
+                "rows": { "type": "array", "items": { "allOf": [{ "$ref": "#/components/schemas/AiUsageTotals" }], "description": "The totals, plus one key per `group_by` dimension; `hour` and `day` are RFC 3339 times" } },
                 "totals": { "$ref": "#/components/schemas/AiUsageTotals" }
             }
         },

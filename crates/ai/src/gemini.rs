@@ -9,6 +9,10 @@
 //! the model sends one, so the gateway mints `call_` ids, and on replay it finds a result's
 //! function name through the id of the assistant's call, because `functionResponse` is matched
 //! by name.
+//!
+//! Gemini 3 signs its function calls with a `thoughtSignature` on the part, which must come
+//! back on the same part in the next request. The signature travels in the tool call id, as
+//! described in [`crate::tool_ids`].
 
 use std::collections::HashMap;
 
@@ -18,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 use crate::chat::{invalid_message, read_tool_call, text_of};
 use crate::error::AiError;
+use crate::tool_ids;
 use crate::usage::Usage;
 
 /// Translates an OpenAI chat completion request into a Gemini `GenerateContentRequest`.
@@ -390,7 +395,11 @@ fn model_parts<'a>(
         call_names.insert(id, name);
         // The id stays out, because Gemini matches a response to its call by name, and some
         // Gemini model versions reject an `id` in a replayed call.
-        parts.push(json!({"functionCall": {"name": name, "args": args}}));
+        let mut part = json!({"functionCall": {"name": name, "args": args}});
+        if let (_, Some(signature)) = tool_ids::split_thought_signature(id) {
+            part["thoughtSignature"] = json!(signature);
+        }
+        parts.push(part);
     }
     Ok(parts)
 }
@@ -431,13 +440,22 @@ pub fn new_call_id() -> String {
     format!("call_{suffix}")
 }
 
-/// Returns the OpenAI tool call of a `functionCall` part, with the model's id or a new one.
-pub fn tool_call(function_call: &Value) -> Value {
-    let id = function_call
+/// Returns the OpenAI tool call of a part with a `functionCall`, with the model's id or a new
+/// one. The part's `thoughtSignature`, if any, is appended to the id.
+pub fn tool_call(part: &Value) -> Value {
+    let function_call = &part["functionCall"];
+    let mut id = function_call
         .get("id")
         .and_then(Value::as_str)
         .filter(|id| !id.is_empty())
         .map_or_else(new_call_id, str::to_string);
+    if let Some(signature) = part
+        .get("thoughtSignature")
+        .and_then(Value::as_str)
+        .filter(|signature| !signature.is_empty())
+    {
+        id = tool_ids::with_thought_signature(&id, signature);
+    }
     let arguments = match function_call.get("args") {
         Some(args) if !args.is_null() => args.to_string(),
         _ => "{}".to_string(),
@@ -472,6 +490,10 @@ pub struct CandidateContent {
 
 /// Collects the text and function calls of a candidate's parts. Thought summaries
 /// (`"thought": true`) have no Chat Completions field and are left out.
+///
+/// NOTE: a `thoughtSignature` on a text part is dropped. Gemini 3 validates only the
+/// signatures of function calls, and documents the text part's signature as optional to
+/// return.
 pub fn candidate_content(candidate: &Value) -> CandidateContent {
     let mut content = CandidateContent::default();
     for part in candidate
@@ -486,8 +508,8 @@ pub fn candidate_content(candidate: &Value) -> CandidateContent {
         if let Some(text) = part.get("text").and_then(Value::as_str) {
             content.text.push_str(text);
         }
-        if let Some(call) = part.get("functionCall") {
-            content.tool_calls.push(tool_call(call));
+        if part.get("functionCall").is_some() {
+            content.tool_calls.push(tool_call(part));
         }
     }
     content
@@ -760,6 +782,31 @@ mod tests {
         assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 60);
         assert_eq!(usage["completion_tokens"], 50);
         assert_eq!(usage["completion_tokens_details"]["reasoning_tokens"], 30);
+    }
+
+    #[test]
+    fn thought_signature_round_trips_in_the_id() {
+        let response = json!({"candidates": [{"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+            {"functionCall": {"name": "weather", "args": {"city": "Paris"}}, "thoughtSignature": "CiQBcsjafL2+h/3k9Q=="},
+            {"functionCall": {"name": "weather", "args": {"city": "Oslo"}}},
+        ]}}]});
+        let completion = to_chat_completion(&response, "gemini-3-flash-preview", 0);
+        let calls = completion["choices"][0]["message"]["tool_calls"].clone();
+        let signed = calls[0]["id"].as_str().unwrap();
+        assert!(signed.ends_with("~ts~CiQBcsjafL2+h/3k9Q=="), "{signed}");
+        assert!(!calls[1]["id"].as_str().unwrap().contains("~ts~"));
+
+        let out = translate(json!({"messages": [
+            {"role": "user", "content": "Weather in Paris and Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sun"},
+            {"role": "tool", "tool_call_id": calls[1]["id"], "content": "rain"},
+        ]}));
+        let parts = out["contents"][1]["parts"].as_array().unwrap();
+        assert_eq!(parts[0]["thoughtSignature"], "CiQBcsjafL2+h/3k9Q==");
+        assert!(parts[1].get("thoughtSignature").is_none());
+        assert!(parts[0]["functionCall"].get("id").is_none());
+        assert_eq!(out["contents"][2]["parts"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! `^[a-zA-Z0-9_-]+$`, and OpenAI rejects ids longer than 40 characters. The rewrite is a pure
 //! function of the id, so a tool call and its result keep matching ids, and a valid id is
 //! sent unchanged. Gemini matches results to calls by function name and takes no ids.
+//!
+//! Gemini 3 returns a `thoughtSignature` next to a `functionCall` part and rejects the next
+//! turn with 400 unless the same part carries it back. OpenAI clients, the official SDKs among
+//! them, echo a tool call's `id` and drop fields they do not know, so the gateway appends the
+//! signature to the id ([`with_thought_signature`]) and takes it off again before it sends the
+//! call to Gemini ([`split_thought_signature`]) or to any other provider.
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
@@ -14,10 +20,38 @@ use serde_json::Value;
 /// Maximum length of a tool call id that OpenAI accepts.
 const OPENAI_MAX_ID_CHARS: usize = 40;
 
+/// Separator between a tool call id and the Gemini thought signature that follows it. A
+/// signature is base64, which has no `~`, so the last separator in an id starts the signature.
+const THOUGHT_SIGNATURE_SEPARATOR: &str = "~ts~";
+
+/// Returns `id` with the Gemini thought `signature` appended.
+pub fn with_thought_signature(id: &str, signature: &str) -> String {
+    format!("{id}{THOUGHT_SIGNATURE_SEPARATOR}{signature}")
+}
+
+/// Splits an id made by [`with_thought_signature`] into the original id and the signature.
+/// An id without a signature, or whose text after the separator is not base64, is returned
+/// whole with `None`.
+pub fn split_thought_signature(id: &str) -> (&str, Option<&str>) {
+    let Some((original, signature)) = id.rsplit_once(THOUGHT_SIGNATURE_SEPARATOR) else {
+        return (id, None);
+    };
+    let base64 = !signature.is_empty()
+        && signature
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'));
+    if base64 {
+        (original, Some(signature))
+    } else {
+        (id, None)
+    }
+}
+
 /// Returns `id` in a form that Anthropic accepts: characters other than ASCII letters, digits,
 /// `_` and `-` become `_`, followed by a hash of the original id so that two ids that differ
 /// only in those characters stay apart.
 pub fn for_anthropic(id: &str) -> Cow<'_, str> {
+    let (id, _signature) = split_thought_signature(id);
     let valid = !id.is_empty()
         && id
             .bytes()
@@ -38,9 +72,10 @@ pub fn for_anthropic(id: &str) -> Cow<'_, str> {
     Cow::Owned(format!("{cleaned}_{:016x}", id_hash(id)))
 }
 
-/// Returns `id` in a form that OpenAI accepts: an id longer than 40 characters becomes
-/// `call_` and a 16-digit hash of it.
+/// Returns `id` in a form that OpenAI accepts: a Gemini thought signature is removed, and an
+/// id longer than 40 characters becomes `call_` and a 16-digit hash of it.
 pub fn for_openai(id: &str) -> Cow<'_, str> {
+    let (id, _signature) = split_thought_signature(id);
     if id.chars().count() <= OPENAI_MAX_ID_CHARS {
         return Cow::Borrowed(id);
     }
@@ -117,6 +152,26 @@ mod tests {
         assert_eq!(id.len(), 21);
         assert!(id.starts_with("call_"));
         assert_eq!(id, for_openai(long));
+    }
+
+    #[test]
+    fn thought_signature_round_trips() {
+        let signature = "CiQBcsjafL2+h/3k9Q==";
+        let id = with_thought_signature("call_abc", signature);
+        assert_eq!(split_thought_signature(&id), ("call_abc", Some(signature)));
+        assert_eq!(split_thought_signature("call_abc"), ("call_abc", None));
+        assert_eq!(
+            split_thought_signature("call~ts~not base64"),
+            ("call~ts~not base64", None)
+        );
+        assert_eq!(split_thought_signature("call~ts~"), ("call~ts~", None));
+    }
+
+    #[test]
+    fn thought_signature_is_removed_for_other_providers() {
+        let id = with_thought_signature("call_abc", "CiQBcsjafL2+h/3k9Q==");
+        assert_eq!(for_openai(&id), "call_abc");
+        assert_eq!(for_anthropic(&id), "call_abc");
     }
 
     #[test]

@@ -6,36 +6,23 @@ mod sdk;
 
 use std::time::{Duration, Instant};
 
+use common::ai::{
+    abandon_stream_after, anthropic_and_openai_providers, chat, llm_route_for_alice, sse_data,
+};
 use common::{ALICE_KEY, Gateway, client, deflate, gzip};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use llm_mock::{ANTHROPIC_KEY, Mock, OPENAI_KEY};
+use llm_mock::{ANTHROPIC_KEY, Mock};
 use sdk::run_sdk_script;
 
 /// Returns the documented `ai` example with the mocks' ports, plus aliases for fallback tests.
 fn config(anthropic: &Mock, openai: &Mock) -> String {
     format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-admin:
-  address: 127.0.0.1:0
-  token: {token}
-store:
-  sqlite: portcullis.db
-access_log: access.log
+        r#"{node}
 ai:
   providers:
-    - name: claude-main
-      type: anthropic
-      base_url: http://{anthropic}
-      api_key: ${{ANTHROPIC_API_KEY}}
-    - name: openai-main
-      type: openai
-      base_url: http://{openai}/v1
-      api_key: ${{OPENAI_API_KEY}}
-    - name: claude-impatient
+{providers}    - name: claude-impatient
       type: anthropic
       base_url: http://{anthropic}
       api_key: ${{ANTHROPIC_API_KEY}}
@@ -59,45 +46,17 @@ ai:
       input_per_million: 2.00
       output_per_million: 8.00
       cache_read_per_million: 0.50
-routes:
-  - name: llm
-    paths: [/v1]
-    ai: {{}}
-    policies:
-      - key-auth: {{ header_names: [apikey, x-api-key] }}
-consumers:
-  - name: alice
-    api_keys: [{ALICE_KEY}]
-"#,
-        token = common::ADMIN_TOKEN,
+{routes}"#,
+        node = common::node_config(),
+        routes = llm_route_for_alice("{ header_names: [apikey, x-api-key] }"),
+        providers = anthropic_and_openai_providers(anthropic.addr, openai.addr),
         anthropic = anthropic.addr,
         openai = openai.addr,
     )
 }
 
 async fn start() -> (Gateway, Mock, Mock) {
-    let anthropic = llm_mock::anthropic().await;
-    let openai = llm_mock::openai().await;
-    let gateway = Gateway::start_with_env(
-        &config(&anthropic, &openai),
-        &[
-            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
-            ("OPENAI_API_KEY", OPENAI_KEY),
-        ],
-    );
-    (gateway, anthropic, openai)
-}
-
-async fn chat(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
-    llm_mock::post_as_alice(gateway, "/v1/chat/completions", request_id, &body).await
-}
-
-/// Returns the `data:` payloads of an SSE body.
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
+    llm_mock::start_with_anthropic_and_openai(config, &[]).await
 }
 
 #[tokio::test]
@@ -508,19 +467,7 @@ async fn spend_recorded_on_client_disconnect() {
             json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "Tell me a long story"}]}),
         )
         .await;
-        let mut body = response.bytes_stream();
-        let mut received = String::new();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !received.contains("from") {
-            assert!(Instant::now() < deadline, "no content arrived: {received}");
-            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            received.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        drop(body);
+        abandon_stream_after(response, "from").await;
 
         let line = gateway.access_log_line(request_id);
         assert_eq!(line["outcome"], "client_aborted", "{model}");

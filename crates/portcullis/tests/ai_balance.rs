@@ -4,25 +4,18 @@
 mod common;
 mod llm_mock;
 
-use common::{ALICE_KEY, Gateway, metrics_text};
+use common::ai::{anthropic_and_openai_providers, chat, llm_route_for_alice};
+use common::{Gateway, metrics_text};
 use serde_json::{Value, json};
 
-use llm_mock::{ANTHROPIC_KEY, Mock, OPENAI_KEY, OPENAI_KEY_2, OPENAI_RATE_LIMITED_KEY};
+use llm_mock::{Mock, OPENAI_KEY, OPENAI_KEY_2, OPENAI_RATE_LIMITED_KEY};
 
 fn config(anthropic: &Mock, openai: &Mock) -> String {
     format!(
         r#"{node}
 ai:
   providers:
-    - name: claude-main
-      type: anthropic
-      base_url: http://{anthropic}
-      api_key: ${{ANTHROPIC_API_KEY}}
-    - name: openai-main
-      type: openai
-      base_url: http://{openai}/v1
-      api_key: ${{OPENAI_KEY_A}}
-    - name: openai-pool
+{providers}    - name: openai-pool
       type: openai
       base_url: http://{openai}/v1
       api_keys:
@@ -65,39 +58,21 @@ ai:
         - {{ target: openai-main/gpt-b, weight: 1 }}
     - name: claude-then-openai
       targets: [claude-main/claude-529, openai-main/gpt-4.1]
-routes:
-  - name: llm
-    paths: [/v1]
-    ai: {{}}
-    policies:
-      - key-auth: {{}}
-consumers:
-  - name: alice
-    api_keys: [{ALICE_KEY}]
-"#,
+{routes}"#,
         node = common::node_config(),
-        anthropic = anthropic.addr,
+        providers = anthropic_and_openai_providers(anthropic.addr, openai.addr),
+        routes = llm_route_for_alice("{}"),
         openai = openai.addr,
     )
 }
 
 async fn start() -> (Gateway, Mock, Mock) {
-    let anthropic = llm_mock::anthropic().await;
-    let openai = llm_mock::openai().await;
-    let gateway = Gateway::start_with_env(
-        &config(&anthropic, &openai),
-        &[
-            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
-            ("OPENAI_KEY_A", OPENAI_KEY),
-            ("OPENAI_KEY_B", OPENAI_KEY_2),
-            ("OPENAI_KEY_LIMITED", OPENAI_RATE_LIMITED_KEY),
-        ],
-    );
-    (gateway, anthropic, openai)
-}
-
-async fn chat(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
-    llm_mock::post_as_alice(gateway, "/v1/chat/completions", request_id, &body).await
+    let env = [
+        ("OPENAI_KEY_A", OPENAI_KEY),
+        ("OPENAI_KEY_B", OPENAI_KEY_2),
+        ("OPENAI_KEY_LIMITED", OPENAI_RATE_LIMITED_KEY),
+    ];
+    llm_mock::start_with_anthropic_and_openai(config, &env).await
 }
 
 async fn ask(gateway: &Gateway, request_id: &str, model: &str) -> reqwest::Response {

@@ -48,7 +48,7 @@ consumers:
 async fn ask(gateway: &Gateway, request_id: &str) -> reqwest::Response {
     let body =
         json!({"model": "openai-main/gpt-4.1", "messages": [{"role": "user", "content": "Hi"}]});
-    llm_mock::post_as_alice(gateway, "/v1/chat/completions", request_id, &body).await
+    common::ai::chat(gateway, request_id, body).await
 }
 
 /// Returns the `Authorization` header of the mock's last request.

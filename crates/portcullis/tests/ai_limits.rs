@@ -13,9 +13,9 @@ mod sdk;
 
 use std::time::Duration;
 
+use common::ai::{abandon_stream_after, post_as_alice, post_with_key};
 use common::redis::RedisServer;
 use common::{ALICE_KEY, Gateway, client, error_body, metric};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use llm_mock::{ANTHROPIC_KEY, Mock, OPENAI_KEY};
@@ -121,13 +121,7 @@ fn start_with_anthropic(
 }
 
 async fn call(gateway: &Gateway, path: &str, key: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(gateway.url(path))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    post_with_key(gateway, path, key, None, &body).await
 }
 
 /// Sends a chat call and returns its status after reading the whole body.
@@ -339,23 +333,9 @@ async fn disconnect_keeps_tokens_received() {
     let openai = llm_mock::openai().await;
     let gateway = start(&openai, None, &[("day", "{ tokens_per_day: 1000 }")]);
     let body = json!({"model": "openai-main/gpt-hang", "stream": true, "max_tokens": 500, "messages": [{"role": "user", "content": "Hi"}]});
-    let response = client()
-        .post(gateway.url("/day/chat/completions"))
-        .bearer_auth(ALICE_KEY)
-        .header("x-request-id", "ai-limits-hang")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut received = String::new();
-    while !received.contains(" gpt") {
-        let chunk = stream.next().await.unwrap().unwrap();
-        received.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let response = post_as_alice(&gateway, "/day/chat/completions", "ai-limits-hang", &body).await;
     // The provider stream hangs after its text; the client gives up.
-    drop(stream);
+    abandon_stream_after(response, " gpt").await;
 
     let line = gateway.access_log_line("ai-limits-hang");
     assert_eq!(line["outcome"], "client_aborted", "{line}");

@@ -4,6 +4,7 @@
 mod common;
 mod llm_mock;
 
+use common::ai::{anthropic_and_openai_providers, post_as_alice, streamed_text};
 use common::{ALICE_KEY, Gateway, client, error_body};
 use serde_json::{Value, json};
 
@@ -17,26 +18,10 @@ const PERSONAL: &str = "Mail bob@example.com or call +1 415-555-0132. Pay with 4
 
 fn config(anthropic: &Mock, openai: &Mock) -> String {
     format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-admin:
-  address: 127.0.0.1:0
-  token: {token}
-store:
-  sqlite: portcullis.db
-access_log: access.log
+        r#"{node}
 ai:
   providers:
-    - name: claude-main
-      type: anthropic
-      base_url: http://{anthropic}
-      api_key: ${{ANTHROPIC_API_KEY}}
-    - name: openai-main
-      type: openai
-      base_url: http://{openai}/v1
-      api_key: ${{OPENAI_API_KEY}}
-  models:
+{providers}  models:
     - name: smart
       targets: [claude-main/claude-sonnet-4-5, openai-main/gpt-4.1]
   prices:
@@ -107,34 +92,17 @@ consumers:
   - name: alice
     api_keys: [{ALICE_KEY}]
 "#,
-        token = common::ADMIN_TOKEN,
-        anthropic = anthropic.addr,
-        openai = openai.addr,
+        node = common::node_config(),
+        providers = anthropic_and_openai_providers(anthropic.addr, openai.addr),
     )
 }
 
 async fn start() -> (Gateway, Mock, Mock) {
-    let anthropic = llm_mock::anthropic().await;
-    let openai = llm_mock::openai().await;
-    let gateway = Gateway::start_with_env(
-        &config(&anthropic, &openai),
-        &[
-            ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
-            ("OPENAI_API_KEY", OPENAI_KEY),
-        ],
-    );
-    (gateway, anthropic, openai)
+    llm_mock::start_with_anthropic_and_openai(config, &[]).await
 }
 
 async fn post(gateway: &Gateway, path: &str, request_id: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(gateway.url(path))
-        .bearer_auth(ALICE_KEY)
-        .header("x-request-id", request_id)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    post_as_alice(gateway, path, request_id, &body).await
 }
 
 /// Returns the text of the user message that a provider received.
@@ -153,29 +121,6 @@ fn sent_user_text(request: &llm_mock::Recorded) -> String {
             .collect(),
         other => panic!("unexpected content {other}"),
     }
-}
-
-/// Joins the text deltas of an OpenAI chunk stream, or of an Anthropic event stream.
-fn streamed_text(body: &str) -> String {
-    let mut text = String::new();
-    for data in body
-        .split("\n\n")
-        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
-    {
-        let Ok(value) = serde_json::from_str::<Value>(data) else {
-            continue;
-        };
-        if let Some(piece) = value
-            .pointer("/choices/0/delta/content")
-            .and_then(Value::as_str)
-        {
-            text.push_str(piece);
-        }
-        if let Some(piece) = value.pointer("/delta/text").and_then(Value::as_str) {
-            text.push_str(piece);
-        }
-    }
-    text
 }
 
 #[tokio::test]

@@ -5,10 +5,10 @@ mod common;
 mod llm_mock;
 mod sdk;
 
-use std::time::{Duration, Instant};
-
+use common::ai::{
+    abandon_stream_after, chat, chunks, llm_route_for_alice, post_as_alice, sse_data, streamed_text,
+};
 use common::{ALICE_KEY, Gateway, client};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use llm_mock::{AZURE_API_VERSION, AZURE_KEY, GEMINI_KEY, Mock};
@@ -16,15 +16,7 @@ use sdk::run_sdk_script;
 
 fn config(gemini: &Mock, azure: &Mock) -> String {
     format!(
-        r#"
-listeners:
-  - address: 127.0.0.1:0
-admin:
-  address: 127.0.0.1:0
-  token: {token}
-store:
-  sqlite: portcullis.db
-access_log: access.log
+        r#"{node}
 ai:
   providers:
     - name: gemini-main
@@ -55,17 +47,9 @@ ai:
     - model: azure-main/gpt-4o-prod
       input_per_million: 2.50
       output_per_million: 10.00
-routes:
-  - name: llm
-    paths: [/v1]
-    ai: {{}}
-    policies:
-      - key-auth: {{}}
-consumers:
-  - name: alice
-    api_keys: [{ALICE_KEY}]
-"#,
-        token = common::ADMIN_TOKEN,
+{routes}"#,
+        node = common::node_config(),
+        routes = llm_route_for_alice("{}"),
         gemini = gemini.addr,
         azure = azure.addr,
         api_version = AZURE_API_VERSION,
@@ -83,25 +67,6 @@ async fn start() -> (Gateway, Mock, Mock) {
         ],
     );
     (gateway, gemini, azure)
-}
-
-async fn chat(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
-    llm_mock::post_as_alice(gateway, "/v1/chat/completions", request_id, &body).await
-}
-
-/// Returns the `data:` payloads of an SSE body.
-fn sse_data(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
-}
-
-fn chunks(data: &[String]) -> Vec<Value> {
-    data.iter()
-        .filter(|line| *line != "[DONE]")
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 #[tokio::test]
@@ -349,6 +314,102 @@ async fn gemini_stream_with_two_tool_calls() {
     assert_eq!(ai["usage_estimated"], false);
 }
 
+/// A Gemini 3 model of the mock, which signs function calls and rejects a replay without the
+/// signature.
+const GEMINI_3: &str = "gemini-main/gemini-3-flash-preview";
+
+/// Reads the tool calls of a chat completion, or of the deltas of a stream, which carry each
+/// Gemini call whole.
+async fn tool_calls_of(response: reqwest::Response, stream: bool) -> Vec<Value> {
+    assert_eq!(response.status(), 200);
+    if !stream {
+        let body: Value = response.json().await.unwrap();
+        return body["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .unwrap()
+            .clone();
+    }
+    let data = sse_data(&response.text().await.unwrap());
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    chunks(&data)
+        .iter()
+        .filter_map(|chunk| chunk.pointer("/choices/0/delta/tool_calls/0"))
+        .map(|call| json!({"id": call["id"], "type": "function", "function": call["function"]}))
+        .collect()
+}
+
+/// Runs a tool call conversation of two turns with [`GEMINI_3`] and checks that turn two
+/// sends the signature of turn one back to the mock, on the first call's part only.
+async fn gemini3_signature_round_trip(stream: bool) {
+    let (gateway, gemini, _azure) = start().await;
+    let tool: Value = serde_json::from_str(WEATHER_TOOL).unwrap();
+    let question = json!({"role": "user", "content": "Weather in Paris and Oslo?"});
+    let response = chat(
+        &gateway,
+        "gemini3-tools-1",
+        json!({"model": GEMINI_3, "stream": stream, "messages": [question], "tools": [tool]}),
+    )
+    .await;
+    let calls = tool_calls_of(response, stream).await;
+    assert_eq!(calls.len(), 2);
+    let turn_one = &gemini.requests()[0].body;
+    assert!(turn_one.to_string().find("thoughtSignature").is_none());
+
+    // Turn two sends the calls back as the client received them, with one result each.
+    let with_results = |calls: &[Value]| {
+        let messages = [
+            question.clone(),
+            json!({"role": "assistant", "content": null, "tool_calls": calls}),
+            json!({"role": "tool", "tool_call_id": calls[0]["id"], "content": "{\"celsius\": 18}"}),
+            json!({"role": "tool", "tool_call_id": calls[1]["id"], "content": "4C"}),
+        ];
+        json!({"model": GEMINI_3, "stream": stream, "tools": [tool], "messages": messages})
+    };
+    let response = chat(&gateway, "gemini3-tools-2", with_results(&calls)).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    let text = if stream {
+        streamed_text(&body)
+    } else {
+        serde_json::from_str::<Value>(&body).unwrap()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        text,
+        "Results: get_weather={\"celsius\":18}; get_weather={\"content\":\"4C\"}"
+    );
+    let turn_two = &gemini.requests()[1].body;
+    let replayed = turn_two["contents"][1]["parts"].as_array().unwrap();
+    let paris = json!({"name": "get_weather", "args": {"city": "Paris"}});
+    assert_eq!(
+        replayed[0]["thoughtSignature"],
+        llm_mock::thought_signature(&paris)
+    );
+    assert_eq!(replayed[0]["functionCall"], paris);
+    assert!(replayed[1].get("thoughtSignature").is_none());
+
+    // Without the signature in the id, as a client that rewrote the ids would send it, the
+    // mock rejects the turn as Gemini 3 does.
+    let mut unsigned = calls.clone();
+    unsigned[0]["id"] = json!("call_unsigned");
+    let response = chat(&gateway, "gemini3-tools-3", with_results(&unsigned)).await;
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("thought_signature"), "{body}");
+}
+
+#[tokio::test]
+async fn gemini3_thought_signature_round_trips() {
+    gemini3_signature_round_trip(false).await;
+}
+
+#[tokio::test]
+async fn gemini3_stream_thought_signature_round_trips() {
+    gemini3_signature_round_trip(true).await;
+}
+
 #[tokio::test]
 async fn gemini_json_schema_output() {
     let (gateway, gemini, _azure) = start().await;
@@ -461,19 +522,7 @@ async fn gemini_spend_recorded_on_client_disconnect() {
                "messages": [{"role": "user", "content": "Tell me a long story"}]}),
     )
     .await;
-    let mut body = response.bytes_stream();
-    let mut received = String::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !received.contains("from gemini") {
-        assert!(Instant::now() < deadline, "no content arrived: {received}");
-        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        received.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    drop(body);
+    abandon_stream_after(response, "from gemini").await;
 
     let line = gateway.access_log_line("gemini-disconnect");
     assert_eq!(line["outcome"], "client_aborted");
@@ -564,7 +613,7 @@ async fn azure_deployment_urls_and_key() {
 
 #[tokio::test]
 async fn openai_sdk_on_gemini_and_azure() {
-    let (gateway, _gemini, _azure) = start().await;
+    let (gateway, gemini, _azure) = start().await;
     let cases = json!([
         ["chat", "fast"],
         ["chat", "azure-main/gpt-4o-prod"],
@@ -577,6 +626,8 @@ async fn openai_sdk_on_gemini_and_azure() {
         ["stream_error", "gemini-main/gemini-error-mid"],
         ["embeddings", "azure-main/embedding-small"],
         ["embeddings", "embed"],
+        ["tool_round_trip", GEMINI_3],
+        ["stream_tool_round_trip", GEMINI_3],
     ]);
     let results = run_sdk_script("openai_client.py", &gateway.url("/v1"), &cases).await;
 
@@ -622,10 +673,35 @@ async fn openai_sdk_on_gemini_and_azure() {
     // The SDK requests base64 and decodes it. The mock's vector for "hello" is (5 + d) / 8.
     assert_eq!(results[10]["embedding"], json!([0.625, 0.75, 0.875, 1.0]));
     assert_eq!(results[10]["prompt_tokens"], 2);
+
+    // The SDK keeps the tool call ids, and with them the Gemini 3 signatures, so the mock
+    // accepts the second turn, plain and streamed.
+    for (index, result) in results.iter().enumerate().skip(11) {
+        assert_eq!(
+            result["content"],
+            "Results: get_weather={\"content\":\"18C\"}; get_weather={\"content\":\"17C\"}",
+            "case {index}: {result}"
+        );
+    }
+    let paris = json!({"name": "get_weather", "args": {"city": "Paris"}});
+    let replays: Vec<Value> = gemini
+        .requests()
+        .into_iter()
+        .filter(|request| request.path.contains("gemini-3-flash-preview"))
+        .filter_map(|request| request.body.pointer("/contents/1/parts/0").cloned())
+        .collect();
+    assert_eq!(replays.len(), 2, "{replays:?}");
+    for replay in replays {
+        assert_eq!(replay["functionCall"], paris);
+        assert_eq!(
+            replay["thoughtSignature"],
+            llm_mock::thought_signature(&paris)
+        );
+    }
 }
 
 async fn embeddings(gateway: &Gateway, request_id: &str, body: Value) -> reqwest::Response {
-    llm_mock::post_as_alice(gateway, "/v1/embeddings", request_id, &body).await
+    post_as_alice(gateway, "/v1/embeddings", request_id, &body).await
 }
 
 #[tokio::test]

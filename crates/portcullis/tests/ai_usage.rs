@@ -16,9 +16,9 @@ mod llm_mock;
 
 use std::time::Duration;
 
+use common::ai::{abandon_stream_after, post_with_key};
 use common::postgres::Database;
 use common::{ADMIN_TOKEN, ALICE_KEY, Gateway, admin, client, error_body};
-use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -76,13 +76,7 @@ fn start(openai: &Mock) -> Gateway {
 async fn chat(gateway: &Gateway, key: &str, stream: bool) {
     let body =
         json!({"model": "gpt", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]});
-    let response = client()
-        .post(gateway.url("/llm/chat/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_with_key(gateway, "/llm/chat/completions", key, None, &body).await;
     assert_eq!(response.status(), 200);
     response.bytes().await.unwrap();
 }
@@ -143,22 +137,15 @@ async fn report_counts_chat_stream_and_abandoned_stream() {
 
     // Bob's stream hangs after its text, and bob gives up.
     let body = json!({"model": "openai-main/gpt-hang", "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
-    let response = client()
-        .post(gateway.url("/llm/chat/completions"))
-        .bearer_auth(BOB_KEY)
-        .header("x-request-id", "usage-hang")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut received = String::new();
-    while !received.contains(" gpt") {
-        let chunk = stream.next().await.unwrap().unwrap();
-        received.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    drop(stream);
+    let response = post_with_key(
+        &gateway,
+        "/llm/chat/completions",
+        BOB_KEY,
+        Some("usage-hang"),
+        &body,
+    )
+    .await;
+    abandon_stream_after(response, " gpt").await;
     let line = gateway.access_log_line("usage-hang");
     assert_eq!(line["outcome"], "client_aborted", "{line}");
     let abandoned = &line["ai"];
@@ -219,6 +206,39 @@ async fn report_groups_and_filters() {
     let (_, by_hour) = usage(&gateway, "group_by=hour").await;
     let hour = by_hour["rows"][0]["hour"].as_str().unwrap();
     assert!(hour.ends_with(":00:00Z"), "{by_hour}");
+    assert!(
+        by_hour["to"].as_str().unwrap().ends_with(":00:00Z"),
+        "`to` rounds up to the hour: {by_hour}"
+    );
+
+    // The calls may straddle midnight UTC, so a consumer can have two days.
+    let (_, by_day) = usage(&gateway, "group_by=consumer,day").await;
+    let rows = by_day["rows"].as_array().unwrap();
+    let mut calls_by_consumer = std::collections::BTreeMap::new();
+    for row in rows {
+        let day = row["day"].as_str().unwrap();
+        assert!(day.ends_with("T00:00:00Z"), "{by_day}");
+        let consumer = row["consumer"].as_str().unwrap().to_string();
+        *calls_by_consumer.entry(consumer).or_insert(0) += row["calls"].as_u64().unwrap();
+    }
+    assert_eq!(
+        calls_by_consumer,
+        [("alice".to_string(), 2), ("bob".to_string(), 1)].into(),
+        "{by_day}"
+    );
+    assert_completed_calls(&by_day["totals"], 3);
+
+    // Two consumers do not fit in one row.
+    let (status, too_many) = usage(&gateway, "group_by=consumer&limit=1").await;
+    assert_eq!(status, 400, "{too_many}");
+    let message = too_many["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("more rows than the limit of 1"),
+        "{message}"
+    );
+    let (status, fits) = usage(&gateway, "group_by=consumer&limit=2").await;
+    assert_eq!(status, 200, "{fits}");
+    assert_eq!(fits["rows"].as_array().unwrap().len(), 2);
 
     let (_, alice) = usage(&gateway, "consumer=alice").await;
     assert_completed_calls(&alice["totals"], 2);
@@ -248,6 +268,9 @@ async fn invalid_parameters_return_400() {
         "from=2026-12-04T12:00:00Z&to=2026-12-04T11:00:00Z",
         "group_by=tenant",
         "group_by=model,model",
+        "group_by=hour,day",
+        "limit=0",
+        "limit=10001",
         "consumer=",
         "tenant=acme",
         "model=a&model=b",

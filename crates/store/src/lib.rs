@@ -182,7 +182,8 @@ pub trait Store: Send + Sync + 'static {
     /// Like key uses, this does not change the config version.
     fn add_ai_usage<'a>(&'a self, rows: &'a [AiUsageRow]) -> StoreFuture<'a, ()>;
 
-    /// Reads the `ai_usage` rows that `filter` selects, ordered by key.
+    /// Reads the `ai_usage` rows that `filter` selects, ordered by key. Every row of the range
+    /// is loaded, so reports use [`Store::group_ai_usage`].
     fn ai_usage<'a>(&'a self, filter: &'a AiUsageFilter) -> StoreFuture<'a, Vec<AiUsageRow>>;
 
     /// Reads every provider credential, still encrypted, ordered by name.
@@ -198,6 +199,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a provider credential; [`StoreError::NotFound`] when there is none by that name.
     fn delete_credential<'a>(&'a self, name: &'a str) -> StoreFuture<'a, u64>;
+    /// Sums the `ai_usage` rows that `filter` selects per distinct value of `dimensions`, with
+    /// SQL `GROUP BY` and `SUM`, so that only the groups are loaded. Returns the groups sorted
+    /// by their values, as [`ai_usage::group_ai_usage`] does, or `None` when there are more than
+    /// `max_groups`. Without dimensions, returns one group, or none when no row matches.
+    fn group_ai_usage<'a>(
+        &'a self,
+        filter: &'a AiUsageFilter,
+        dimensions: &'a [ai_usage::AiUsageDimension],
+        max_groups: usize,
+    ) -> StoreFuture<'a, Option<Vec<ai_usage::AiUsageGroup>>>;
 
     /// Makes the store's entities match `declared` for the names it lists, in one transaction.
     /// Declared services, routes and consumers are created or replaced, and `keys`, the records

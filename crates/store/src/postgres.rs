@@ -143,43 +143,7 @@ impl Store for PostgresStore {
 
     crate::ops::forward_store_methods!();
 
-    fn add_ai_usage<'a>(&'a self, rows: &'a [crate::AiUsageRow]) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            for row in rows {
-                crate::ai_usage::bind_upsert(sqlx::query(crate::ai_usage::UPSERT), row)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-    }
-
-    fn ai_usage<'a>(
-        &'a self,
-        filter: &'a crate::AiUsageFilter,
-    ) -> StoreFuture<'a, Vec<crate::AiUsageRow>> {
-        Box::pin(async move {
-            let sql = format!(
-                "SELECT {} FROM ai_usage WHERE bucket_start >= $1 AND bucket_start < $2 \
-                 AND ($3::text IS NULL OR consumer = $3) AND ($4::text IS NULL OR credential_id = $4) \
-                 AND ($5::text IS NULL OR route = $5) AND ($6::text IS NULL OR model = $6) \
-                 ORDER BY bucket_start, consumer, credential_id, route, model, target",
-                crate::ai_usage::COLUMNS
-            );
-            let rows: Vec<crate::ai_usage::SqlRow> = sqlx::query_as(&sql)
-                .bind(filter.from)
-                .bind(filter.to)
-                .bind(filter.consumer.as_deref())
-                .bind(filter.credential_id.as_deref())
-                .bind(filter.route.as_deref())
-                .bind(filter.model.as_deref())
-                .fetch_all(&self.pool)
-                .await?;
-            Ok(rows.into_iter().map(crate::AiUsageRow::from).collect())
-        })
-    }
+    crate::ai_usage::ai_usage_store_methods!();
 }
 
 impl Backend for PostgresStore {

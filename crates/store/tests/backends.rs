@@ -20,9 +20,11 @@ use portcullis_config::{
     KeyAuthSpec, LimitAlgorithm, LimitKey, PathMatch, PolicySpec, PriceSpec, RateLimitSpec,
     RouteSpec, ServiceSpec, UpstreamTimeouts,
 };
+use portcullis_store::ai_usage::{AiUsageDimension, AiUsageGroup, group_ai_usage};
 use portcullis_store::credentials::{CredentialCipher, CredentialError};
 use portcullis_store::{
-    ApiKeyRecord, KeyRotation, PostgresStore, SqliteStore, Store, StoreError, StoreState,
+    AiUsageFilter, AiUsageKey, AiUsageRow, AiUsageTotals, ApiKeyRecord, KeyRotation, PostgresStore,
+    SqliteStore, Store, StoreError, StoreState,
 };
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener};
@@ -312,6 +314,8 @@ backend_tests! {
         ai_price_writes_bump_version,
         corrupt_ai_price_names_row,
         credentials_stored_encrypted,
+        ai_usage_grouping_matches_in_memory,
+        ai_usage_grouping_respects_max_groups,
     ],
     sqlite_only: [open_creates_file_in_wal_mode],
     postgres_only: [writes_notify_new_version],
@@ -1492,4 +1496,212 @@ async fn credentials_stored_encrypted(db: TestDb) {
     assert!(store.load().await.unwrap().credentials.is_empty());
     assert_not_found(store.delete_credential("openai-prod").await, "credential");
     assert_eq!(store.version().await.unwrap(), 3);
+}
+
+/// Midnight UTC of 2026-12-01, in seconds since the Unix epoch.
+const USAGE_DAY: i64 = 1_796_083_200;
+
+/// Returns 240 `ai_usage` rows spread over 4 consumers (one of them empty, as on a route
+/// without authentication), 2 routes, 3 models, 2 targets and 60 hours from [`USAGE_DAY`].
+fn usage_rows() -> Vec<AiUsageRow> {
+    let consumers = ["alice", "bob", "carol", ""];
+    let models = ["gpt", "claude", "gemini"];
+    (0..240u64)
+        .map(|i| {
+            let consumer = consumers[(i % 4) as usize];
+            let index = i as i64;
+            AiUsageRow {
+                key: AiUsageKey {
+                    bucket_start: USAGE_DAY + (index * 7 % 60) * 3600,
+                    consumer: consumer.to_owned(),
+                    credential_id: if consumer.is_empty() {
+                        String::new()
+                    } else {
+                        format!("key-{consumer}-{}", i % 2)
+                    },
+                    route: ["llm", "chat"][(i % 2) as usize].to_owned(),
+                    model: models[(i % 3) as usize].to_owned(),
+                    target: format!("provider-{}/{}", i % 2, models[(i % 3) as usize]),
+                },
+                totals: AiUsageTotals {
+                    calls: 1 + i % 5,
+                    input_tokens: 100 * i,
+                    cache_read_tokens: 7 * i,
+                    cache_write_tokens: i % 3,
+                    output_tokens: 13 * i,
+                    reasoning_tokens: 5 * i,
+                    cost: i as f64 * 0.000_731,
+                    estimated_calls: i % 2,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Asserts that two sets of groups have the same values and counts, and costs equal up to the
+/// rounding of summing floats in another order.
+fn assert_same_groups(sql: &[AiUsageGroup], memory: &[AiUsageGroup], case: &str) {
+    let values = |groups: &[AiUsageGroup]| {
+        groups
+            .iter()
+            .map(|group| group.values.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(values(sql), values(memory), "{case}: group values");
+    for (from_sql, in_memory) in sql.iter().zip(memory) {
+        let case = format!("{case}, group {:?}", in_memory.values);
+        let counts = |totals: &AiUsageTotals| {
+            [
+                totals.calls,
+                totals.input_tokens,
+                totals.cache_read_tokens,
+                totals.cache_write_tokens,
+                totals.output_tokens,
+                totals.reasoning_tokens,
+                totals.estimated_calls,
+            ]
+        };
+        assert_eq!(
+            counts(&from_sql.totals),
+            counts(&in_memory.totals),
+            "{case}: counts"
+        );
+        let difference = (from_sql.totals.cost - in_memory.totals.cost).abs();
+        assert!(
+            difference <= 1e-9 * in_memory.totals.cost.abs().max(1.0),
+            "{case}: cost {} from SQL, {} in memory",
+            from_sql.totals.cost,
+            in_memory.totals.cost
+        );
+    }
+}
+
+async fn ai_usage_grouping_matches_in_memory(db: TestDb) {
+    let store = db.open_migrated().await;
+    let rows = usage_rows();
+    store.add_ai_usage(&rows).await.unwrap();
+    // A second write of a few rows adds to them.
+    store.add_ai_usage(&rows[..10]).await.unwrap();
+
+    let whole_range = AiUsageFilter {
+        from: USAGE_DAY,
+        to: USAGE_DAY + 3 * 24 * 3600,
+        ..AiUsageFilter::default()
+    };
+    let filters = [
+        ("whole range", whole_range.clone()),
+        (
+            "second day",
+            AiUsageFilter {
+                from: USAGE_DAY + 24 * 3600,
+                to: USAGE_DAY + 48 * 3600,
+                ..AiUsageFilter::default()
+            },
+        ),
+        (
+            "alice on llm",
+            AiUsageFilter {
+                consumer: Some("alice".to_owned()),
+                route: Some("llm".to_owned()),
+                ..whole_range.clone()
+            },
+        ),
+        (
+            "one key and model",
+            AiUsageFilter {
+                credential_id: Some("key-bob-1".to_owned()),
+                model: Some("claude".to_owned()),
+                ..whole_range.clone()
+            },
+        ),
+        (
+            "no match",
+            AiUsageFilter {
+                consumer: Some("mallory".to_owned()),
+                ..whole_range.clone()
+            },
+        ),
+    ];
+    let groupings: [&[AiUsageDimension]; 8] = [
+        &[],
+        &[AiUsageDimension::Consumer],
+        &[AiUsageDimension::Model, AiUsageDimension::Consumer],
+        &[AiUsageDimension::CredentialId, AiUsageDimension::Target],
+        &[AiUsageDimension::Route, AiUsageDimension::Hour],
+        &[AiUsageDimension::Day],
+        &[AiUsageDimension::Day, AiUsageDimension::Model],
+        &[
+            AiUsageDimension::Hour,
+            AiUsageDimension::Consumer,
+            AiUsageDimension::CredentialId,
+            AiUsageDimension::Route,
+            AiUsageDimension::Model,
+            AiUsageDimension::Target,
+        ],
+    ];
+
+    for (name, filter) in &filters {
+        let stored = store.ai_usage(filter).await.unwrap();
+        for dimensions in groupings {
+            let case = format!("{name}, group by {dimensions:?}");
+            let from_sql = store
+                .group_ai_usage(filter, dimensions, 10_000)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{case}: more than 10000 groups"));
+            let in_memory = group_ai_usage(&stored, dimensions);
+            assert_same_groups(&from_sql, &in_memory, &case);
+        }
+    }
+
+    let total = store
+        .group_ai_usage(&whole_range, &[], 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let expected_calls: u64 = rows.iter().map(|row| row.totals.calls).sum::<u64>()
+        + rows[..10].iter().map(|row| row.totals.calls).sum::<u64>();
+    assert_eq!(total.len(), 1);
+    assert_eq!(total[0].totals.calls, expected_calls);
+
+    let days = store
+        .group_ai_usage(&whole_range, &[AiUsageDimension::Day], 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let day_starts: Vec<String> = days
+        .into_iter()
+        .map(|group| group.values[0].clone())
+        .collect();
+    assert_eq!(
+        day_starts,
+        [0, 1, 2].map(|day| (USAGE_DAY + day * 24 * 3600).to_string())
+    );
+}
+
+async fn ai_usage_grouping_respects_max_groups(db: TestDb) {
+    let store = db.open_migrated().await;
+    store.add_ai_usage(&usage_rows()).await.unwrap();
+    let filter = AiUsageFilter {
+        from: USAGE_DAY,
+        to: USAGE_DAY + 3 * 24 * 3600,
+        ..AiUsageFilter::default()
+    };
+
+    let consumers = [AiUsageDimension::Consumer];
+    let exact = store.group_ai_usage(&filter, &consumers, 4).await.unwrap();
+    assert_eq!(exact.map(|groups| groups.len()), Some(4));
+    let over = store.group_ai_usage(&filter, &consumers, 3).await.unwrap();
+    assert_eq!(over, None, "4 consumers with at most 3 groups");
+
+    let hours = store
+        .group_ai_usage(&filter, &[AiUsageDimension::Hour], 59)
+        .await
+        .unwrap();
+    assert_eq!(hours, None, "60 hours with at most 59 groups");
+    let days = store
+        .group_ai_usage(&filter, &[AiUsageDimension::Day], 59)
+        .await
+        .unwrap();
+    assert_eq!(days.map(|groups| groups.len()), Some(3));
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod ai;
 pub mod postgres;
 pub mod redis;
 pub mod webhook;

@@ -17,6 +17,12 @@
 //! that status, `error-mid` sends an error event after the first text, and `hang` stops after
 //! the first events. A request with tools and no function results gets two function calls, and
 //! a request with `responseMimeType: application/json` gets JSON text.
+//!
+//! A model whose name contains `gemini-3` handles thought signatures as Gemini 3 does. The
+//! first `functionCall` part of a response carries a `thoughtSignature`. A request is rejected
+//! with 400 `INVALID_ARGUMENT` when a model step of its current turn lacks that signature on its
+//! first `functionCall` part. The current turn starts after the last `user` content with a
+//! text part.
 
 use std::time::Duration;
 
@@ -100,6 +106,11 @@ pub fn handle(parts: &Parts, body: &Value) -> Response<MockBody> {
     {
         return invalid(message);
     }
+    if model.contains("gemini-3")
+        && let Err(message) = check_thought_signatures(body)
+    {
+        return invalid(message);
+    }
     for (status, code) in [
         (429, "RESOURCE_EXHAUSTED"),
         (500, "INTERNAL"),
@@ -111,7 +122,7 @@ pub fn handle(parts: &Parts, body: &Value) -> Response<MockBody> {
     }
     match method {
         "batchEmbedContents" => batch_embed(model, body),
-        "generateContent" => json_response(200, response(model, body, &answer(body), true)),
+        "generateContent" => json_response(200, response(model, body, &answer(model, body), true)),
         "streamGenerateContent" if parts.uri.query() == Some("alt=sse") => stream(model, body),
         "streamGenerateContent" => invalid("the mock streams with alt=sse only".into()),
         _ => error(404, "NOT_FOUND", "Requested entity was not found."),
@@ -262,8 +273,62 @@ fn check_schema(schema: &Value, at: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Returns the model's parts for `request`.
-fn answer(request: &Value) -> Vec<Value> {
+/// Returns the signature that the mock attaches to the first `functionCall` part of a response,
+/// derived from the call so that a replay of another call's signature fails. Like a Gemini
+/// signature, it is base64 with `+`, `/` and `=`.
+pub fn thought_signature(function_call: &Value) -> String {
+    let letters: String = function_call
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("CiQB/{letters}+Aw==")
+}
+
+fn check_thought_signatures(body: &Value) -> Result<(), String> {
+    let contents = body["contents"].as_array().cloned().unwrap_or_default();
+    let turn_start = contents
+        .iter()
+        .rposition(|content| {
+            content["role"] == "user"
+                && content["parts"]
+                    .as_array()
+                    .is_some_and(|parts| parts.iter().any(|part| part.get("text").is_some()))
+        })
+        .map_or(0, |position| position + 1);
+    for (i, content) in contents.iter().enumerate().skip(turn_start) {
+        if content["role"] != "model" {
+            continue;
+        }
+        let parts = content["parts"].as_array().cloned().unwrap_or_default();
+        let Some((position, first_call)) = parts
+            .iter()
+            .enumerate()
+            .find(|(_, part)| part.get("functionCall").is_some())
+        else {
+            continue;
+        };
+        let name = first_call["functionCall"]["name"].as_str().unwrap_or("");
+        match first_call.get("thoughtSignature").and_then(Value::as_str) {
+            None => {
+                return Err(format!(
+                    "Function call is missing a thought_signature in functionCall parts. Additional data, function call `default_api:{name}` , position {}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
+                    position + 1
+                ));
+            }
+            Some(signature) if signature != thought_signature(&first_call["functionCall"]) => {
+                return Err(format!(
+                    "Corrupted thought signature in contents[{i}].parts[{position}]."
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Returns the model's parts for `request` to `model`.
+fn answer(model: &str, request: &Value) -> Vec<Value> {
     let last_turn = request["contents"]
         .as_array()
         .and_then(|contents| contents.last())
@@ -289,10 +354,15 @@ fn answer(request: &Value) -> Vec<Value> {
         return vec![json!({"text": "{\"sentiment\": \"positive\"}"})];
     }
     if request.get("tools").is_some() {
-        return vec![
+        let mut calls = vec![
             json!({"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}),
             json!({"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}),
         ];
+        if model.contains("gemini-3") {
+            // Gemini signs only the first of parallel calls.
+            calls[0]["thoughtSignature"] = json!(thought_signature(&calls[0]["functionCall"]));
+        }
+        return calls;
     }
     vec![json!({"text": "Hello from gemini"})]
 }
@@ -328,7 +398,7 @@ fn response(model: &str, _request: &Value, parts: &[Value], last: bool) -> Value
 
 fn stream(model: &str, request: &Value) -> Response<MockBody> {
     let event = |value: Value| Some(format!("data: {value}\r\n\r\n"));
-    let parts = answer(request);
+    let parts = answer(model, request);
     let mut events = Vec::new();
     if parts[0].get("functionCall").is_some() {
         // Text first, then both calls whole in the last event, as Gemini streams them.

@@ -23,7 +23,7 @@ mod replies;
 #[allow(unused_imports)]
 pub use azure::{AZURE_API_VERSION, AZURE_KEY};
 #[allow(unused_imports)]
-pub use gemini::GEMINI_KEY;
+pub use gemini::{GEMINI_KEY, thought_signature};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,21 +49,22 @@ pub const ANTHROPIC_KEY: &str = "test-anthropic-key";
 
 type MockBody = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Posts `body` as JSON to the gateway's `path` with alice's key and `request_id`.
-pub async fn post_as_alice(
-    gateway: &crate::common::Gateway,
-    path: &str,
-    request_id: &str,
-    body: &Value,
-) -> reqwest::Response {
-    crate::common::client()
-        .post(gateway.url(path))
-        .bearer_auth(crate::common::ALICE_KEY)
-        .header("x-request-id", request_id)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+/// Starts mock Anthropic and OpenAI servers and a gateway with the config that `config`
+/// returns for them. `ANTHROPIC_API_KEY` and `OPENAI_API_KEY` hold the mocks' keys, and `env`
+/// sets further variables.
+pub async fn start_with_anthropic_and_openai(
+    config: impl FnOnce(&Mock, &Mock) -> String,
+    env: &[(&str, &str)],
+) -> (crate::common::Gateway, Mock, Mock) {
+    let anthropic = anthropic().await;
+    let openai = openai().await;
+    let mut variables = vec![
+        ("ANTHROPIC_API_KEY", ANTHROPIC_KEY),
+        ("OPENAI_API_KEY", OPENAI_KEY),
+    ];
+    variables.extend_from_slice(env);
+    let gateway = crate::common::Gateway::start_with_env(&config(&anthropic, &openai), &variables);
+    (gateway, anthropic, openai)
 }
 
 /// A request the mock received.

@@ -148,7 +148,7 @@ percentiles = report["latencyPercentiles"]
 codes = report.get("statusCodeDistribution", {})
 errors = sum(count for code, count in codes.items() if code != "200")
 # oha aborts the requests still in flight when -z ends (about rate x delay of them) and lists
-# them as "aborted due to deadline". They were never answered late, so they are no errors.
+# them as "aborted due to deadline". They are cut off, not failed, so they are not errors.
 errors += sum(count for kind, count in report.get("errorDistribution", {}).items()
               if kind != "aborted due to deadline")
 p50, p99 = percentiles["p50"] * 1000, percentiles["p99"] * 1000

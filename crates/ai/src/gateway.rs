@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -77,7 +77,8 @@ pub struct AiRequest {
 pub struct AiResponse {
     pub response: Response<AiBody>,
     pub call: Option<Arc<CallRecord>>,
-    /// Time spent waiting for provider response headers, over every target tried.
+    /// Time spent waiting for providers over every target tried: until the response headers,
+    /// and for a response that is not streamed, also while its body is read.
     pub upstream_latency: Option<Duration>,
 }
 
@@ -405,6 +406,8 @@ impl Gateway {
             prompt_chars,
             &request.request_id,
         );
+        // The wait for the provider, to which reading a non-streamed body is added below.
+        let mut provider_time = served.latency;
         let (parts, upstream_body) = served.response.into_parts();
         let created = time::OffsetDateTime::now_utc().unix_timestamp();
 
@@ -435,11 +438,13 @@ impl Gateway {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         } else {
+            let read_started = Instant::now();
             let bytes = read_limited(upstream_body, MAX_RESPONSE_BYTES)
                 .await
                 .map_err(|message| {
                     AiError::upstream(StatusCode::BAD_GATEWAY, "provider_error", message)
                 })?;
+            provider_time += read_started.elapsed();
             let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
                 AiError::upstream(
                     StatusCode::BAD_GATEWAY,
@@ -495,7 +500,7 @@ impl Gateway {
                 }
             }
         };
-        Ok(served_response(response, target, call, served.latency))
+        Ok(served_response(response, target, call, provider_time))
     }
 
     async fn embeddings(&self, request: AiRequest) -> Result<AiResponse, AiError> {
@@ -548,20 +553,23 @@ impl Gateway {
             prompt_chars,
             &request.request_id,
         );
+        let read_started = Instant::now();
         if target.provider.kind == ProviderKind::Gemini {
             let response =
                 gemini_embeddings_response(served.response.into_body(), &body, target, &call)
                     .await?;
-            return Ok(served_response(response, target, call, served.latency));
+            let provider_time = served.latency + read_started.elapsed();
+            return Ok(served_response(response, target, call, provider_time));
         }
         let bytes =
             read_recording_usage(served.response.into_body(), &call, Usage::from_openai).await?;
+        let provider_time = served.latency + read_started.elapsed();
         let mut response = Response::new(full(bytes));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        Ok(served_response(response, target, call, served.latency))
+        Ok(served_response(response, target, call, provider_time))
     }
 
     /// Passes an Anthropic Messages request through to the model's Anthropic targets, for
@@ -620,6 +628,7 @@ impl Gateway {
             prompt_chars,
             &request.request_id,
         );
+        let mut provider_time = served.latency;
         let (parts, upstream_body) = served.response.into_parts();
         let mut response = if stream {
             let translator = Translator::AnthropicPassthrough(AnthropicPassthrough::default());
@@ -631,7 +640,9 @@ impl Gateway {
             );
             Response::new(body.boxed_unsync())
         } else {
+            let read_started = Instant::now();
             let bytes = read_recording_usage(upstream_body, &call, Usage::from_anthropic).await?;
+            provider_time += read_started.elapsed();
             Response::new(full(bytes))
         };
         for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
@@ -639,7 +650,7 @@ impl Gateway {
                 response.headers_mut().insert(name, value.clone());
             }
         }
-        Ok(served_response(response, target, call, served.latency))
+        Ok(served_response(response, target, call, provider_time))
     }
 
     /// Creates the usage record of a call that `target` served.

@@ -452,6 +452,36 @@ async fn streamed_overhead_excludes_provider_time() {
     assert!(sum < 0.5, "overhead histogram sum {sum} s");
 }
 
+#[tokio::test]
+async fn unstreamed_overhead_excludes_body_read() {
+    let (gateway, _anthropic, _openai) = start().await;
+    let started = Instant::now();
+    // The provider sends its response headers at once and its body 500 ms later.
+    let response = chat(
+        &gateway,
+        "ai-overhead-slow-body",
+        json!({"model": "openai-main/gpt-slow-body", "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let overhead: f64 = response.headers()["x-portcullis-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello from gpt");
+
+    assert!(overhead < 400.0, "overhead header {overhead} ms");
+    let sum = common::metric(
+        &gateway,
+        r#"portcullis_ai_overhead_seconds_sum{route="llm"}"#,
+    )
+    .await;
+    assert!(sum < 0.4, "overhead histogram sum {sum} s");
+}
+
 // Two workers, because `access_log_line` blocks one while the client connection must still
 // be closed on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

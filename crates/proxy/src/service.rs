@@ -84,9 +84,8 @@ struct Trace {
 }
 
 /// Response header with the milliseconds the gateway added to an AI call: the time to the
-/// response headers minus the time spent waiting for providers.
-// NOTE: a non-streamed call reads the provider's body before its response headers, and that
-// read counts as overhead, so a provider that sends headers before its body is ready raises it.
+/// response headers minus the time spent waiting for providers, which for a non-streamed call
+/// includes reading the provider's body.
 const X_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-portcullis-overhead-ms");
 
 impl Proxy {

@@ -212,6 +212,9 @@ async fn handle(
             }
             match parts.uri.path() {
                 "/v1/chat/completions" if body["stream"] == true => openai_stream(&model, &body),
+                "/v1/chat/completions" if model.contains("slow-body") => {
+                    json_body_after(Duration::from_millis(500), openai_completion(&model, &body))
+                }
                 "/v1/chat/completions" => json_response(200, openai_completion(&model, &body)),
                 "/v1/embeddings" => json_response(
                     200,
@@ -360,6 +363,19 @@ fn check_anthropic_tool_ids(body: &Value) -> Result<(), String> {
 fn json_response(status: u16, value: Value) -> Response<MockBody> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed_unsync());
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+/// Sends the headers of a 200 JSON response at once and its body, `value`, after `delay`.
+fn json_body_after(delay: Duration, value: Value) -> Response<MockBody> {
+    let body = stream::once(async move {
+        tokio::time::sleep(delay).await;
+        Ok::<_, Infallible>(Frame::data(Bytes::from(value.to_string())))
+    });
+    let mut response = Response::new(StreamBody::new(body).boxed_unsync());
     response
         .headers_mut()
         .insert("content-type", "application/json".parse().unwrap());

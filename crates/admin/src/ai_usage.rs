@@ -169,14 +169,25 @@ fn parse_limit(value: &str) -> Result<usize, ApiError> {
     }
 }
 
+/// The start of the last hour that RFC 3339 can write, 9999-12-31T23:00:00Z. A later time
+/// would round up to an end of range with a five-digit year.
+const LAST_HOUR_START: i64 = 253_402_297_200;
+
 fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
-    OffsetDateTime::parse(value, &Rfc3339)
+    let seconds = OffsetDateTime::parse(value, &Rfc3339)
         .map(OffsetDateTime::unix_timestamp)
         .map_err(|error| {
             ApiError::bad_request(format!(
                 "query parameter `{name}` is not an RFC 3339 time such as 2026-12-04T10:00:00Z: {error}"
             ))
-        })
+        })?;
+    if seconds > LAST_HOUR_START {
+        return Err(ApiError::bad_request(format!(
+            "query parameter `{name}` is `{value}`; the latest time it can be is \
+             9999-12-31T23:00:00Z"
+        )));
+    }
+    Ok(seconds)
 }
 
 fn parse_group_by(value: &str) -> Result<Vec<AiUsageDimension>, ApiError> {
@@ -292,6 +303,12 @@ mod tests {
     }
 
     #[test]
+    fn last_hour_of_year_9999_accepted() {
+        let query = parse_query(&pairs(&[("to", "9999-12-31T23:00:00Z")]), 100_000).unwrap();
+        assert_eq!(format_time(query.filter.to), "9999-12-31T23:00:00Z");
+    }
+
+    #[test]
     fn invalid_parameters_are_rejected() {
         let cases: &[&[(&str, &str)]] = &[
             &[("from", "yesterday")],
@@ -310,6 +327,11 @@ mod tests {
             &[("consumer", "")],
             &[("tenant", "x")],
             &[("model", "a"), ("model", "b")],
+            &[("to", "9999-12-31T23:00:01Z")],
+            &[
+                ("from", "9999-12-31T23:00:01Z"),
+                ("to", "9999-12-31T23:30:00Z"),
+            ],
         ];
         for case in cases {
             let error = parse_query(&pairs(case), 100_000).unwrap_err();

@@ -216,12 +216,26 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             ApiError::bad_request(format!("the request body is not valid JSON: {inner}"))
         } else {
-            ApiError::invalid(vec![portcullis_config::KeyError {
-                key: if key == "." { String::new() } else { key },
-                message: inner.to_string(),
-            }])
+            let message = inner.to_string();
+            let key = if key == "." {
+                // serde reports a missing or unknown field of the top-level object at the root
+                // path, and names the field only in the message.
+                field_in_message(&message).unwrap_or_default()
+            } else {
+                key
+            };
+            ApiError::invalid(vec![portcullis_config::KeyError { key, message }])
         }
     })
+}
+
+/// Returns the field that a serde `missing field` or `unknown field` message names.
+fn field_in_message(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))?;
+    let end = rest.find('`')?;
+    Some(rest[..end].to_string())
 }
 
 /// Returns a random id for an admin response.

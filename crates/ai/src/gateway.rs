@@ -381,6 +381,7 @@ impl Gateway {
         let body = parse_body(&request.body)?;
         let model = requested_model(&body)?;
         let targets = self.targets(&model)?;
+        check_messages(&body)?;
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
         let include_usage = body
             .pointer("/stream_options/include_usage")
@@ -1008,6 +1009,30 @@ fn requested_model(body: &Value) -> Result<String, AiError> {
         .ok_or_else(|| {
             AiError::invalid_request("missing_model", "`model` is required").with_param("model")
         })
+}
+
+/// Checks that `messages` is a non-empty array of objects with a string `role`, which every
+/// provider's translation needs.
+fn check_messages(body: &Value) -> Result<(), AiError> {
+    let invalid = |message: String| {
+        Err(AiError::invalid_request("invalid_messages", message).with_param("messages"))
+    };
+    let messages = match body.get("messages") {
+        Some(Value::Array(messages)) => messages,
+        Some(_) => return invalid("`messages` must be an array of message objects".into()),
+        None => return invalid("`messages` is required".into()),
+    };
+    if messages.is_empty() {
+        return invalid("`messages` must contain at least one message".into());
+    }
+    for (index, message) in messages.iter().enumerate() {
+        if !message.get("role").is_some_and(Value::is_string) {
+            return invalid(format!(
+                "`messages[{index}]` must be an object with a string `role`"
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn full(bytes: Bytes) -> AiBody {

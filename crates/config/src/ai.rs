@@ -525,7 +525,8 @@ fn validate(ai: &AiConfig) -> Vec<KeyError> {
     errors
 }
 
-/// Checks that every price of `price` is a finite number of 0 or more. Keys start with `at`.
+/// Checks that every price of `price` is a number from 0 to [`MAX_PRICE_PER_MILLION`]. Keys
+/// start with `at`.
 pub fn validate_price_amounts(at: &str, price: &PriceSpec) -> Vec<KeyError> {
     let fields = [
         ("input_per_million", Some(price.input_per_million)),
@@ -537,16 +538,20 @@ pub fn validate_price_amounts(at: &str, price: &PriceSpec) -> Vec<KeyError> {
     let mut errors = Vec::new();
     for (field, value) in fields {
         if let Some(value) = value
-            && (!value.is_finite() || value < 0.0)
+            && (!value.is_finite() || !(0.0..=MAX_PRICE_PER_MILLION).contains(&value))
         {
             errors.push(KeyError::new(
                 format!("{at}.{field}"),
-                "must be a number of 0 or more",
+                format!("must be a number from 0 to {MAX_PRICE_PER_MILLION}"),
             ));
         }
     }
     errors
 }
+
+/// The highest price per million tokens: one currency unit per token. The bound keeps every
+/// cost finite, since token counts are at most 2^64.
+pub const MAX_PRICE_PER_MILLION: f64 = 1_000_000.0;
 
 /// Checks a price that the admin API stores: the amounts, and that `model` is
 /// `provider/model` of a provider in `ai`. Keys have no prefix, such as `input_per_million`.

@@ -481,7 +481,7 @@ impl Default for UpstreamTimeouts {
 pub struct RouteSpec {
     pub name: String,
     /// The service that requests are forwarded to; absent on an `ai` route.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     /// Serve the OpenAI-compatible API from the `ai` section instead of forwarding to a service.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -208,6 +208,24 @@ async fn last_failure_is_returned_in_openai_shape() {
     assert_eq!(body["error"]["code"], "model_not_found");
     assert_eq!(body["error"]["param"], "model");
 
+    for (request_id, messages) in [
+        ("ai-bad-messages-1", json!("Hi")),
+        ("ai-bad-messages-2", json!([])),
+        ("ai-bad-messages-3", json!([{"content": "Hi"}])),
+        ("ai-bad-messages-4", json!(["Hi"])),
+    ] {
+        let response = chat(
+            &gateway,
+            request_id,
+            json!({"model": "openai-main/gpt-4.1", "messages": messages}),
+        )
+        .await;
+        assert_eq!(response.status(), 400, "{messages}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_messages", "{messages}");
+        assert_eq!(body["error"]["param"], "messages", "{messages}");
+    }
+
     let response = client()
         .post(gateway.url("/v1/chat/completions"))
         .bearer_auth(ALICE_KEY)

@@ -323,9 +323,15 @@ async fn invalid_prices_rejected() {
         ),
         (
             "openai-main/gpt-4.1",
+            r#"{"input_per_million": 1.7e308, "output_per_million": 4}"#,
+            "invalid_entity",
+            Some("input_per_million"),
+        ),
+        (
+            "openai-main/gpt-4.1",
             r#"{"output_per_million": 4}"#,
             "invalid_entity",
-            Some(""),
+            Some("input_per_million"),
         ),
         // JSON has no NaN, so the body does not parse.
         (

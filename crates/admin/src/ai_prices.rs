@@ -72,7 +72,8 @@ pub async fn put(
     }
     let bytes =
         serde_json::to_vec(&value).map_err(|error| ApiError::bad_request(error.to_string()))?;
-    let price: PriceSpec = parse_json(&bytes)?;
+    let mut price: PriceSpec = parse_json(&bytes)?;
+    clear_negative_zeros(&mut price);
 
     let config = state.control.config();
     let errors = portcullis_config::validate_stored_price(&price, config.ai.as_ref());
@@ -107,4 +108,20 @@ pub async fn delete(
     state.control.apply_write(version).await;
     tracing::info!(model = %model, config.version = version, "stored AI price deleted through the admin API");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces each price of `-0.0`, which JSON allows and validation accepts, with `0.0`, so that
+/// responses and the store never show a negative zero.
+fn clear_negative_zeros(price: &mut PriceSpec) {
+    let required = [&mut price.input_per_million, &mut price.output_per_million];
+    let optional = [
+        price.cache_read_per_million.as_mut(),
+        price.cache_write_per_million.as_mut(),
+        price.reasoning_per_million.as_mut(),
+    ];
+    for value in required.into_iter().chain(optional.into_iter().flatten()) {
+        if *value == 0.0 {
+            *value = 0.0;
+        }
+    }
 }

@@ -216,7 +216,8 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             ApiError::bad_request(format!("the request body is not valid JSON: {inner}"))
         } else {
-            let message = inner.to_string();
+            // serde_json appends the position, which says nothing more in a one-object body.
+            let message = strip_position(&inner.to_string()).to_string();
             let key = if key == "." {
                 // serde reports a missing or unknown field of the top-level object at the root
                 // path, and names the field only in the message.
@@ -227,6 +228,14 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::invalid(vec![portcullis_config::KeyError { key, message }])
         }
     })
+}
+
+/// Removes the ` at line L column C` that serde_json appends to an error message.
+fn strip_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(start) if message[start..].contains(" column ") => &message[..start],
+        _ => message,
+    }
 }
 
 /// Returns the field that a serde `missing field` or `unknown field` message names.

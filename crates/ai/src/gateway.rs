@@ -1002,13 +1002,19 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Value, AiError> {
 }
 
 fn requested_model(body: &Value) -> Result<String, AiError> {
-    body.get("model")
-        .and_then(Value::as_str)
-        .filter(|model| !model.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            AiError::invalid_request("missing_model", "`model` is required").with_param("model")
-        })
+    match body.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => Ok(model.clone()),
+        Some(Value::String(_)) | None | Some(Value::Null) => Err(AiError::invalid_request(
+            "missing_model",
+            "`model` is required",
+        )
+        .with_param("model")),
+        Some(_) => Err(AiError::invalid_request(
+            "invalid_model",
+            "`model` must be a string, such as an alias of ai.models or `provider/model`",
+        )
+        .with_param("model")),
+    }
 }
 
 /// Checks that `messages` is a non-empty array of objects with a string `role`, which every

@@ -208,6 +208,17 @@ async fn last_failure_is_returned_in_openai_shape() {
     assert_eq!(body["error"]["code"], "model_not_found");
     assert_eq!(body["error"]["param"], "model");
 
+    let response = chat(
+        &gateway,
+        "ai-numeric-model",
+        json!({"model": 1, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_model");
+    assert_eq!(body["error"]["param"], "model");
+
     for (request_id, messages) in [
         ("ai-bad-messages-1", json!("Hi")),
         ("ai-bad-messages-2", json!([])),

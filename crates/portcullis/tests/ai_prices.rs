@@ -376,6 +376,37 @@ async fn invalid_prices_rejected() {
         "a rejected PUT stored a price: {table}"
     );
 
+    let missing = r#"{"input_per_million": 1}"#;
+    let response = admin_call(
+        &gateway,
+        Method::PUT,
+        "/ai/prices/openai-main/gpt-4.1",
+        Some(missing),
+    )
+    .await;
+    let error = error_body(response, 400).await;
+    let message = error["error"]["details"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("missing field `output_per_million`"),
+        "{error}"
+    );
+    assert!(!message.contains(" at line "), "{error}");
+
+    let negative_zero = r#"{"input_per_million": -0.0, "output_per_million": 1}"#;
+    let response = admin_call(
+        &gateway,
+        Method::PUT,
+        "/ai/prices/openai-main/gpt-4o",
+        Some(negative_zero),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let stored = response.text().await.unwrap();
+    assert!(!stored.contains("-0"), "{stored}");
+    let entry = get_json(&gateway, "/ai/prices/openai-main/gpt-4o").await;
+    assert_eq!(entry["input_per_million"], 0.0);
+    assert!(!entry.to_string().contains("-0"), "{entry}");
+
     let response = admin_call(&gateway, Method::GET, "/ai/prices/unpriced/gpt-4.1", None).await;
     let error = error_body(response, 404).await;
     assert_eq!(error["error"]["code"], "not_found");

@@ -216,7 +216,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             ApiError::bad_request(format!("the request body is not valid JSON: {inner}"))
         } else {
-            // serde_json appends the position, which says nothing more in a one-object body.
+            // serde_json appends the line and column, which add nothing in a one-object body.
             let message = strip_position(&inner.to_string()).to_string();
             let key = if key == "." {
                 // serde reports a missing or unknown field of the top-level object at the root

@@ -127,8 +127,8 @@ pub struct KeyPool {
 
 impl KeyPool {
     /// Creates the pool of `provider` with every key available. Keys cool down only with a
-    /// `cooldown`.
-    /// A stored credential has no value until [`KeyPool::set_credentials`] installs one.
+    /// `cooldown`, and a stored credential has no value until [`KeyPool::set_credentials`]
+    /// installs one.
     pub fn new(provider: Arc<str>, keys: Vec<ProviderKey>, cooldown: Option<KeyCooldown>) -> Self {
         let pool = KeyPool {
             provider,

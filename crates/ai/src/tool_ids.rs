@@ -8,9 +8,9 @@
 //!
 //! Gemini 3 returns a `thoughtSignature` next to a `functionCall` part and rejects the next
 //! turn with 400 unless the same part carries it back. OpenAI clients, the official SDKs among
-//! them, echo a tool call's `id` and drop fields they do not know, so the gateway appends the
-//! signature to the id ([`with_thought_signature`]) and takes it off again before it sends the
-//! call to Gemini ([`split_thought_signature`]) or to any other provider.
+//! them, echo a tool call's `id` and drop fields they do not know. So the gateway appends the
+//! signature to the id ([`with_thought_signature`]), and takes it off again
+//! ([`split_thought_signature`]) before it sends the call to Gemini or to any other provider.
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};

@@ -125,8 +125,7 @@ impl ControlPlane {
         };
         let state = store.load().await?;
         let first = compile(&config, &state, &context)?;
-        set_stored_prices(&context, &state);
-        install_credentials(&context, credentials.as_deref(), &state);
+        install_ai_state(&context, credentials.as_deref(), &state);
         metrics.config_version.set(state.version as i64);
         let key_metrics = rotation::KeyMetrics::default();
         key_metrics.count_expiring(&state.keys, time::OffsetDateTime::now_utc());
@@ -223,8 +222,7 @@ impl ControlPlane {
     fn install(&self, state: &StoreState) -> Result<(), ControlError> {
         let config = self.config.load();
         let snapshot = compile(&config, state, &self.context)?;
-        set_stored_prices(&self.context, state);
-        install_credentials(&self.context, self.credentials.as_deref(), state);
+        install_ai_state(&self.context, self.credentials.as_deref(), state);
         self.snapshot.store(snapshot);
         self.served_version.store(state.version, Ordering::Release);
         self.metrics.config_version.set(state.version as i64);
@@ -353,8 +351,7 @@ impl ControlPlane {
             .await?;
         let state = self.store.load().await?;
         let snapshot = compile(&next, &state, &self.context)?;
-        set_stored_prices(&self.context, &state);
-        install_credentials(&self.context, self.credentials.as_deref(), &state);
+        install_ai_state(&self.context, self.credentials.as_deref(), &state);
         self.config.store(Arc::new(next));
         self.snapshot.store(snapshot);
         self.served_version.store(state.version, Ordering::Release);
@@ -474,10 +471,10 @@ impl ControlPlane {
     }
 }
 
-/// Decrypts the stored credentials that the AI providers use and installs them in the
-/// providers' key pools. A credential that is missing or does not decrypt leaves its key
-/// without a value, and the pool logs why; the node keeps serving.
-fn install_credentials(
+/// Hands the AI gateway the stored prices and the decrypted credentials of a new store state.
+/// The gateway swaps both in place, so its connections and key cool-downs stay. A credential
+/// that is missing or does not decrypt leaves its key without a value, and the pool logs why.
+fn install_ai_state(
     context: &CompileContext,
     cipher: Option<&CredentialCipher>,
     state: &StoreState,
@@ -485,6 +482,7 @@ fn install_credentials(
     let Some(gateway) = &context.ai else {
         return;
     };
+    gateway.set_stored_prices(&state.ai_prices);
     let lookup = |name: &str| -> Result<portcullis_config::ApiKey, String> {
         let cipher = cipher.ok_or("this node has no `secrets.master_key` to decrypt it")?;
         let record = state
@@ -528,12 +526,6 @@ fn overlay(stored: &mut portcullis_config::Entities, declared: &portcullis_confi
 
 /// Hands the store's AI prices to the AI gateway, which swaps its price table. The gateway
 /// lives across snapshots because it owns provider connection pools and key cool-downs.
-fn set_stored_prices(context: &CompileContext, state: &StoreState) {
-    if let Some(ai) = &context.ai {
-        ai.set_stored_prices(&state.ai_prices);
-    }
-}
-
 fn compile(
     config: &Config,
     state: &StoreState,

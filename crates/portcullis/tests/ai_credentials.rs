@@ -81,13 +81,13 @@ async fn get_text(gateway: &Gateway, path: &str) -> (u16, String) {
 }
 
 /// Asserts that `bytes` contains neither OpenAI key of the mock.
-fn assert_no_key(what: &str, bytes: &[u8]) {
+fn assert_no_key(source: &str, bytes: &[u8]) {
     for key in [OPENAI_KEY, OPENAI_KEY_2] {
         assert!(
             !bytes
                 .windows(key.len())
                 .any(|window| window == key.as_bytes()),
-            "{what} contains the provider key {key}"
+            "{source} contains the provider key {key}"
         );
     }
 }
@@ -133,14 +133,14 @@ async fn stored_credential_reaches_provider() {
     assert_no_key("GET /ai/credentials", list.as_bytes());
     let list: Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
-    let (status, one) = get_text(&gateway, "/ai/credentials/openai-prod").await;
+    let (status, credential) = get_text(&gateway, "/ai/credentials/openai-prod").await;
     assert_eq!(status, 200);
-    assert_no_key("GET /ai/credentials/openai-prod", one.as_bytes());
-    let one: Value = serde_json::from_str(&one).unwrap();
-    assert_ne!(one["fingerprint"], first_fingerprint.as_str());
-    assert_eq!(one["created_at"], created["created_at"]);
-    assert!(one.get("value").is_none(), "{one}");
-    assert!(one.get("error").is_none(), "{one}");
+    assert_no_key("GET /ai/credentials/openai-prod", credential.as_bytes());
+    let credential: Value = serde_json::from_str(&credential).unwrap();
+    assert_ne!(credential["fingerprint"], first_fingerprint.as_str());
+    assert_eq!(credential["created_at"], created["created_at"]);
+    assert!(credential.get("value").is_none(), "{credential}");
+    assert!(credential.get("error").is_none(), "{credential}");
 
     let response = admin(
         &client(),
